@@ -1,0 +1,1 @@
+//! CodeRun types (filled in by the execution issue).
