@@ -1,1 +1,127 @@
-//! CodeRun types (filled in by the execution issue).
+//! The `CodeRun` custom resource (`codeinterp.dev/v1alpha1`): what a user asks to run, and
+//! what happened. Nothing in the spec can choose an image, a user, a volume or a privilege:
+//! those are the operator's. The CRD YAML in `crds/coderun.yaml` is generated from these
+//! types by `cargo run -p codeinterp-crds --bin crdgen`; a test fails when it is stale.
+#![forbid(unsafe_code)]
+
+mod limits;
+mod status;
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub use limits::{EffectiveLimits, LimitError, Limits, Maxima};
+pub use runner_protocol::Language;
+pub use status::{Applied, ArtifactRef, CodeRunStatus, Phase, Usage};
+
+pub const GROUP: &str = "codeinterp.dev";
+/// Label on every CodeRun created for a tenant (the API key's label).
+pub const TENANT_LABEL: &str = "codeinterp.dev/tenant";
+/// Label on the pods, secrets and policies the operator creates for a run.
+pub const RUN_LABEL: &str = "codeinterp.dev/run";
+/// Label that marks runner pods; the deny-all NetworkPolicy selects it.
+pub const RUNNER_LABEL: &str = "codeinterp.dev/runner";
+/// Largest program source accepted (bytes).
+pub const MAX_CODE_BYTES: usize = 256 * 1024;
+/// Largest stdin accepted (bytes).
+pub const MAX_STDIN_BYTES: usize = 256 * 1024;
+/// Code, stdin and input files travel in one Secret, which Kubernetes caps at 1 MiB.
+pub const MAX_INLINE_INPUT_BYTES: usize = 900 * 1024;
+
+/// A program to run in a sandboxed pod, and (in `status`) how it went.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "codeinterp.dev",
+    version = "v1alpha1",
+    kind = "CodeRun",
+    namespaced,
+    status = "CodeRunStatus",
+    shortname = "cr",
+    category = "codeinterp",
+    printcolumn = r#"{"name":"Language","type":"string","jsonPath":".spec.language"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Exit","type":"integer","jsonPath":".status.exitCode"}"#,
+    printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel)").message("a cancelled run cannot be resumed"))]
+pub struct CodeRunSpec {
+    #[x_kube(validation = Rule::new("self == oldSelf").message("language is immutable"))]
+    pub language: Language,
+    /// The program's source.
+    #[schemars(length(min = 1, max = 262144))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("code is immutable"))]
+    pub code: String,
+    /// Standard input for the program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("stdin is immutable"))]
+    pub stdin: Option<String>,
+    /// Command-line arguments for the program.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("args are immutable"))]
+    pub args: Vec<String>,
+    /// Files placed in the program's working directory before it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(f, self.exists_one(g, g.name == f.name))").message("file names must be unique"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("files are immutable"))]
+    pub files: Vec<InputFile>,
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("limits are immutable"))]
+    pub limits: Limits,
+    /// Set to true to stop the run; what it printed so far is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<bool>,
+}
+
+/// An input file, given inline (base64) or as the id of a file uploaded through the REST API.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.fileId) != has(self.contentBase64)").message("give exactly one of fileId and contentBase64"))]
+pub struct InputFile {
+    /// Name in the working directory: a plain file name, no folders.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._ -]*$"))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub file_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 921600))]
+    pub content_base64: Option<String>,
+}
+
+impl CodeRun {
+    /// The tenant the run belongs to (empty for runs applied without one).
+    pub fn tenant(&self) -> &str {
+        self.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(TENANT_LABEL))
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    pub fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.phase().is_some_and(Phase::is_terminal)
+    }
+
+    pub fn cancel_requested(&self) -> bool {
+        self.spec.cancel == Some(true)
+    }
+}
+
+/// The CRD manifest, as checked in at `crds/coderun.yaml`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let mut out = String::from("# Generated by `cargo run -p codeinterp-crds --bin crdgen`; do not edit.\n");
+    out.push_str(&serde_yaml::to_string(&CodeRun::crd()).expect("CRD serializes"));
+    out
+}

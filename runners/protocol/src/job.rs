@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The languages a runner image can serve; each image holds one interpreter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
     Python,
