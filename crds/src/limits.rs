@@ -124,10 +124,25 @@ impl Limits {
             memory_mb: pick(self.memory_mb, d.memory_mb, x.memory_mb),
             cpu_ms: pick(self.cpu_ms, d.cpu_ms, x.cpu_ms),
             cpu_millicores: pick(self.cpu_millicores, d.cpu_millicores, x.cpu_millicores),
-            max_output_bytes: pick(self.max_output_bytes, d.max_output_bytes, x.max_output_bytes),
-            max_artifacts: self.max_artifacts.unwrap_or(d.max_artifacts).min(x.max_artifacts),
-            max_artifact_bytes: pick(self.max_artifact_bytes, d.max_artifact_bytes, x.max_artifact_bytes),
-            max_artifact_total_bytes: pick(self.max_artifact_total_bytes, d.max_artifact_total_bytes, x.max_artifact_total_bytes),
+            max_output_bytes: pick(
+                self.max_output_bytes,
+                d.max_output_bytes,
+                x.max_output_bytes,
+            ),
+            max_artifacts: self
+                .max_artifacts
+                .unwrap_or(d.max_artifacts)
+                .min(x.max_artifacts),
+            max_artifact_bytes: pick(
+                self.max_artifact_bytes,
+                d.max_artifact_bytes,
+                x.max_artifact_bytes,
+            ),
+            max_artifact_total_bytes: pick(
+                self.max_artifact_total_bytes,
+                d.max_artifact_total_bytes,
+                x.max_artifact_total_bytes,
+            ),
             max_processes: pick(self.max_processes, d.max_processes, x.max_processes),
             disk_mb: pick(self.disk_mb, d.disk_mb, x.disk_mb),
         }
@@ -142,10 +157,26 @@ impl Limits {
             ("memory_mb", self.memory_mb, x.memory_mb),
             ("cpu_ms", self.cpu_ms, x.cpu_ms),
             ("cpu_millicores", self.cpu_millicores, x.cpu_millicores),
-            ("max_output_bytes", self.max_output_bytes, x.max_output_bytes),
-            ("max_artifacts", self.max_artifacts.map(u64::from), u64::from(x.max_artifacts)),
-            ("max_artifact_bytes", self.max_artifact_bytes, x.max_artifact_bytes),
-            ("max_artifact_total_bytes", self.max_artifact_total_bytes, x.max_artifact_total_bytes),
+            (
+                "max_output_bytes",
+                self.max_output_bytes,
+                x.max_output_bytes,
+            ),
+            (
+                "max_artifacts",
+                self.max_artifacts.map(u64::from),
+                u64::from(x.max_artifacts),
+            ),
+            (
+                "max_artifact_bytes",
+                self.max_artifact_bytes,
+                x.max_artifact_bytes,
+            ),
+            (
+                "max_artifact_total_bytes",
+                self.max_artifact_total_bytes,
+                x.max_artifact_total_bytes,
+            ),
             ("max_processes", self.max_processes, x.max_processes),
             ("disk_mb", self.disk_mb, x.disk_mb),
         ];
@@ -171,7 +202,11 @@ mod tests {
     #[test]
     fn values_over_the_maxima_are_clamped() {
         let m = Maxima::default();
-        let asked = Limits { timeout_ms: Some(10_000_000), memory_mb: Some(64), ..Default::default() };
+        let asked = Limits {
+            timeout_ms: Some(10_000_000),
+            memory_mb: Some(64),
+            ..Default::default()
+        };
         let got = asked.clamp(&m);
         assert_eq!(got.timeout_ms, m.max.timeout_ms);
         assert_eq!(got.memory_mb, 64);
@@ -180,8 +215,25 @@ mod tests {
     #[test]
     fn check_names_the_first_limit_over_its_maximum() {
         let m = Maxima::default();
-        let asked = Limits { memory_mb: Some(100_000), ..Default::default() };
-        assert_eq!(asked.check(&m), Err(LimitError { field: "memory_mb", value: 100_000, max: 4096 }));
-        assert!(Limits { memory_mb: Some(128), ..Default::default() }.check(&m).is_ok());
+        let asked = Limits {
+            memory_mb: Some(100_000),
+            ..Default::default()
+        };
+        assert_eq!(
+            asked.check(&m),
+            Err(LimitError {
+                field: "memory_mb",
+                value: 100_000,
+                max: 4096
+            })
+        );
+        assert!(
+            Limits {
+                memory_mb: Some(128),
+                ..Default::default()
+            }
+            .check(&m)
+            .is_ok()
+        );
     }
 }

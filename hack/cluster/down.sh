@@ -41,7 +41,7 @@ stop_pid etcd
 
 # Mounts left by containers, pod volumes and network namespaces, deepest first.
 for prefix in "$RUN_DIR" /run/codeinterp; do
-  findmnt -rn -o TARGET | grep "^$prefix" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { findmnt -rn -o TARGET | grep "^$prefix" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done; } || true
 done
 
 # Network: the CNI bridge, the masquerade and port-map chains, kube-proxy's and kube-router's
@@ -52,7 +52,7 @@ for ipt in iptables ip6tables; do
     $ipt-save | grep -vE 'KUBE-|CNI-|kube-router' | $ipt-restore || say "warning: $ipt rules left behind"
   fi
 done
-ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router|inet6:KUBE-)' | while read -r s; do ipset destroy "$s" 2>/dev/null || true; done
+{ ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router|inet6:KUBE-)' | while read -r s; do ipset destroy "$s" 2>/dev/null || true; done; } || true
 
 # Empty cgroups the kubelet made.
 for ctl in /sys/fs/cgroup/*/; do

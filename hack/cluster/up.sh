@@ -111,14 +111,18 @@ else
     --node-ip "$NODE_IP" --root-dir "$RUN_DIR/kubelet" --v=1
   start kube-proxy "$K8S_BIN/kube-proxy" --config "$RUN_DIR/config/kube-proxy.yaml" \
     --hostname-override "$NODE_NAME"
+  wait_for "node $NODE_NAME Ready" 180 bash -c \
+    "'$K8S_BIN/kubectl' --kubeconfig '$KUBECONFIG_ADMIN' get node '$NODE_NAME' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -q True"
+  # NetworkPolicy enforcement: kube-router's firewall only (pod routing is the bridge CNI's,
+  # services are kube-proxy's). It needs the Node object, so it starts after registration.
   start kube-router "$KUBE_ROUTER_BIN/kube-router" --kubeconfig "$PKI_DIR/kube-router.kubeconfig" \
     --hostname-override "$NODE_NAME" --run-firewall=true --run-router=false \
     --run-service-proxy=false --metrics-port 0 --health-port 20245 --v=1
-
-  wait_for "node $NODE_NAME Ready" 180 bash -c \
-    "'$K8S_BIN/kubectl' --kubeconfig '$KUBECONFIG_ADMIN' get node '$NODE_NAME' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -q True"
+  wait_for kube-router 60 curl -sf http://127.0.0.1:20245/healthz
   wait_for "default service account" 60 kubectl_admin get serviceaccount default -n default
 fi
+
+for c in "${COMPONENTS[@]}"; do pid_alive "$c" || die "$c died during start-up; see $LOG_DIR/$c.log"; done
 
 # Where kubectl looks by default; an unrelated kubeconfig already there is kept aside once.
 mkdir -p "$HOME/.kube"

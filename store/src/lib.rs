@@ -101,9 +101,14 @@ pub struct Store {
 fn segment(s: &str) -> Result<&str, StoreError> {
     let ok = !s.is_empty()
         && s.len() <= 128
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !s.starts_with('.');
-    if ok { Ok(s) } else { Err(StoreError::Name(s.to_string())) }
+    if ok {
+        Ok(s)
+    } else {
+        Err(StoreError::Name(s.to_string()))
+    }
 }
 
 impl Store {
@@ -115,16 +120,24 @@ impl Store {
         if !url.contains("://") || url.starts_with("file://") {
             let dir = url.trim_start_matches("file://");
             std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
-            let local = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
-            return Ok(Store { inner: Arc::new(local), root: Path::default() });
+            let local = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                .map_err(|e| bad(e.to_string()))?;
+            return Ok(Store {
+                inner: Arc::new(local),
+                root: Path::default(),
+            });
         }
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let env: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| k.starts_with("AWS_"))
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect();
-        let (inner, root) = object_store::parse_url_opts(&parsed, env).map_err(|e| bad(e.to_string()))?;
-        Ok(Store { inner: Arc::from(inner), root })
+        let (inner, root) =
+            object_store::parse_url_opts(&parsed, env).map_err(|e| bad(e.to_string()))?;
+        Ok(Store {
+            inner: Arc::from(inner),
+            root,
+        })
     }
 
     fn key(&self, parts: &[&str]) -> Path {
@@ -136,7 +149,12 @@ impl Store {
     }
 
     fn run_key(&self, tenant: &str, id: &str) -> Result<Path, StoreError> {
-        Ok(self.key(&["tenants", segment(tenant)?, "runs", &format!("{}.json", segment(id)?)]))
+        Ok(self.key(&[
+            "tenants",
+            segment(tenant)?,
+            "runs",
+            &format!("{}.json", segment(id)?),
+        ]))
     }
 
     fn file_key(&self, tenant: &str, id: &str, leaf: &str) -> Result<Path, StoreError> {
@@ -149,7 +167,9 @@ impl Store {
 
     pub async fn put_run(&self, rec: &RunRecord) -> Result<(), StoreError> {
         let key = self.run_key(&rec.tenant, &rec.id)?;
-        self.inner.put(&key, PutPayload::from(serde_json::to_vec(rec)?)).await?;
+        self.inner
+            .put(&key, PutPayload::from(serde_json::to_vec(rec)?))
+            .await?;
         Ok(())
     }
 
@@ -179,7 +199,9 @@ impl Store {
     /// Stores a file whose bytes are all at hand (run outputs; they are small).
     pub async fn put_file(&self, meta: &FileMeta, content: Bytes) -> Result<(), StoreError> {
         let content_key = self.file_key(&meta.tenant, &meta.id, "content")?;
-        self.inner.put(&content_key, PutPayload::from(content)).await?;
+        self.inner
+            .put(&content_key, PutPayload::from(content))
+            .await?;
         self.put_file_meta(meta).await
     }
 
@@ -221,11 +243,17 @@ impl Store {
 
     pub async fn put_file_meta(&self, meta: &FileMeta) -> Result<(), StoreError> {
         let key = self.file_key(&meta.tenant, &meta.id, "meta.json")?;
-        self.inner.put(&key, PutPayload::from(serde_json::to_vec(meta)?)).await?;
+        self.inner
+            .put(&key, PutPayload::from(serde_json::to_vec(meta)?))
+            .await?;
         Ok(())
     }
 
-    pub async fn get_file_meta(&self, tenant: &str, id: &str) -> Result<Option<FileMeta>, StoreError> {
+    pub async fn get_file_meta(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<FileMeta>, StoreError> {
         let key = match self.file_key(tenant, id, "meta.json") {
             Ok(k) => k,
             Err(StoreError::Name(_)) => return Ok(None),
@@ -258,7 +286,10 @@ impl Store {
         let prefix = self.key(&["tenants", segment(tenant)?, "files"]);
         let metas: Vec<_> = self.inner.list(Some(&prefix)).try_collect().await?;
         let mut out = Vec::new();
-        for m in metas.into_iter().filter(|m| m.location.filename() == Some("meta.json")) {
+        for m in metas
+            .into_iter()
+            .filter(|m| m.location.filename() == Some("meta.json"))
+        {
             let r = self.inner.get(&m.location).await?;
             out.push(serde_json::from_slice::<FileMeta>(&r.bytes().await?)?);
         }
@@ -271,8 +302,14 @@ impl Store {
         if self.get_file_meta(tenant, id).await?.is_none() {
             return Ok(false);
         }
-        self.inner.delete(&self.file_key(tenant, id, "meta.json")?).await?;
-        match self.inner.delete(&self.file_key(tenant, id, "content")?).await {
+        self.inner
+            .delete(&self.file_key(tenant, id, "meta.json")?)
+            .await?;
+        match self
+            .inner
+            .delete(&self.file_key(tenant, id, "content")?)
+            .await
+        {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
             Err(e) => Err(e.into()),
         }
@@ -280,7 +317,10 @@ impl Store {
 
     /// Cheap check that the backend answers (for readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let _ = self.inner.list_with_delimiter(Some(&self.key(&["tenants"]))).await?;
+        let _ = self
+            .inner
+            .list_with_delimiter(Some(&self.key(&["tenants"])))
+            .await?;
         Ok(())
     }
 }
@@ -314,13 +354,24 @@ mod tests {
     async fn records_and_files_round_trip_in_a_local_directory() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().to_str().unwrap()).unwrap();
-        let rec = RunRecord { id: "run-1".into(), tenant: "acme".into(), stdout: "2\n".into(), ..Default::default() };
+        let rec = RunRecord {
+            id: "run-1".into(),
+            tenant: "acme".into(),
+            stdout: "2\n".into(),
+            ..Default::default()
+        };
         store.put_run(&rec).await.unwrap();
         assert_eq!(store.get_run("acme", "run-1").await.unwrap(), Some(rec));
         assert_eq!(store.get_run("other", "run-1").await.unwrap(), None);
 
-        store.put_file(&meta("file-1"), Bytes::from_static(b"abc")).await.unwrap();
-        assert_eq!(store.get_file_bytes("acme", "file-1").await.unwrap(), Bytes::from_static(b"abc"));
+        store
+            .put_file(&meta("file-1"), Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_file_bytes("acme", "file-1").await.unwrap(),
+            Bytes::from_static(b"abc")
+        );
         assert_eq!(store.list_files("acme").await.unwrap().len(), 1);
         assert!(store.delete_file("acme", "file-1").await.unwrap());
         assert!(store.list_files("acme").await.unwrap().is_empty());
@@ -331,7 +382,10 @@ mod tests {
     async fn path_like_ids_are_refused_not_followed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().to_str().unwrap()).unwrap();
-        assert!(matches!(store.get_run("acme", "../x").await, Err(StoreError::Name(_))));
+        assert!(matches!(
+            store.get_run("acme", "../x").await,
+            Err(StoreError::Name(_))
+        ));
         assert_eq!(store.get_file_meta("acme", "a/b").await.unwrap(), None);
     }
 
@@ -339,8 +393,14 @@ mod tests {
     async fn a_streamed_upload_over_the_cap_is_refused_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().to_str().unwrap()).unwrap();
-        let chunks = futures::stream::iter((0..3).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 10])))).boxed();
-        let got = store.put_file_stream("acme", "file-x", chunks, 25).await.unwrap();
+        let chunks = futures::stream::iter(
+            (0..3).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 10]))),
+        )
+        .boxed();
+        let got = store
+            .put_file_stream("acme", "file-x", chunks, 25)
+            .await
+            .unwrap();
         assert_eq!(got, Err(UploadError::TooLarge(25)));
         assert!(store.get_file_bytes("acme", "file-x").await.is_err());
     }

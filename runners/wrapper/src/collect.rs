@@ -54,9 +54,10 @@ pub fn outputs<W: Write>(outputs: &Path, caps: Caps, emitter: &mut Emitter<W>) -
     match Dir::open(outputs, dir_flags(), Mode::empty()) {
         Ok(dir) => walk.dir(dir, "", 0)?,
         Err(Errno::ENOENT) => {}
-        Err(Errno::ELOOP | Errno::ENOTDIR) => {
-            walk.skip("outputs", "the outputs folder is a symlink or not a folder: refused")?
-        }
+        Err(Errno::ELOOP | Errno::ENOTDIR) => walk.skip(
+            "outputs",
+            "the outputs folder is a symlink or not a folder: refused",
+        )?,
         Err(err) => walk.skip("outputs", &format!("cannot open the outputs folder: {err}"))?,
     }
     walk.finish()
@@ -151,8 +152,7 @@ impl<W: Write> Walk<'_, W> {
             Err(err) => return self.skip(rel, &format!("cannot open: {err}")),
         };
         let stat = fstat(&fd)?;
-        if kind(&stat) != Kind::File || (stat.st_dev, stat.st_ino) != (seen.st_dev, seen.st_ino)
-        {
+        if kind(&stat) != Kind::File || (stat.st_dev, stat.st_ino) != (seen.st_dev, seen.st_ino) {
             return self.skip(rel, "changed while being collected: refused");
         }
         let size = stat.st_size.max(0) as u64;

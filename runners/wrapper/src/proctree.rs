@@ -40,7 +40,11 @@ fn all_processes() -> Vec<ProcStat> {
     };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
         .filter_map(|e| parse_stat(&std::fs::read_to_string(e.path().join("stat")).ok()?))
         .collect()
 }

@@ -118,7 +118,9 @@ mod tests {
 
     #[test]
     fn cpu_limits_show_as_sigxcpu_a_sigkill_at_the_hard_limit_or_the_wrappers_check() {
-        assert!(exit_report(&facts(Ended::Signaled(Signal::SIGXCPU as i32), None)).cpu_limit_exceeded);
+        assert!(
+            exit_report(&facts(Ended::Signaled(Signal::SIGXCPU as i32), None)).cpu_limit_exceeded
+        );
         let mut f = facts(SIGKILL, None);
         f.cpu_ms = 3000;
         assert!(exit_report(&f).cpu_limit_exceeded);

@@ -53,6 +53,9 @@ const CPU_CHECK_EVERY: Duration = Duration::from_millis(200);
 const AFTER_KILL: Duration = Duration::from_secs(2);
 /// Reads of one pipe in a row before the others get a turn.
 const READS_PER_TURN: usize = 16;
+/// How long output may wait to be gathered with more before it is written: live enough for
+/// a person watching, coarse enough to bound the frames per second.
+const GATHER: Duration = Duration::from_millis(20);
 
 /// Starts the program, writes the start frame and its output frames, and returns once the
 /// program and everything it started are gone.
@@ -62,12 +65,13 @@ pub fn run<W: Write>(
     is_pid1: bool,
     emitter: &mut Emitter<W>,
 ) -> Result<Outcome, Error> {
-    let stdin = match &launch.stdin {
-        Some(path) => Stdio::from(File::open(path).map_err(|err| {
-            Error::Spawn(format!("cannot open stdin {}: {err}", path.display()))
-        })?),
-        None => Stdio::null(),
-    };
+    let stdin =
+        match &launch.stdin {
+            Some(path) => Stdio::from(File::open(path).map_err(|err| {
+                Error::Spawn(format!("cannot open stdin {}: {err}", path.display()))
+            })?),
+            None => Stdio::null(),
+        };
     let mut command = Command::new(&launch.argv[0]);
     command
         .args(&launch.argv[1..])
@@ -84,8 +88,16 @@ pub fn run<W: Write>(
     let started = Instant::now();
     let program = Pid::from_raw(child.id() as i32);
     let mut pipes = [
-        Pipe::new(child.stdout.take().map(OwnedFd::from), Stream::Stdout, launch),
-        Pipe::new(child.stderr.take().map(OwnedFd::from), Stream::Stderr, launch),
+        Pipe::new(
+            child.stdout.take().map(OwnedFd::from),
+            Stream::Stdout,
+            launch,
+        ),
+        Pipe::new(
+            child.stderr.take().map(OwnedFd::from),
+            Stream::Stderr,
+            launch,
+        ),
     ];
     // The program is reaped below with waitpid(-1) like every other orphan; dropping the
     // handle neither waits nor kills.
@@ -112,6 +124,11 @@ pub fn run<W: Write>(
     }
     watch.reap_the_rest(signals);
     watched.map_err(Error::Record)?;
+    // Anything still gathered when the loop gave up waiting for the pipes to close.
+    for pipe in &mut pipes {
+        pipe.flush(emitter, Instant::now(), true)
+            .map_err(Error::Record)?;
+    }
 
     let (ended, wall) = match watch.ended {
         Some((ended, at)) => (ended, at - started),
@@ -131,6 +148,10 @@ struct Pipe {
     fd: Option<OwnedFd>,
     stream: Stream,
     cap: CappedStream,
+    /// Output read but not yet written, and since when: small writes are gathered into one
+    /// frame, so a program writing a byte at a time cannot blow up the record with framing.
+    pending: Vec<u8>,
+    pending_since: Option<Instant>,
 }
 
 impl Pipe {
@@ -145,12 +166,14 @@ impl Pipe {
             fd,
             stream,
             cap: CappedStream::new(launch.max_output_bytes),
+            pending: Vec::with_capacity(CHUNK_BYTES),
+            pending_since: None,
         }
     }
 
-    /// Forwards what the pipe holds. Output over the cap is read and counted, not written, so
-    /// the program never blocks on a full pipe.
-    fn drain<W: Write>(&mut self, emitter: &mut Emitter<W>) -> io::Result<()> {
+    /// Reads what the pipe holds. Output over the cap is read and counted, not kept, so the
+    /// program never blocks on a full pipe. Full chunks are written at once.
+    fn drain<W: Write>(&mut self, emitter: &mut Emitter<W>, now: Instant) -> io::Result<()> {
         let Some(fd) = &self.fd else {
             return Ok(());
         };
@@ -164,7 +187,15 @@ impl Pipe {
                 }
                 Ok(n) => {
                     let admitted = self.cap.admit(&buf[..n]);
-                    emitter.output(self.stream, admitted)?;
+                    if !admitted.is_empty() {
+                        self.pending.extend_from_slice(admitted);
+                        self.pending_since.get_or_insert(now);
+                    }
+                    if self.pending.len() >= CHUNK_BYTES {
+                        let full = self.pending.len() - self.pending.len() % CHUNK_BYTES;
+                        emitter.output(self.stream, &self.pending[..full])?;
+                        self.pending.drain(..full);
+                    }
                 }
                 Err(Errno::EAGAIN) => break,
                 Err(Errno::EINTR) => {}
@@ -177,6 +208,30 @@ impl Pipe {
         }
         if closed {
             self.fd = None;
+        }
+        if self.pending.is_empty() {
+            self.pending_since = None;
+        }
+        Ok(())
+    }
+
+    /// When the gathered output is due to be written.
+    fn due(&self) -> Option<Instant> {
+        self.pending_since.map(|since| since + GATHER)
+    }
+
+    /// Writes the gathered output if it is due, or anyway when `all`.
+    fn flush<W: Write>(
+        &mut self,
+        emitter: &mut Emitter<W>,
+        now: Instant,
+        all: bool,
+    ) -> io::Result<()> {
+        let due = all || self.fd.is_none() || self.due().is_some_and(|due| now >= due);
+        if due && !self.pending.is_empty() {
+            emitter.output(self.stream, &self.pending)?;
+            self.pending.clear();
+            self.pending_since = None;
         }
         Ok(())
     }
@@ -206,12 +261,14 @@ impl Watch {
             // passed is reported as it died, not as timed out.
             self.stop_requested |= signals.drain().stop;
             self.reap();
+            let now = Instant::now();
+            let over = self.ended.is_some() || self.killed_at.is_some();
             for pipe in pipes.iter_mut() {
-                pipe.drain(emitter)?;
+                pipe.drain(emitter, now)?;
+                pipe.flush(emitter, now, over)?;
             }
             emitter.flush()?;
 
-            let now = Instant::now();
             if self.ended.is_none() && self.stop.is_none() {
                 self.stop = self.should_stop(now);
             }
@@ -235,6 +292,7 @@ impl Watch {
                 None if self.cpu_budget_ms > 0 => self.deadline.min(self.next_cpu_check),
                 None => self.deadline,
             };
+            let wake = pipes.iter().filter_map(Pipe::due).fold(wake, Instant::min);
             let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
             fds.extend(
                 pipes

@@ -1,0 +1,44 @@
+# The two commands: `make up` brings the whole stack up, `make test` runs every test.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= /var/cache/codeinterp/cargo-target
+
+.PHONY: up down test bench cluster images build lint unit e2e crd
+
+## up: build what is missing, start the cluster, load the images, start the operator and API
+up: cluster images build
+	hack/stack/up.sh
+
+## cluster: only the single-node Kubernetes cluster
+cluster:
+	hack/cluster/up.sh
+
+## down: stop everything `make up` started and clean the host
+down:
+	-hack/stack/down.sh
+	hack/cluster/down.sh
+
+images:
+	hack/images/build.sh
+
+build:
+	cargo build --release --workspace --bins
+
+crd:
+	cargo run -q -p codeinterp-crds --bin crdgen > crds/coderun.yaml
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## unit: tests that need no cluster
+unit:
+	cargo test --workspace --exclude e2e
+
+## e2e: tests on the real cluster (brought up first)
+e2e: up
+	cargo test -p e2e -- --test-threads=4
+
+test: lint unit e2e
+
+bench: up
+	hack/bench/run.sh

@@ -1,0 +1,506 @@
+//! The wrapper binary run as the container would run it, on the host: a job folder and a work
+//! folder in a temporary directory, `python3` as the interpreter, the record parsed by the
+//! operator's parser. Not PID 1 here, so the kill-everything path is the subreaper one.
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use runner_protocol::{
+    ExitReport, InputFile, Job, JobLimits, Language, RecordLimits, RunRecord, parse_record,
+};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+struct Fixture {
+    dir: TempDir,
+    job: Job,
+    env: Vec<(&'static str, String)>,
+}
+
+struct Finished {
+    log: Vec<u8>,
+    record: RunRecord,
+    exit: ExitReport,
+    elapsed: Duration,
+    dir: TempDir,
+}
+
+impl Finished {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.record.stdout).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.record.stderr).into_owned()
+    }
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+    fn artifact(&self, name: &str) -> Option<&[u8]> {
+        let a = self.record.artifacts.iter().find(|a| a.name == name)?;
+        Some(&a.content)
+    }
+    fn skipped_reason(&self, name: &str) -> Option<&str> {
+        let s = self.record.skipped.iter().find(|s| s.name == name)?;
+        Some(&s.reason)
+    }
+}
+
+fn python(code: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("job")).unwrap();
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    std::fs::write(dir.path().join("job/main.py"), code).unwrap();
+    Fixture {
+        dir,
+        job: Job {
+            language: Language::Python,
+            source_key: "main.py".into(),
+            stdin_key: None,
+            args: Vec::new(),
+            files: Vec::new(),
+            limits: JobLimits {
+                timeout_ms: 20_000,
+                cpu_ms: 20_000,
+                max_output_bytes: 1 << 20,
+                max_artifacts: 10,
+                max_artifact_bytes: 1 << 20,
+                max_artifact_total_bytes: 4 << 20,
+                max_file_bytes: 16 << 20,
+                max_open_files: 256,
+                max_processes: 256,
+            },
+        },
+        env: Vec::new(),
+    }
+}
+
+impl Fixture {
+    fn limits(mut self, set: impl FnOnce(&mut JobLimits)) -> Self {
+        set(&mut self.job.limits);
+        self
+    }
+
+    fn stdin(mut self, text: &str) -> Self {
+        std::fs::write(self.dir.path().join("job/stdin"), text).unwrap();
+        self.job.stdin_key = Some("stdin".into());
+        self
+    }
+
+    fn args(mut self, args: &[&str]) -> Self {
+        self.job.args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    fn input(mut self, name: &str, content: &str) -> Self {
+        let key = format!("file-{}", self.job.files.len());
+        std::fs::write(self.dir.path().join("job").join(&key), content).unwrap();
+        self.job.files.push(InputFile {
+            name: name.into(),
+            secret_key: key,
+        });
+        self
+    }
+
+    fn env(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.env.push((name, value.into()));
+        self
+    }
+
+    fn command(&self) -> Command {
+        let job = serde_json::to_vec(&self.job).unwrap();
+        std::fs::write(self.dir.path().join("job/job.json"), job).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ci-runner"));
+        command
+            .env("CI_RUNNER_JOB_DIR", self.dir.path().join("job"))
+            .env("CI_RUNNER_WORK_DIR", self.dir.path().join("work"))
+            .env_remove("CI_RUNNER_CGROUP_DIR")
+            .env_remove("CI_RUNNER_PATH")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(self) -> Finished {
+        let started = Instant::now();
+        let output = self.command().output().unwrap();
+        self.finish(output, started.elapsed())
+    }
+
+    fn finish(self, output: Output, elapsed: Duration) -> Finished {
+        assert!(output.status.success(), "wrapper failed: {output:?}");
+        let l = &self.job.limits;
+        let limits = RecordLimits {
+            max_output_bytes: l.max_output_bytes,
+            max_artifacts: l.max_artifacts,
+            max_artifact_bytes: l.max_artifact_bytes,
+            max_artifact_total_bytes: l.max_artifact_total_bytes,
+        };
+        let record = parse_record(&output.stdout, limits).unwrap();
+        assert!(record.complete, "record not complete: {record:?}");
+        assert!(record.diagnostics.is_empty(), "{:?}", record.diagnostics);
+        Finished {
+            log: output.stdout,
+            exit: record.exit.clone().expect("an exit frame"),
+            record,
+            elapsed,
+            dir: self.dir,
+        }
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn is_gone(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH)
+}
+
+fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn stdout_and_stderr_arrive_separately_with_the_exit_code() {
+    let run = python(
+        "import sys\nprint('to out')\nprint('to err', file=sys.stderr)\nprint('more out')\nsys.exit(3)\n",
+    )
+    .run();
+    assert_eq!(run.stdout(), "to out\nmore out\n");
+    assert_eq!(run.stderr(), "to err\n");
+    assert_eq!(run.exit.exit_code, Some(3));
+    assert_eq!(run.exit.signal, None);
+    assert!(!run.exit.timed_out && !run.exit.cancelled && !run.exit.oom_killed);
+    assert_eq!(run.exit.stdout_bytes, 16);
+    assert!(run.exit.wall_ms > 0 && run.exit.memory_peak_bytes > 0);
+}
+
+#[test]
+fn stdin_and_args_reach_the_program() {
+    let run = python("import sys\nprint(sys.argv[1:], sys.stdin.read().upper())\n")
+        .stdin("hello")
+        .args(&["a b", "--flag"])
+        .run();
+    assert_eq!(run.stdout(), "['a b', '--flag'] HELLO\n");
+    assert_eq!(run.exit.exit_code, Some(0));
+}
+
+#[test]
+fn without_stdin_the_program_reads_nothing() {
+    let run = python("import sys\nprint(repr(sys.stdin.read()))\n").run();
+    assert_eq!(run.stdout(), "''\n");
+}
+
+#[test]
+fn input_files_are_placed_in_the_work_folder_and_the_environment_is_minimal() {
+    let run = python(
+        "import os\nprint(open('data/in.csv').read())\nprint(os.getcwd() == os.environ['HOME'])\n\
+         print(sorted(os.environ))\n",
+    )
+    .input("data/in.csv", "a,b")
+    .env("SECRET_TOKEN", "leak")
+    .run();
+    let stdout = run.stdout();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "a,b");
+    assert_eq!(lines[1], "True");
+    assert_eq!(
+        lines[2],
+        "['HOME', 'LANG', 'MPLBACKEND', 'MPLCONFIGDIR', 'PATH', \
+         'PYTHONDONTWRITEBYTECODE', 'TMPDIR']"
+    );
+    assert!(run.work().join("outputs").is_dir());
+}
+
+#[test]
+fn a_timeout_kills_the_program_and_a_daemon_it_started_in_a_session_of_its_own() {
+    let run = python(
+        r#"
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        with open('daemon.tmp', 'w') as f:
+            f.write(str(os.getpid()))
+        os.rename('daemon.tmp', 'daemon.pid')
+        time.sleep(300)
+    os._exit(0)
+os.wait()
+while not os.path.exists('daemon.pid'):
+    time.sleep(0.01)
+print('ready')
+time.sleep(300)
+"#,
+    )
+    .limits(|l| l.timeout_ms = 1500)
+    .run();
+    assert_eq!(run.stdout(), "ready\n");
+    assert!(run.exit.timed_out);
+    assert_eq!(run.exit.signal, Some(9));
+    assert_eq!(run.exit.exit_code, None);
+    assert!(
+        run.exit.wall_ms >= 1500 && run.exit.wall_ms < 5000,
+        "{}",
+        run.exit.wall_ms
+    );
+    assert!(run.elapsed < Duration::from_secs(10));
+    let daemon = read_pid(&run.work().join("daemon.pid"));
+    assert!(is_gone(daemon), "daemon {daemon} survived");
+}
+
+#[test]
+fn a_daemon_left_behind_by_a_program_that_exits_is_killed_at_once() {
+    let run = python(
+        r#"
+import os, subprocess
+p = subprocess.Popen(['python3', '-c', 'import time; time.sleep(300)'], start_new_session=True)
+open('daemon.pid', 'w').write(str(p.pid))
+print('bye')
+"#,
+    )
+    .run();
+    assert_eq!(run.exit.exit_code, Some(0));
+    assert!(!run.exit.timed_out);
+    assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
+    assert!(is_gone(read_pid(&run.work().join("daemon.pid"))));
+}
+
+#[test]
+fn output_over_the_cap_is_cut_counted_and_flagged() {
+    let run = python("import sys\nsys.stdout.write('x' * 100000)\nsys.stderr.write('e' * 10)\n")
+        .limits(|l| l.max_output_bytes = 1000)
+        .run();
+    assert_eq!(run.record.stdout, vec![b'x'; 1000]);
+    assert!(run.exit.stdout_truncated && run.record.stdout_truncated);
+    assert_eq!(run.exit.stdout_bytes, 100000);
+    assert_eq!(run.stderr(), "e".repeat(10));
+    assert!(!run.exit.stderr_truncated);
+    assert_eq!(run.exit.exit_code, Some(0));
+}
+
+#[test]
+fn a_program_flooding_its_output_is_not_blocked_by_the_cap() {
+    // 20 MB through a 1 kB cap: the wrapper keeps reading so the program finishes.
+    let run = python("import sys\nfor _ in range(20):\n    sys.stdout.write('y' * 1000000)\nprint('done', file=sys.stderr)\n")
+        .limits(|l| l.max_output_bytes = 1000)
+        .run();
+    assert_eq!(run.exit.exit_code, Some(0));
+    assert_eq!(run.exit.stdout_bytes, 20_000_000);
+    assert_eq!(run.stderr(), "done\n");
+}
+
+#[test]
+fn many_tiny_writes_are_gathered_into_few_frames() {
+    let run = python("import sys\nfor _ in range(5000):\n    sys.stdout.write('x')\n").run();
+    assert_eq!(run.stdout(), "x".repeat(5000));
+    let frames = run
+        .log
+        .split(|b| *b == b'\n')
+        .filter(|line| line.starts_with(br#"{"t":"stdout""#))
+        .count();
+    assert!(frames < 100, "{frames} frames for 5000 one-byte writes");
+}
+
+#[test]
+fn output_files_are_collected_with_their_sha256() {
+    let run = python(
+        r#"
+import os
+os.makedirs('outputs/charts', exist_ok=True)
+open('outputs/result.txt', 'w').write('42\n')
+open('outputs/charts/data.bin', 'wb').write(bytes(range(256)) * 100)
+open('not-an-output.txt', 'w').write('x')
+"#,
+    )
+    .run();
+    let names: Vec<&str> = run
+        .record
+        .artifacts
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
+    assert_eq!(names, ["charts/data.bin", "result.txt"]);
+    assert_eq!(run.artifact("result.txt").unwrap(), b"42\n");
+    let data: Vec<u8> = (0..=255u8).cycle().take(25600).collect();
+    assert_eq!(run.artifact("charts/data.bin").unwrap(), data.as_slice());
+    assert_eq!(run.record.artifacts[0].sha256, sha256(&data));
+    assert!(run.record.skipped.is_empty());
+}
+
+#[test]
+fn a_symlink_in_outputs_is_refused_not_followed() {
+    let run = python("import os\nos.symlink('/etc/passwd', 'outputs/passwd')\n").run();
+    assert!(run.record.artifacts.is_empty());
+    assert_eq!(run.skipped_reason("passwd"), Some("symlink refused"));
+    assert!(!run.record.artifact_limit_exceeded);
+}
+
+#[test]
+fn a_name_over_the_length_cap_is_refused() {
+    let run = python(
+        "import os\nd = 'outputs/' + 'd' * 200\nos.makedirs(d)\nopen(d + '/' + 'f' * 100, 'w').write('x')\n\
+         open('outputs/ok', 'w').write('ok')\n",
+    )
+    .run();
+    assert_eq!(run.record.artifacts.len(), 1);
+    assert_eq!(run.record.artifacts[0].name, "ok");
+    let refused = &run.record.skipped[0];
+    assert!(refused.name.starts_with("ddd"));
+    assert!(refused.reason.contains("name"), "{}", refused.reason);
+}
+
+#[test]
+fn a_fifo_in_outputs_does_not_hang_the_wrapper() {
+    let run =
+        python("import os\nos.mkfifo('outputs/pipe')\nopen('outputs/real', 'w').write('r')\n")
+            .run();
+    assert_eq!(run.skipped_reason("pipe"), Some("fifo refused"));
+    assert_eq!(run.artifact("real").unwrap(), b"r");
+    assert!(run.elapsed < Duration::from_secs(5));
+}
+
+#[test]
+fn files_over_the_count_cap_are_left_out_and_flagged() {
+    let run = python("for i in range(5):\n    open(f'outputs/f{i}', 'w').write(str(i))\n")
+        .limits(|l| l.max_artifacts = 2)
+        .run();
+    let names: Vec<&str> = run
+        .record
+        .artifacts
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
+    assert_eq!(names, ["f0", "f1"]);
+    assert_eq!(run.record.skipped.len(), 3);
+    assert!(
+        run.record
+            .skipped
+            .iter()
+            .all(|s| s.reason.contains("too many"))
+    );
+    assert!(run.record.artifact_limit_exceeded);
+}
+
+#[test]
+fn a_file_over_the_size_cap_is_left_out_and_flagged() {
+    let run = python(
+        "open('outputs/big', 'wb').write(b'x' * 5000)\nopen('outputs/small', 'w').write('s')\n",
+    )
+    .limits(|l| l.max_artifact_bytes = 1000)
+    .run();
+    assert_eq!(run.record.artifacts.len(), 1);
+    assert!(run.skipped_reason("big").unwrap().contains("limit"));
+    assert!(run.record.artifact_limit_exceeded);
+}
+
+#[test]
+fn a_missing_interpreter_is_reported_as_an_error() {
+    let run = python("print(1)\n")
+        .env("CI_RUNNER_PATH", "/nonexistent")
+        .run();
+    let error = run.exit.error.as_deref().unwrap();
+    assert!(error.contains("python3"), "{error}");
+    assert_eq!(run.exit.exit_code, None);
+    assert!(run.record.stdout.is_empty());
+}
+
+#[test]
+fn an_unreadable_job_is_reported_as_an_error() {
+    let fixture = python("print(1)\n");
+    let mut command = fixture.command();
+    std::fs::write(fixture.dir.path().join("job/job.json"), "{not json").unwrap();
+    let output = command.output().unwrap();
+    let run = fixture.finish(output, Duration::ZERO);
+    assert!(run.exit.error.unwrap().contains("not a job"));
+}
+
+#[test]
+fn the_cpu_budget_stops_a_busy_program() {
+    let run = python("while True:\n    pass\n")
+        .limits(|l| l.cpu_ms = 500)
+        .run();
+    assert!(run.exit.cpu_limit_exceeded, "{:?}", run.exit);
+    assert!(!run.exit.timed_out);
+    assert_eq!(run.exit.signal, Some(9));
+    assert!(run.exit.cpu_ms >= 500, "{}", run.exit.cpu_ms);
+    assert!(run.elapsed < Duration::from_secs(5));
+}
+
+#[test]
+fn writing_past_the_file_size_limit_is_reported() {
+    // Python ignores SIGXFSZ (the write fails instead); restore the default to see the kill.
+    let run = python(
+        "import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_DFL)\nopen('big', 'wb').write(b'x' * 5000)\n",
+    )
+    .limits(|l| l.max_file_bytes = 1000)
+    .run();
+    assert!(run.exit.file_size_exceeded, "{:?}", run.exit);
+    assert_eq!(run.exit.signal, Some(Signal::SIGXFSZ as i32));
+}
+
+#[test]
+fn a_kill_while_the_cgroup_counts_an_oom_kill_is_reported_as_oom() {
+    // A stand-in cgroup folder: the program plays the kernel, counting an OOM kill and
+    // killing itself, which is what the wrapper sees when the OOM killer strikes.
+    let cgroup = tempfile::tempdir().unwrap();
+    std::fs::write(cgroup.path().join("memory.events"), "oom 0\noom_kill 0\n").unwrap();
+    std::fs::write(cgroup.path().join("memory.peak"), "123456789\n").unwrap();
+    let events = cgroup.path().join("memory.events");
+    let run = python(&format!(
+        "import os, signal\nopen({events:?}, 'w').write('oom 1\\noom_kill 1\\n')\n\
+         os.kill(os.getpid(), signal.SIGKILL)\n"
+    ))
+    .env("CI_RUNNER_CGROUP_DIR", cgroup.path().to_str().unwrap())
+    .run();
+    assert!(run.exit.oom_killed, "{:?}", run.exit);
+    assert_eq!(run.exit.memory_peak_bytes, 123456789);
+    assert!(!run.exit.timed_out && !run.exit.cpu_limit_exceeded);
+}
+
+#[test]
+fn output_is_streamed_while_the_program_runs_and_sigterm_cancels_it() {
+    let fixture = python(
+        "import sys, time\nopen('outputs/partial.txt', 'w').write('p')\nsys.stdout.write('first\\n')\n\
+         time.sleep(300)\n",
+    );
+    let started = Instant::now();
+    let mut child = fixture.command().stdout(Stdio::piped()).spawn().unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut log = Vec::new();
+    // The program's first line arrives while it still runs.
+    loop {
+        let mut line = Vec::new();
+        assert!(
+            reader.read_until(b'\n', &mut line).unwrap() > 0,
+            "record ended early"
+        );
+        log.extend_from_slice(&line);
+        if line.starts_with(br#"{"t":"stdout""#) {
+            break;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(child.try_wait().unwrap(), None);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    reader.read_to_end(&mut log).unwrap();
+    let status = child.wait().unwrap();
+    let output = Output {
+        status,
+        stdout: log,
+        stderr: Vec::new(),
+    };
+    let run = fixture.finish(output, started.elapsed());
+    assert_eq!(run.stdout(), "first\n");
+    assert!(run.exit.cancelled && !run.exit.timed_out);
+    assert_eq!(run.exit.signal, Some(9));
+    // Evidence is kept: what it wrote before the cancel is still collected.
+    assert_eq!(run.artifact("partial.txt").unwrap(), b"p");
+}
