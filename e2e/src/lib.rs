@@ -1,1 +1,298 @@
-//! Shared helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests. They run on the host against the real local cluster
+//! (`make test` brings it up first) with the admin kubeconfig.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use codeinterp_crds::{CodeRun, CodeRunSpec, Language, Limits};
+use futures::AsyncReadExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, LogParams, PostParams};
+use kube::runtime::wait::{Condition, await_condition};
+use kube::{Api, Client, ResourceExt};
+use rand::Rng;
+
+/// Where the cluster keeps its state (see hack/cluster/lib.sh).
+pub fn run_dir() -> PathBuf {
+    std::env::var("CODEINTERP_RUN")
+        .unwrap_or_else(|_| "/var/lib/codeinterp".into())
+        .into()
+}
+
+pub fn runner_image(lang: &str) -> String {
+    format!("localhost/codeinterp/runner-{lang}:dev")
+}
+
+pub async fn client() -> Client {
+    Client::try_default()
+        .await
+        .expect("kubeconfig for the local cluster (run `make up`)")
+}
+
+pub fn random_suffix() -> String {
+    let mut rng = rand::rng();
+    (0..6)
+        .map(|_| (b'a' + rng.random_range(0..26)) as char)
+        .collect()
+}
+
+/// A namespace for one test, deleted when dropped (in the background).
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let name = format!("{prefix}-{}", random_suffix());
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"codeinterp.dev/e2e": "true"}}
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        // The default service account appears shortly after; pods need it to be admitted.
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sas.get_opt("default").await.unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no default service account in {name}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        TestNamespace {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub fn runs(&self) -> Api<CodeRun> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let name = self.name.clone();
+        // Best effort; the runtime may already be shutting down.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = api.delete(&name, &DeleteParams::background()).await;
+            });
+        }
+    }
+}
+
+/// A pod from JSON (tests read better with the manifest inline).
+pub fn pod(manifest: serde_json::Value) -> Pod {
+    serde_json::from_value(manifest).expect("valid pod manifest")
+}
+
+fn pod_finished() -> impl Condition<Pod> {
+    |obj: Option<&Pod>| {
+        obj.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+    }
+}
+
+fn pod_running() -> impl Condition<Pod> {
+    |obj: Option<&Pod>| {
+        obj.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|phase| phase == "Running")
+    }
+}
+
+/// Creates a pod and waits until it has run to the end.
+pub async fn run_pod_to_end(
+    pods: &Api<Pod>,
+    manifest: serde_json::Value,
+    within: Duration,
+) -> anyhow::Result<Pod> {
+    let p = pods.create(&PostParams::default(), &pod(manifest)).await?;
+    let name = p.name_any();
+    let done = tokio::time::timeout(within, await_condition(pods.clone(), &name, pod_finished()))
+        .await
+        .with_context(|| format!("pod {name} did not finish within {within:?}"))??;
+    done.context("pod disappeared")
+}
+
+pub async fn start_pod(pods: &Api<Pod>, manifest: serde_json::Value) -> anyhow::Result<Pod> {
+    let p = pods.create(&PostParams::default(), &pod(manifest)).await?;
+    let name = p.name_any();
+    let running = tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(pods.clone(), &name, pod_running()),
+    )
+    .await
+    .with_context(|| format!("pod {name} did not start"))??;
+    running.context("pod disappeared")
+}
+
+/// A pod's log, read through the API server (which fetches it from the kubelet).
+pub async fn pod_log(pods: &Api<Pod>, name: &str) -> anyhow::Result<String> {
+    let mut stream = pods.log_stream(name, &LogParams::default()).await?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+pub fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("pod has an IP")
+}
+
+/// The node's address (the kubelet's InternalIP).
+pub async fn node_ip(client: &Client) -> String {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let list = nodes.list(&Default::default()).await.unwrap();
+    list.items[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+        .map(|a| a.address.clone())
+        .expect("node InternalIP")
+}
+
+pub fn container_terminated(pod: &Pod) -> k8s_openapi::api::core::v1::ContainerStateTerminated {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.clone())
+        .expect("container terminated")
+}
+
+/// A CodeRun spec with defaults, for tests.
+pub fn spec(language: Language, code: &str) -> CodeRunSpec {
+    CodeRunSpec {
+        language,
+        code: code.to_string(),
+        stdin: None,
+        args: vec![],
+        files: vec![],
+        limits: Limits {
+            timeout_ms: Some(20_000),
+            ..Default::default()
+        },
+        cancel: None,
+    }
+}
+
+/// Creates a CodeRun and waits until it reaches a final phase.
+pub async fn run_to_end(
+    runs: &Api<CodeRun>,
+    spec: CodeRunSpec,
+    within: Duration,
+) -> anyhow::Result<CodeRun> {
+    let name = format!("e2e-{}-{}", spec.language.as_str(), random_suffix());
+    let run = CodeRun::new(&name, spec);
+    runs.create(&PostParams::default(), &run).await?;
+    wait_finished(runs, &name, within).await
+}
+
+pub async fn wait_finished(
+    runs: &Api<CodeRun>,
+    name: &str,
+    within: Duration,
+) -> anyhow::Result<CodeRun> {
+    let cond = |obj: Option<&CodeRun>| obj.is_some_and(|r| r.is_finished());
+    let done = tokio::time::timeout(within, await_condition(runs.clone(), name, cond))
+        .await
+        .with_context(|| format!("CodeRun {name} did not finish within {within:?}"))??;
+    done.context("CodeRun disappeared")
+}
+
+/// Every event recorded for an object, oldest first: "Reason: note".
+pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<String> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let list = api.list(&Default::default()).await.unwrap();
+    let mut evs: Vec<_> = list
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect();
+    evs.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    evs.into_iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// A TCP listener on this host that answers every connection with a fixed line, counting
+/// how many it accepted. Bound on all addresses, so pods reach it at the node's address.
+pub struct HostListener {
+    pub port: u16,
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HostListener {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                use tokio::io::AsyncWriteExt;
+                let _ = sock.write_all(b"hello from the node\n").await;
+            }
+        });
+        HostListener { port, accepted }
+    }
+}
+
+/// kubectl of the cluster's version (built with it), for tests of the kubectl workflow.
+pub fn kubectl() -> PathBuf {
+    let version = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../hack/cluster/versions.env"
+    ))
+    .unwrap()
+    .lines()
+    .find_map(|l| l.strip_prefix("KUBERNETES_VERSION=").map(str::to_string))
+    .unwrap();
+    let cache =
+        std::env::var("CODEINTERP_CACHE").unwrap_or_else(|_| "/var/cache/codeinterp".into());
+    PathBuf::from(cache).join(format!("bin/kubernetes-{version}/kubectl"))
+}
+
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Waits for a condition polled every 200 ms (for things with no watch, e.g. a host counter).
+pub async fn eventually<F: FnMut() -> bool>(within: Duration, mut f: F) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    f()
+}

@@ -19,6 +19,9 @@ stop_pid() { # NAME: TERM, then KILL after a grace period
   rm -f "$f"
 }
 
+# The operator and REST API run against this cluster: they go first.
+"$REPO_ROOT/hack/stack/down.sh"
+
 # Control plane and node agents first, so nothing restarts the containers we stop next.
 for c in kube-router kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver; do
   stop_pid "$c"

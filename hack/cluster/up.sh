@@ -85,6 +85,7 @@ else
     --kubelet-client-certificate "$PKI_DIR/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$PKI_DIR/apiserver-kubelet-client.key" \
     --kubelet-certificate-authority "$PKI_DIR/ca.crt" \
+    --kubelet-preferred-address-types InternalIP,Hostname \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI_DIR/sa.pub" \
     --service-account-signing-key-file "$PKI_DIR/sa.key" \

@@ -24,9 +24,6 @@ quietly() {
   fi
 }
 
-# in_buildah REF: the image is in buildah's local storage.
-in_buildah() { buildah inspect --type image "$1" >/dev/null 2>&1; }
-
 # --- the base: Debian $BASE_SUITE, minbase, without documentation -------------------------
 BASE_REF="localhost/codeinterp/base:$BASE_SUITE"
 BASE_TAR="$IMAGE_CACHE/base-$BASE_SUITE-minbase.tar"
@@ -97,12 +94,16 @@ build_runner() {
   local archive="$IMAGE_CACHE/runner-$lang-$key.tar"
   if [[ ! -f $archive ]]; then
     log "building $ref"
+    local previous
+    previous=$(buildah inspect --type image --format '{{.FromImageID}}' "$ref" 2>/dev/null || true)
     # Host network: only apt-get reaches out, to Debian's archive.
     quietly "runner-$lang" buildah bud --pull=never --layers=false \
       --runtime "$(oci_runtime)" --network=host \
       --build-arg "BASE=$BASE_REF" --annotation "codeinterp.dev/key=$key" \
       -f "$dockerfile" -t "$ref" "$REPO_ROOT/runners"
     buildah_archive "$ref" "$archive"
+    # The image this one replaces would linger untagged in buildah's storage.
+    if [[ -n $previous ]]; then buildah rmi "$previous" >/dev/null 2>&1 || true; fi
     # Older archives of this language are of no further use.
     find "$IMAGE_CACHE" -maxdepth 1 -name "runner-$lang-*.tar" ! -name "runner-$lang-$key.tar" -delete
   fi

@@ -1,8 +1,7 @@
 //! The CodeRun reconciler: one idempotent pass from whatever state the run and its pod are in
 //! to the next step. Everything it needs to resume lives in the API (the CodeRun's status and
 //! the pod), so an operator restarted mid-run neither loses nor repeats a run.
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -39,8 +38,6 @@ pub struct Context {
     pub store: Store,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    /// Namespaces whose deny-all policy this process has seen in place.
-    pub policies: Mutex<HashSet<String>>,
 }
 
 fn now() -> Time {
@@ -513,21 +510,26 @@ where
     }
 }
 
-/// The deny-all policy must select runner pods before any exists in the namespace.
+/// The deny-all policy must select runner pods before any exists in the namespace. It is
+/// checked before every pod (a namespace may have been recreated, or the policy deleted),
+/// and applied when missing or changed.
 async fn ensure_deny_all(ctx: &Context, ns: &str) -> Result<(), Error> {
-    if ctx.policies.lock().expect("lock").contains(ns) {
+    let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let want = pod_spec::deny_all_policy(ns);
+    let have = api
+        .get_opt(pod_spec::DENY_ALL_POLICY)
+        .await
+        .map_err(Error::Kube)?;
+    if have.is_some_and(|p| p.spec == want.spec) {
         return Ok(());
     }
-    let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
-    let policy = pod_spec::deny_all_policy(ns);
     api.patch(
         pod_spec::DENY_ALL_POLICY,
         &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&policy),
+        &Patch::Apply(&want),
     )
     .await
     .map_err(Error::Kube)?;
-    ctx.policies.lock().expect("lock").insert(ns.to_string());
     Ok(())
 }
 

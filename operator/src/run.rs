@@ -1,6 +1,5 @@
 //! Start-up: the controller, its watches, and the metrics/health endpoint.
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -37,7 +36,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         store,
         metrics: metrics.clone(),
-        policies: Mutex::new(HashSet::new()),
         cfg: cfg.clone(),
     });
 

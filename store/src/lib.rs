@@ -4,7 +4,9 @@
 //! Layout, under the store's root:
 //! - `tenants/<tenant>/runs/<run id>.json`: the final [`RunRecord`];
 //! - `tenants/<tenant>/files/<file id>/meta.json`: a [`FileMeta`];
-//! - `tenants/<tenant>/files/<file id>/content`: the file's bytes.
+//! - `tenants/<tenant>/files/<file id>/content`: the file's bytes;
+//! - `index/files/<file id>.json`: a [`FileIndexEntry`] naming the file's tenant, so a signed
+//!   download URL (which carries no bearer token) can find the file.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -90,6 +92,12 @@ pub struct FileMeta {
     pub run_id: Option<String>,
 }
 
+/// Where a file id lives: written with every file's metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIndexEntry {
+    pub tenant: String,
+}
+
 /// A handle on the object store, cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -159,6 +167,10 @@ impl Store {
 
     fn file_key(&self, tenant: &str, id: &str, leaf: &str) -> Result<Path, StoreError> {
         Ok(self.key(&["tenants", segment(tenant)?, "files", segment(id)?, leaf]))
+    }
+
+    fn file_index_key(&self, id: &str) -> Result<Path, StoreError> {
+        Ok(self.key(&["index", "files", &format!("{}.json", segment(id)?)]))
     }
 
     pub fn run_record_key(&self, tenant: &str, id: &str) -> Result<String, StoreError> {
@@ -241,12 +253,74 @@ impl Store {
         Ok(Ok((size, hex::encode(hash.finalize()))))
     }
 
+    /// Writes a file's metadata, after its index entry: a listed file can always be found
+    /// by its id alone.
     pub async fn put_file_meta(&self, meta: &FileMeta) -> Result<(), StoreError> {
         let key = self.file_key(&meta.tenant, &meta.id, "meta.json")?;
+        self.put_file_index(&meta.id, &meta.tenant).await?;
         self.inner
             .put(&key, PutPayload::from(serde_json::to_vec(meta)?))
             .await?;
         Ok(())
+    }
+
+    async fn put_file_index(&self, id: &str, tenant: &str) -> Result<(), StoreError> {
+        let entry = FileIndexEntry {
+            tenant: segment(tenant)?.to_string(),
+        };
+        self.inner
+            .put(
+                &self.file_index_key(id)?,
+                PutPayload::from(serde_json::to_vec(&entry)?),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The tenant that owns a file id, for requests that carry no bearer token (signed
+    /// URLs). Files stored before the index existed are found by looking in every tenant,
+    /// and indexed then.
+    pub async fn file_tenant(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let key = match self.file_index_key(id) {
+            Ok(k) => k,
+            Err(StoreError::Name(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match self.inner.get(&key).await {
+            Ok(r) => {
+                let entry: FileIndexEntry = serde_json::from_slice(&r.bytes().await?)?;
+                return Ok(Some(entry.tenant));
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let tenants = self
+            .inner
+            .list_with_delimiter(Some(&self.key(&["tenants"])))
+            .await?;
+        for prefix in tenants.common_prefixes {
+            let Some(tenant) = prefix.filename() else {
+                continue;
+            };
+            if self.get_file_meta(tenant, id).await?.is_some() {
+                self.put_file_index(id, tenant).await?;
+                return Ok(Some(tenant.to_string()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes the bytes of an upload that was refused after they were written (no
+    /// metadata exists yet, so nothing lists it).
+    pub async fn discard_upload(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
+        match self
+            .inner
+            .delete(&self.file_key(tenant, id, "content")?)
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn get_file_meta(
@@ -305,14 +379,16 @@ impl Store {
         self.inner
             .delete(&self.file_key(tenant, id, "meta.json")?)
             .await?;
-        match self
-            .inner
-            .delete(&self.file_key(tenant, id, "content")?)
-            .await
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
-            Err(e) => Err(e.into()),
+        for key in [
+            self.file_key(tenant, id, "content")?,
+            self.file_index_key(id)?,
+        ] {
+            match self.inner.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(true)
     }
 
     /// Cheap check that the backend answers (for readiness).
@@ -376,6 +452,40 @@ mod tests {
         assert!(store.delete_file("acme", "file-1").await.unwrap());
         assert!(store.list_files("acme").await.unwrap().is_empty());
         assert!(!store.delete_file("acme", "file-1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_file_id_leads_to_its_tenant_until_the_file_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        store
+            .put_file(&meta("file-2"), Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.file_tenant("file-2").await.unwrap().as_deref(),
+            Some("acme")
+        );
+        assert_eq!(store.file_tenant("file-none").await.unwrap(), None);
+        assert_eq!(store.file_tenant("../etc").await.unwrap(), None);
+        store.delete_file("acme", "file-2").await.unwrap();
+        assert_eq!(store.file_tenant("file-2").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn files_stored_before_the_index_are_found_and_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        store
+            .put_file(&meta("file-3"), Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        std::fs::remove_file(dir.path().join("index/files/file-3.json")).unwrap();
+        assert_eq!(
+            store.file_tenant("file-3").await.unwrap().as_deref(),
+            Some("acme")
+        );
+        assert!(dir.path().join("index/files/file-3.json").exists());
     }
 
     #[tokio::test]

@@ -76,9 +76,7 @@ fn run<W: Write>(
 
     let outcome = match supervise::run(&launch, signals, settings.is_pid1, emitter) {
         Ok(outcome) => outcome,
-        Err(supervise::Error::Spawn(err)) => {
-            return not_started(emitter, format!("cannot start {}: {err}", launch.argv[0]));
-        }
+        Err(supervise::Error::Spawn(err)) => return not_started(emitter, err),
         Err(supervise::Error::Record(err)) => return Err(err),
     };
 
