@@ -53,7 +53,7 @@ pub struct Config {
         default_value = "when-available"
     )]
     pub apparmor_mode: AppArmorMode,
-    #[arg(long, env = "USER_NAMESPACES", value_enum, default_value = "off")]
+    #[arg(long, env = "USER_NAMESPACES", value_enum, default_value = "on")]
     pub user_namespaces: UserNamespaces,
     /// RuntimeClass for runner pods (e.g. gvisor), if any.
     #[arg(long, env = "RUNTIME_CLASS")]

@@ -261,11 +261,22 @@ async fn start(
         .await;
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    create_if_missing(&secrets, &secret).await?;
-
     let pod = pod_spec::pod(run, limits, &ctx.cfg, &applied);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    create_if_missing(&pods, &pod).await?;
+    let created = match create_if_missing(&secrets, &secret).await {
+        Ok(()) => create_if_missing(&pods, &pod).await,
+        Err(e) => Err(e),
+    };
+    // The API refusing the objects (an admission policy, a quota, an invalid value) will not
+    // change by retrying: the run fails with the API's reason instead of waiting forever.
+    if let Err(Error::Kube(kube::Error::Api(s))) = &created
+        && (400..500).contains(&s.code)
+        && s.code != 429
+    {
+        let msg = format!("the cluster refused the runner pod: {}", s.message);
+        return finish(ctx, run, status, Outcome::failed("pod_rejected", msg), None, None).await;
+    }
+    created?;
 
     status.phase = Some(Phase::Queued);
     status.pod_name = Some(name.clone());

@@ -191,10 +191,10 @@ pub fn parse_record(log: &[u8], limits: RecordLimits) -> Result<RunRecord, Parse
         }
         // A file ends when its declared size has arrived; anything else with one still open
         // means it was cut short.
-        if !matches!(frame, Frame::Data { .. }) {
-            if let Some(file) = open.take() {
-                finish_file(&mut rec, file, &mut total_artifact_bytes, limits)?;
-            }
+        if !matches!(frame, Frame::Data { .. })
+            && let Some(file) = open.take()
+        {
+            finish_file(&mut rec, file, &mut total_artifact_bytes, limits)?;
         }
         match frame {
             Frame::Start { v } => {
