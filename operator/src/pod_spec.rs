@@ -216,7 +216,10 @@ pub fn pod(run: &CodeRun, limits: &EffectiveLimits, cfg: &Config, applied: &Appl
             dns_policy: Some("None".into()),
             // Kubernetes wants a nameserver with dnsPolicy None: loopback, where nothing answers
             // (the program has no network anyway).
-            dns_config: Some(PodDNSConfig { nameservers: Some(vec!["127.0.0.1".into()]), ..Default::default() }),
+            dns_config: Some(PodDNSConfig {
+                nameservers: Some(vec!["127.0.0.1".into()]),
+                ..Default::default()
+            }),
             host_users: applied.user_namespace.then_some(false),
             runtime_class_name: applied.runtime_class.clone(),
             termination_grace_period_seconds: Some(5),

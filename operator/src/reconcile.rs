@@ -274,7 +274,15 @@ async fn start(
         && s.code != 429
     {
         let msg = format!("the cluster refused the runner pod: {}", s.message);
-        return finish(ctx, run, status, Outcome::failed("pod_rejected", msg), None, None).await;
+        return finish(
+            ctx,
+            run,
+            status,
+            Outcome::failed("pod_rejected", msg),
+            None,
+            None,
+        )
+        .await;
     }
     created?;
 
