@@ -73,6 +73,11 @@ pub struct CodeRunSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("limits are immutable"))]
     pub limits: Limits,
+    /// Delete the CodeRun (and anything left of its pod) this many seconds after it
+    /// finishes; the run record stays in object storage. Default: the operator's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 604800))]
+    pub ttl_seconds_after_finished: Option<u64>,
     /// Set to true to stop the run; what it printed so far is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<bool>,

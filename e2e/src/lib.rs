@@ -190,6 +190,7 @@ pub fn spec(language: Language, code: &str) -> CodeRunSpec {
             timeout_ms: Some(20_000),
             ..Default::default()
         },
+        ttl_seconds_after_finished: None,
         cancel: None,
     }
 }

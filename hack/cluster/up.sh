@@ -20,8 +20,13 @@ pid_alive() { # NAME: its pid file names a live process running our binary
 
 kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
+# What the running cluster was started from: a changed pinned version, config file or
+# script means a restart.
+config_key() { cat "$CLUSTER_DIR"/versions.env "$CLUSTER_DIR"/config/* "$CLUSTER_DIR"/up.sh | sha256sum | cut -c1-16; }
+
 healthy() {
   local c
+  [[ "$(cat "$RUN_DIR/config-key" 2>/dev/null)" == "$(config_key)" ]] || return 1
   for c in "${COMPONENTS[@]}"; do pid_alive "$c" || return 1; done
   [[ "$(cat "$PKI_DIR/.node-ip" 2>/dev/null)" == "$NODE_IP" ]] || return 1
   kubectl_admin get --raw /readyz >/dev/null 2>&1 || return 1
@@ -50,6 +55,7 @@ else
   log "cluster not running (or partly dead): clearing leftovers and starting it"
   "$CLUSTER_DIR/down.sh" --quiet
   mkdir -p "$RUN_DIR"/{pids,logs,etcd,kubelet/seccomp,cni/net.d,cni/ipam,config} /run/codeinterp
+  config_key >"$RUN_DIR/config-key"
   "$CLUSTER_DIR/pki.sh" "$NODE_IP"
 
   # Kernel settings pods and NetworkPolicy enforcement need: bridged traffic goes through

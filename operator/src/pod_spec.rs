@@ -345,6 +345,7 @@ mod tests {
                     memory_mb: Some(128),
                     ..Default::default()
                 },
+                ttl_seconds_after_finished: None,
                 cancel: None,
             },
         );

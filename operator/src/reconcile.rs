@@ -70,7 +70,8 @@ pub async fn reconcile(run: Arc<CodeRun>, ctx: Arc<Context>) -> Result<Action, E
                 .as_ref()
                 .or(run.meta().creation_timestamp.as_ref()),
         );
-        if age >= ctx.cfg.run_ttl_seconds {
+        let ttl = ttl_seconds(&ctx.cfg, &run);
+        if age >= ttl {
             info!("deleting finished run after its TTL; its record stays in object storage");
             match runs.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => {}
@@ -79,9 +80,7 @@ pub async fn reconcile(run: Arc<CodeRun>, ctx: Arc<Context>) -> Result<Action, E
             }
             return Ok(Action::await_change());
         }
-        return Ok(Action::requeue(Duration::from_secs(
-            ctx.cfg.run_ttl_seconds - age + 1,
-        )));
+        return Ok(Action::requeue(Duration::from_secs(ttl - age + 1)));
     }
 
     let limits = run.spec.limits.clamp(&ctx.maxima);
@@ -437,8 +436,15 @@ async fn finish(
 
     cleanup_children(ctx, &ns, &name).await?;
     Ok(Action::requeue(Duration::from_secs(
-        ctx.cfg.run_ttl_seconds + 1,
+        ttl_seconds(&ctx.cfg, run) + 1,
     )))
+}
+
+/// How long a finished run is kept: its own setting, else the operator's.
+fn ttl_seconds(cfg: &Config, run: &CodeRun) -> u64 {
+    run.spec
+        .ttl_seconds_after_finished
+        .unwrap_or(cfg.run_ttl_seconds)
 }
 
 fn preview(bytes: &[u8]) -> String {

@@ -1,0 +1,293 @@
+//! Settings: every one a flag and an environment variable. `API_KEYS` and the signing keys
+//! are taken as plain strings and parsed afterwards, so that no error message (clap's
+//! included) ever repeats a token.
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::Parser;
+use codeinterp_crds::Maxima;
+use sha2::{Digest, Sha256};
+
+#[derive(Clone, Parser)]
+#[command(
+    name = "apiserver",
+    about = "The OpenAI-style REST API of the code interpreter"
+)]
+pub struct Config {
+    /// Port to listen on (all interfaces).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Comma-separated `token:label:rps:burst`; the label is the tenant.
+    #[arg(long, env = "API_KEYS", default_value = "", hide_env_values = true)]
+    pub api_keys: String,
+    /// Where run records and files live: a local directory or an object_store URL.
+    #[arg(
+        long,
+        env = "STORAGE_URL",
+        default_value = "/var/lib/codeinterp/storage"
+    )]
+    pub storage_url: String,
+    /// Base of the signed artifact URLs handed to clients.
+    #[arg(long, env = "PUBLIC_BASE_URL", default_value = "http://localhost:8080")]
+    pub public_base_url: String,
+    /// HMAC key for signed URLs (at least 16 bytes). Without one a random key is made at
+    /// start-up, and URLs stop working when the process restarts.
+    #[arg(long, env = "SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
+    /// The key before the last rotation: URLs it signed stay valid until they expire.
+    #[arg(long, env = "SIGNING_KEY_PREVIOUS", hide_env_values = true)]
+    pub signing_key_previous: Option<String>,
+    /// Namespace the CodeRuns are created in.
+    #[arg(long, env = "SANDBOX_NAMESPACE", default_value = "codeinterp")]
+    pub sandbox_namespace: String,
+    /// Largest file accepted by `POST /v1/files`. Inputs reach a run through a Secret that
+    /// holds about 900 KiB in all, so larger files could not be given to a run anyway.
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 512 * 1024)]
+    pub max_upload_bytes: u64,
+    /// Lifetime of signed artifact URLs.
+    #[arg(long, env = "URL_TTL_SECONDS", default_value_t = 3600)]
+    pub url_ttl_seconds: u64,
+    /// Longest a `POST /v1/runs` waits for its run to finish before answering.
+    #[arg(long, env = "MAX_WAIT_SECONDS", default_value_t = 330)]
+    pub max_wait_seconds: u64,
+    /// Added to a run's timeout when waiting for it (queueing, pod start, storing results).
+    #[arg(long, env = "WAIT_SLACK_SECONDS", default_value_t = 150)]
+    pub wait_slack_seconds: u64,
+    /// Deadline for every other request.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub request_timeout_seconds: u64,
+    /// Ceilings on per-run limits; keep them equal to the operator's.
+    #[arg(long, env = "MAX_TIMEOUT_MS", default_value_t = 300_000)]
+    pub max_timeout_ms: u64,
+    #[arg(long, env = "MAX_MEMORY_MB", default_value_t = 4096)]
+    pub max_memory_mb: u64,
+    /// Rate and burst shared by requests without a bearer token (signed downloads).
+    #[arg(long, env = "ANONYMOUS_RPS", default_value_t = 20.0)]
+    pub anonymous_rps: f64,
+    #[arg(long, env = "ANONYMOUS_BURST", default_value_t = 40)]
+    pub anonymous_burst: u32,
+    /// Runner hardening and images are the operator's to apply; the API server accepts
+    /// them so one environment can configure both, and reports them at start-up.
+    #[arg(long, env = "SECCOMP_PROFILE")]
+    pub seccomp_profile: Option<String>,
+    #[arg(long, env = "APPARMOR_PROFILE")]
+    pub apparmor_profile: Option<String>,
+    #[arg(long, env = "RUNNER_IMAGE_PYTHON")]
+    pub runner_image_python: Option<String>,
+    #[arg(long, env = "RUNNER_IMAGE_NODE")]
+    pub runner_image_node: Option<String>,
+    #[arg(long, env = "RUNNER_IMAGE_RUBY")]
+    pub runner_image_ruby: Option<String>,
+    #[arg(long, env = "RUNNER_IMAGE_PHP")]
+    pub runner_image_php: Option<String>,
+    /// Print the OpenAPI document and exit.
+    #[arg(long)]
+    pub print_openapi: bool,
+}
+
+/// What the handlers need to know, decided once at start-up.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub public_base_url: String,
+    pub namespace: String,
+    pub max_upload_bytes: u64,
+    pub url_ttl: Duration,
+    pub max_wait: Duration,
+    pub wait_slack: Duration,
+    pub request_timeout: Duration,
+    pub maxima: Maxima,
+}
+
+impl Config {
+    pub fn settings(&self) -> Settings {
+        let mut maxima = Maxima::default();
+        maxima.max.timeout_ms = self.max_timeout_ms;
+        maxima.max.memory_mb = self.max_memory_mb;
+        maxima.defaults.timeout_ms = maxima.defaults.timeout_ms.min(maxima.max.timeout_ms);
+        maxima.defaults.memory_mb = maxima.defaults.memory_mb.min(maxima.max.memory_mb);
+        Settings {
+            public_base_url: self.public_base_url.trim_end_matches('/').to_string(),
+            namespace: self.sandbox_namespace.clone(),
+            max_upload_bytes: self.max_upload_bytes,
+            url_ttl: Duration::from_secs(self.url_ttl_seconds),
+            max_wait: Duration::from_secs(self.max_wait_seconds),
+            wait_slack: Duration::from_secs(self.wait_slack_seconds),
+            request_timeout: Duration::from_secs(self.request_timeout_seconds),
+            maxima,
+        }
+    }
+}
+
+/// One API key. Only a digest of the token is kept, so nothing can print it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiKey {
+    pub token_sha256: [u8; 32],
+    pub label: String,
+    pub rps: f64,
+    pub burst: NonZeroU32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeysError {
+    #[error("API_KEYS is empty: give at least one token:label:rps:burst")]
+    Empty,
+    #[error("API_KEYS entry {0}: expected token:label:rps:burst")]
+    Shape(usize),
+    #[error("API_KEYS entry {0}: the token is empty")]
+    EmptyToken(usize),
+    #[error("API_KEYS entry {0}: label {1:?} must match ^[a-z0-9][a-z0-9-]{{0,62}}$")]
+    Label(usize, String),
+    #[error("API_KEYS entry {0} (label {1:?}): rps {2:?} must be a number above 0")]
+    Rps(usize, String, String),
+    #[error("API_KEYS entry {0} (label {1:?}): burst {2:?} must be a whole number from 1")]
+    Burst(usize, String, String),
+    #[error("API_KEYS entry {0} (label {1:?}) repeats the token of entry {2}")]
+    Duplicate(usize, String, usize),
+}
+
+/// A tenant label: a DNS label, so it fits a Kubernetes label value and a storage path.
+pub fn valid_label(label: &str) -> bool {
+    let bytes = label.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Parses `API_KEYS`. Entries are numbered from 1 in errors, which name the label but never
+/// the token. The token is everything before the last three colons, so it may hold colons.
+pub fn parse_api_keys(raw: &str) -> Result<Vec<ApiKey>, KeysError> {
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for (i, entry) in raw
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+    {
+        let n = i + 1;
+        let mut parts = entry.rsplitn(4, ':');
+        let (Some(burst), Some(rps), Some(label), Some(token)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(KeysError::Shape(n));
+        };
+        if token.is_empty() {
+            return Err(KeysError::EmptyToken(n));
+        }
+        if !valid_label(label) {
+            return Err(KeysError::Label(n, label.to_string()));
+        }
+        let rps_value: f64 = rps
+            .parse()
+            .ok()
+            .filter(|r: &f64| r.is_finite() && *r > 0.0 && *r <= 1_000_000.0)
+            .ok_or_else(|| KeysError::Rps(n, label.to_string(), rps.to_string()))?;
+        let burst_value = burst
+            .parse::<u32>()
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| KeysError::Burst(n, label.to_string(), burst.to_string()))?;
+        let digest = token_digest(token);
+        if let Some(first) = keys.iter().position(|k| k.token_sha256 == digest) {
+            return Err(KeysError::Duplicate(n, label.to_string(), first + 1));
+        }
+        keys.push(ApiKey {
+            token_sha256: digest,
+            label: label.to_string(),
+            rps: rps_value,
+            burst: burst_value,
+        });
+    }
+    if keys.is_empty() {
+        return Err(KeysError::Empty);
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_of_keys_parses_into_tenants_with_their_rates() {
+        let keys = parse_api_keys("dev_123:dev:10:20, other:acme-2:0.5:1").unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].label, "dev");
+        assert_eq!(keys[0].rps, 10.0);
+        assert_eq!(keys[0].burst.get(), 20);
+        assert_eq!(keys[0].token_sha256, token_digest("dev_123"));
+        assert_eq!(keys[1].label, "acme-2");
+        assert_eq!(keys[1].rps, 0.5);
+    }
+
+    #[test]
+    fn a_token_may_contain_colons() {
+        let keys = parse_api_keys("sk:with:colons:acme:1:1").unwrap();
+        assert_eq!(keys[0].token_sha256, token_digest("sk:with:colons"));
+        assert_eq!(keys[0].label, "acme");
+    }
+
+    #[test]
+    fn errors_name_the_entry_and_never_the_token() {
+        let cases = [
+            (
+                "secret-token-1:Acme:1:1",
+                KeysError::Label(1, "Acme".into()),
+            ),
+            ("ok:a:1:1,secret-token-1:b:1", KeysError::Shape(2)),
+            (
+                "secret-token-1:b:fast:1",
+                KeysError::Rps(1, "b".into(), "fast".into()),
+            ),
+            (
+                "secret-token-1:b:0:1",
+                KeysError::Rps(1, "b".into(), "0".into()),
+            ),
+            (
+                "secret-token-1:b:1:0",
+                KeysError::Burst(1, "b".into(), "0".into()),
+            ),
+            (
+                "secret-token-1:a:1:1,secret-token-1:b:1:1",
+                KeysError::Duplicate(2, "b".into(), 1),
+            ),
+            (":b:1:1", KeysError::EmptyToken(1)),
+            ("", KeysError::Empty),
+            (" , ", KeysError::Empty),
+        ];
+        for (raw, want) in cases {
+            let got = parse_api_keys(raw).unwrap_err();
+            assert_eq!(got, want, "{raw}");
+            assert!(!got.to_string().contains("secret-token"), "{got}");
+        }
+    }
+
+    #[test]
+    fn labels_are_dns_labels() {
+        assert!(valid_label("a"));
+        assert!(valid_label("0team-x"));
+        assert!(valid_label(&"a".repeat(63)));
+        assert!(!valid_label(&"a".repeat(64)));
+        assert!(!valid_label("-a"));
+        assert!(!valid_label("_cluster"));
+        assert!(!valid_label("a_b"));
+        assert!(!valid_label("A"));
+        assert!(!valid_label(""));
+    }
+
+    #[test]
+    fn settings_follow_the_operator_maxima() {
+        let cfg = Config::parse_from(["apiserver", "--max-timeout-ms", "10000"]);
+        let s = cfg.settings();
+        assert_eq!(s.maxima.max.timeout_ms, 10_000);
+        assert_eq!(s.maxima.defaults.timeout_ms, 10_000);
+        assert_eq!(s.namespace, "codeinterp");
+        assert_eq!(s.public_base_url, "http://localhost:8080");
+    }
+}

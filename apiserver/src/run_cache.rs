@@ -1,0 +1,301 @@
+//! The tenant-labelled CodeRuns of the sandbox namespace, kept in memory by a kube-runtime
+//! reflector. Reads never call the Kubernetes API; waiting for a run to finish watches the
+//! cache's change counter instead of polling.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use codeinterp_crds::{CodeRun, TENANT_LABEL};
+use futures::StreamExt;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+#[derive(Clone)]
+pub struct RunCache {
+    reader: reflector::Store<CodeRun>,
+    changes: watch::Receiver<u64>,
+    synced: Arc<AtomicBool>,
+    namespace: String,
+}
+
+/// The cache keeps what the REST API shows; the program's source and stdin (up to 512 KiB
+/// a run) and the managed fields are dropped.
+fn slim(run: &mut CodeRun) {
+    run.spec.code.clear();
+    run.spec.stdin = None;
+    run.managed_fields_mut().clear();
+    run.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+impl RunCache {
+    /// Starts watching the namespace in the background.
+    pub fn start(client: Client, namespace: &str) -> Self {
+        let (reader, writer) = reflector::store::<CodeRun>();
+        let (tx, changes) = watch::channel(0u64);
+        let synced = Arc::new(AtomicBool::new(false));
+        let api: Api<CodeRun> = Api::namespaced(client, namespace);
+        let stream = watcher(api, watcher::Config::default().labels(TENANT_LABEL))
+            .default_backoff()
+            .modify(slim)
+            .reflect(writer);
+        let flag = synced.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Release),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "watching CodeRuns"),
+                }
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
+        RunCache {
+            reader,
+            changes,
+            synced,
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// A cache that is never filled, for tests of the routes that need no cluster.
+    pub fn detached(namespace: &str) -> Self {
+        let (reader, _writer) = reflector::store::<CodeRun>();
+        let (_tx, changes) = watch::channel(0u64);
+        RunCache {
+            reader,
+            changes,
+            synced: Arc::new(AtomicBool::new(false)),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Whether the first full list has arrived.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<CodeRun>> {
+        self.reader
+            .get(&ObjectRef::new(name).within(&self.namespace))
+    }
+
+    /// A run, only if it belongs to the tenant.
+    pub fn get_for(&self, tenant: &str, name: &str) -> Option<Arc<CodeRun>> {
+        self.get(name).filter(|r| r.tenant() == tenant)
+    }
+
+    pub fn list_for(&self, tenant: &str) -> Vec<Arc<CodeRun>> {
+        self.reader.state_filter(|r| r.tenant() == tenant)
+    }
+
+    /// Waits until the run is in the cache (a run just created reaches it a moment later),
+    /// or the deadline passes.
+    pub async fn wait_for_arrival(&self, name: &str, deadline: Instant) -> Option<Arc<CodeRun>> {
+        self.wait(name, deadline, |run| run.is_some()).await
+    }
+
+    /// Waits until `done` holds for the run, or the run leaves the cache (it was deleted:
+    /// `None`), or the deadline passes (the run as it is then).
+    pub async fn wait_until(
+        &self,
+        name: &str,
+        deadline: Instant,
+        done: impl Fn(&CodeRun) -> bool,
+    ) -> Option<Arc<CodeRun>> {
+        self.wait(name, deadline, |run| run.is_none_or(&done)).await
+    }
+
+    async fn wait(
+        &self,
+        name: &str,
+        deadline: Instant,
+        done: impl Fn(Option<&CodeRun>) -> bool,
+    ) -> Option<Arc<CodeRun>> {
+        let mut changes = self.changes.clone();
+        loop {
+            // Mark the current version seen before looking, so a change between the look
+            // and the wait still wakes us.
+            changes.borrow_and_update();
+            let run = self.get(name);
+            if done(run.as_deref()) {
+                return run;
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // Nothing will change any more.
+                        return self.get(name);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return self.get(name),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codeinterp_crds::{CodeRunSpec, CodeRunStatus, Language, Phase};
+    use kube::runtime::reflector::store::Writer;
+    use std::time::Duration;
+
+    fn run(name: &str, phase: Option<Phase>) -> CodeRun {
+        let mut r = CodeRun::new(
+            name,
+            CodeRunSpec {
+                language: Language::Python,
+                code: "print(1)".into(),
+                stdin: None,
+                args: vec![],
+                files: vec![],
+                limits: Default::default(),
+                ttl_seconds_after_finished: None,
+                cancel: None,
+            },
+        );
+        r.metadata.namespace = Some("ns".into());
+        r.metadata.labels = Some([(TENANT_LABEL.to_string(), "acme".to_string())].into());
+        r.status = phase.map(|p| CodeRunStatus {
+            phase: Some(p),
+            ..Default::default()
+        });
+        r
+    }
+
+    /// A cache fed by hand, the way the watcher feeds it.
+    fn fed() -> (RunCache, Writer<CodeRun>, watch::Sender<u64>) {
+        let (reader, writer) = reflector::store::<CodeRun>();
+        let (tx, changes) = watch::channel(0u64);
+        let cache = RunCache {
+            reader,
+            changes,
+            synced: Arc::new(AtomicBool::new(true)),
+            namespace: "ns".into(),
+        };
+        (cache, writer, tx)
+    }
+
+    fn apply(
+        writer: &mut Writer<CodeRun>,
+        tx: &watch::Sender<u64>,
+        event: watcher::Event<CodeRun>,
+    ) {
+        writer.apply_watcher_event(&event);
+        tx.send_modify(|n| *n += 1);
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_when_the_run_finishes() {
+        let (cache, mut writer, tx) = fed();
+        apply(&mut writer, &tx, watcher::Event::Apply(run("run-a", None)));
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .wait_until("run-a", soon(), CodeRun::is_finished)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        apply(
+            &mut writer,
+            &tx,
+            watcher::Event::Apply(run("run-a", Some(Phase::Running))),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        apply(
+            &mut writer,
+            &tx,
+            watcher::Event::Apply(run("run-a", Some(Phase::Completed))),
+        );
+        let got = waiter.await.unwrap().unwrap();
+        assert_eq!(got.phase(), Some(Phase::Completed));
+        assert_eq!(got.spec.code, "print(1)");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_told_when_the_run_is_deleted() {
+        let (cache, mut writer, tx) = fed();
+        apply(
+            &mut writer,
+            &tx,
+            watcher::Event::Apply(run("run-b", Some(Phase::Running))),
+        );
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .wait_until("run-b", soon(), CodeRun::is_finished)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        apply(
+            &mut writer,
+            &tx,
+            watcher::Event::Delete(run("run-b", Some(Phase::Running))),
+        );
+        assert!(waiter.await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_new_run_is_awaited_until_it_arrives() {
+        let (cache, mut writer, tx) = fed();
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.wait_for_arrival("run-c", soon()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        apply(&mut writer, &tx, watcher::Event::Apply(run("run-c", None)));
+        assert!(waiter.await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_deadline_returns_the_run_as_it_is() {
+        let (cache, mut writer, tx) = fed();
+        apply(
+            &mut writer,
+            &tx,
+            watcher::Event::Apply(run("run-d", Some(Phase::Running))),
+        );
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let got = cache
+            .wait_until("run-d", deadline, CodeRun::is_finished)
+            .await
+            .unwrap();
+        assert_eq!(got.phase(), Some(Phase::Running));
+    }
+
+    #[tokio::test]
+    async fn tenants_see_only_their_runs() {
+        let (cache, mut writer, tx) = fed();
+        apply(&mut writer, &tx, watcher::Event::Apply(run("run-e", None)));
+        assert!(cache.get_for("acme", "run-e").is_some());
+        assert!(cache.get_for("beta", "run-e").is_none());
+        assert_eq!(cache.list_for("acme").len(), 1);
+        assert!(cache.list_for("beta").is_empty());
+    }
+
+    #[test]
+    fn the_cache_drops_the_source_and_stdin() {
+        let mut r = run("run-f", None);
+        r.spec.stdin = Some("secret input".into());
+        slim(&mut r);
+        assert!(r.spec.code.is_empty());
+        assert_eq!(r.spec.stdin, None);
+    }
+}

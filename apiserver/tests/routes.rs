@@ -1,0 +1,697 @@
+//! The routes that need no cluster, driven through the whole middleware stack with
+//! `oneshot`: auth, errors, rate limits, files, signed URLs, and runs answered from their
+//! stored records. The kube client points nowhere and the run cache is never filled; runs
+//! against a real cluster are tested in the `e2e` crate.
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use bytes::Bytes;
+use codeinterp_apiserver::auth::Keys;
+use codeinterp_apiserver::config::{Config, parse_api_keys};
+use codeinterp_apiserver::metrics::Metrics;
+use codeinterp_apiserver::ratelimit::{RateLimits, quota};
+use codeinterp_apiserver::run_cache::RunCache;
+use codeinterp_apiserver::signing::Signer;
+use codeinterp_apiserver::state::{AppState, now_unix};
+use codeinterp_store::{ArtifactRecord, FileMeta, RunRecord, RunUsage, Store};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const ACME: &str = "acme-token";
+const BETA: &str = "beta-token";
+const SLOW: &str = "slow-token";
+const KEY: &[u8] = b"test-signing-key-0123456789";
+
+struct Harness {
+    app: Router,
+    store: Store,
+    signer: Signer,
+    _dir: tempfile::TempDir,
+}
+
+fn harness_with(max_upload: &str) -> Harness {
+    use clap::Parser;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+    let keys = parse_api_keys(&format!(
+        "{ACME}:acme:100:100,{BETA}:beta:100:100,{SLOW}:slow:0.01:2"
+    ))
+    .unwrap();
+    let cfg = Config::parse_from([
+        "apiserver",
+        "--max-upload-bytes",
+        max_upload,
+        "--public-base-url",
+        "http://api.test",
+        "--sandbox-namespace",
+        "codeinterp-test",
+    ]);
+    let kube =
+        kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+    let signer = Signer::new(KEY, None).unwrap();
+    let state = AppState {
+        rate_limits: Arc::new(RateLimits::new(
+            &keys,
+            quota(100.0, NonZeroU32::new(100).unwrap()),
+        )),
+        keys: Arc::new(Keys::new(keys)),
+        settings: Arc::new(cfg.settings()),
+        signer: Arc::new(signer.clone()),
+        store: store.clone(),
+        kube,
+        runs: RunCache::detached("codeinterp-test"),
+        metrics: Metrics::default(),
+    };
+    Harness {
+        app: codeinterp_apiserver::routes::app(state),
+        store,
+        signer,
+        _dir: dir,
+    }
+}
+
+fn harness() -> Harness {
+    harness_with("1024")
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts an OpenAI-shaped error and returns its `error` object.
+    fn error(&self, status: StatusCode) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "{:?}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let body = self.json();
+        let error = body["error"].clone();
+        for field in ["message", "type", "param", "code"] {
+            assert!(
+                error.get(field).is_some(),
+                "error.{field} missing in {body}"
+            );
+        }
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+        error
+    }
+}
+
+impl Harness {
+    async fn send(&self, req: Request<Body>) -> Answer {
+        let res = self.app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut req = Request::get(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        self.send(req.body(Body::empty()).unwrap()).await
+    }
+
+    async fn post_json(&self, path: &str, token: &str, body: &str) -> Answer {
+        self.send(
+            Request::post(path)
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn upload(
+        &self,
+        token: &str,
+        filename: &str,
+        content: &[u8],
+        purpose: Option<&str>,
+    ) -> Answer {
+        let boundary = "XyZboundary42";
+        let mut body = Vec::new();
+        if let Some(p) = purpose {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{p}\r\n")
+                    .as_bytes(),
+            );
+        }
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(content);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        self.send(
+            Request::post("/v1/files")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(
+                    header::CONTENT_TYPE,
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn stored_run(&self, id: &str, tenant: &str, created_at: i64) -> RunRecord {
+        let rec = RunRecord {
+            id: id.into(),
+            tenant: tenant.into(),
+            namespace: "codeinterp-test".into(),
+            status: "completed".into(),
+            language: "python".into(),
+            created_at,
+            started_at: Some(created_at + 1),
+            completed_at: Some(created_at + 2),
+            exit_code: Some(0),
+            signal: None,
+            stdout: "2\n".repeat(3000),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            usage: RunUsage {
+                wall_ms: 20,
+                cpu_ms: 15,
+                memory_peak_bytes: 9_000_000,
+            },
+            artifacts: vec![],
+            error: None,
+        };
+        self.store.put_run(&rec).await.unwrap();
+        rec
+    }
+}
+
+#[tokio::test]
+async fn a_request_without_a_key_is_refused_in_openai_shape() {
+    let h = harness();
+    let a = h.get("/v1/runs", None).await;
+    let e = a.error(StatusCode::UNAUTHORIZED);
+    assert_eq!(e["type"], "invalid_request_error");
+    assert!(e["message"].as_str().unwrap().contains("API key"));
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_refused_and_never_echoed() {
+    let h = harness();
+    let a = h.get("/v1/files", Some("guess-token")).await;
+    let e = a.error(StatusCode::UNAUTHORIZED);
+    assert_eq!(e["code"], "invalid_api_key");
+    assert!(!String::from_utf8_lossy(&a.body).contains("guess-token"));
+    let a = h
+        .send(
+            Request::get("/v1/files")
+                .header(header::AUTHORIZATION, "Basic YWNtZQ==")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    a.error(StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_unknown_language_is_named_with_the_valid_ones() {
+    let h = harness();
+    let a = h
+        .post_json(
+            "/v1/runs",
+            ACME,
+            r#"{"language":"cobol","code":"DISPLAY 1"}"#,
+        )
+        .await;
+    let e = a.error(StatusCode::BAD_REQUEST);
+    assert_eq!(e["param"], "language");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("cobol") && msg.contains("python, node, ruby, php"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_field_is_named() {
+    let h = harness();
+    let a = h
+        .post_json(
+            "/v1/runs",
+            ACME,
+            r#"{"language":"python","code":"print(1)","image":"evil:latest"}"#,
+        )
+        .await;
+    assert_eq!(a.error(StatusCode::BAD_REQUEST)["param"], "image");
+}
+
+#[tokio::test]
+async fn a_limit_over_the_maximum_is_named() {
+    let h = harness();
+    let a = h
+        .post_json(
+            "/v1/runs",
+            ACME,
+            r#"{"language":"python","code":"print(1)","limits":{"timeout_ms":999999999}}"#,
+        )
+        .await;
+    assert_eq!(
+        a.error(StatusCode::BAD_REQUEST)["param"],
+        "limits.timeout_ms"
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_mistyped_bodies_are_client_errors() {
+    let h = harness();
+    for body in ["{", "", "null", r#"{"language":"python","code":5}"#, "[1]"] {
+        let a = h.post_json("/v1/runs", ACME, body).await;
+        a.error(StatusCode::BAD_REQUEST);
+    }
+    let a = h
+        .send(
+            Request::post("/v1/runs")
+                .header(header::AUTHORIZATION, format!("Bearer {ACME}"))
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from("print(1)"))
+                .unwrap(),
+        )
+        .await;
+    a.error(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413_in_openai_shape() {
+    let h = harness();
+    let code = "x".repeat(5 * 1024 * 1024);
+    let a = h
+        .post_json(
+            "/v1/runs",
+            ACME,
+            &format!(r#"{{"language":"python","code":"{code}"}}"#),
+        )
+        .await;
+    a.error(StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn a_run_naming_a_missing_or_foreign_file_is_refused() {
+    let h = harness();
+    let up = h.upload(BETA, "b.txt", b"beta's", Some("assistants")).await;
+    let beta_file = up.json()["id"].as_str().unwrap().to_string();
+    for id in ["file-doesnotexist", beta_file.as_str()] {
+        let a = h
+            .post_json(
+                "/v1/runs",
+                ACME,
+                &format!(r#"{{"language":"python","code":"print(1)","files":["{id}"]}}"#),
+            )
+            .await;
+        let e = a.error(StatusCode::BAD_REQUEST);
+        assert_eq!(e["param"], "files[0]");
+        assert_eq!(e["code"], "file_not_found");
+    }
+}
+
+#[tokio::test]
+async fn a_finished_run_is_answered_from_its_record_alone() {
+    let h = harness();
+    h.stored_run("run-old1", "acme", 1000).await;
+    let a = h.get("/v1/runs/run-old1", Some(ACME)).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let run = a.json();
+    assert_eq!(run["object"], "run");
+    assert_eq!(run["status"], "completed");
+    assert_eq!(run["exit_code"], 0);
+    assert_eq!(run["stdout"].as_str().unwrap().len(), 6000);
+    assert_eq!(run["usage"]["memory_peak_bytes"], 9_000_000);
+    assert!(run["error"].is_null());
+}
+
+#[tokio::test]
+async fn another_tenants_run_is_not_found_everywhere() {
+    let h = harness();
+    h.stored_run("run-acme1", "acme", 1000).await;
+    let a = h.get("/v1/runs/run-acme1", Some(BETA)).await;
+    assert_eq!(a.error(StatusCode::NOT_FOUND)["param"], "id");
+    let a = h.post_json("/v1/runs/run-acme1/cancel", BETA, "").await;
+    a.error(StatusCode::NOT_FOUND);
+    let a = h.get("/v1/runs", Some(BETA)).await;
+    assert_eq!(a.json()["data"], json!([]));
+    let a = h.get("/v1/runs/..%2F..%2Fetc", Some(ACME)).await;
+    a.error(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn cancelling_a_finished_run_returns_it_unchanged() {
+    let h = harness();
+    h.stored_run("run-done", "acme", 1000).await;
+    let a = h.post_json("/v1/runs/run-done/cancel", ACME, "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["status"], "completed");
+}
+
+#[tokio::test]
+async fn runs_are_listed_newest_first_in_pages() {
+    let h = harness();
+    for (i, id) in ["run-a", "run-b", "run-c", "run-d", "run-e"]
+        .iter()
+        .enumerate()
+    {
+        h.stored_run(id, "acme", 1000 + i as i64).await;
+    }
+    let a = h.get("/v1/runs?limit=2", Some(ACME)).await;
+    let page = a.json();
+    assert_eq!(page["object"], "list");
+    let ids: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["run-e", "run-d"]);
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["first_id"], "run-e");
+    assert_eq!(page["last_id"], "run-d");
+    let page = h
+        .get("/v1/runs?limit=2&after=run-b", Some(ACME))
+        .await
+        .json();
+    assert_eq!(page["data"][0]["id"], "run-a");
+    assert_eq!(page["has_more"], false);
+    let a = h.get("/v1/runs?limit=0", Some(ACME)).await;
+    assert_eq!(a.error(StatusCode::BAD_REQUEST)["param"], "limit");
+    let a = h.get("/v1/runs?limit=abc", Some(ACME)).await;
+    a.error(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_file_round_trips_through_the_openai_files_api() {
+    let h = harness();
+    let a = h
+        .upload(ACME, "data.csv", b"a,b\n1,2\n", Some("assistants"))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let file = a.json();
+    let id = file["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("file-"));
+    assert_eq!(file["object"], "file");
+    assert_eq!(file["bytes"], 8);
+    assert_eq!(file["filename"], "data.csv");
+    assert_eq!(file["purpose"], "assistants");
+    assert!(file["created_at"].as_i64().unwrap() > 0);
+
+    let list = h.get("/v1/files", Some(ACME)).await.json();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], id.as_str());
+    assert_eq!(
+        h.get(&format!("/v1/files/{id}"), Some(ACME)).await.json(),
+        file
+    );
+
+    let content = h.get(&format!("/v1/files/{id}/content"), Some(ACME)).await;
+    assert_eq!(content.status, StatusCode::OK);
+    assert_eq!(&content.body[..], b"a,b\n1,2\n");
+    assert_eq!(
+        content.headers[header::CONTENT_TYPE],
+        "application/octet-stream"
+    );
+    assert_eq!(
+        content.headers[header::CONTENT_DISPOSITION],
+        "attachment; filename=\"data.csv\""
+    );
+    assert_eq!(content.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+
+    h.get(&format!("/v1/files/{id}"), Some(BETA))
+        .await
+        .error(StatusCode::NOT_FOUND);
+    h.get(&format!("/v1/files/{id}/content"), Some(BETA))
+        .await
+        .error(StatusCode::NOT_FOUND);
+
+    let del = h
+        .send(
+            Request::delete(format!("/v1/files/{id}"))
+                .header(header::AUTHORIZATION, format!("Bearer {BETA}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    del.error(StatusCode::NOT_FOUND);
+    let del = h
+        .send(
+            Request::delete(format!("/v1/files/{id}"))
+                .header(header::AUTHORIZATION, format!("Bearer {ACME}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        del.json(),
+        json!({"id": id, "object": "file", "deleted": true})
+    );
+    h.get(&format!("/v1/files/{id}"), Some(ACME))
+        .await
+        .error(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_upload_over_the_cap_is_413_and_leaves_nothing() {
+    let h = harness_with("1024");
+    let a = h
+        .upload(ACME, "big.bin", &[7u8; 4096], Some("assistants"))
+        .await;
+    let e = a.error(StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(e["message"].as_str().unwrap().contains("1024"));
+    assert_eq!(
+        h.get("/v1/files", Some(ACME)).await.json()["data"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn an_upload_needs_a_purpose_and_a_file() {
+    let h = harness();
+    let a = h.upload(ACME, "a.txt", b"x", None).await;
+    assert_eq!(a.error(StatusCode::BAD_REQUEST)["param"], "purpose");
+    assert_eq!(
+        h.get("/v1/files", Some(ACME)).await.json()["data"],
+        json!([])
+    );
+    let a = h
+        .post_json("/v1/files", ACME, r#"{"purpose":"assistants"}"#)
+        .await;
+    a.error(StatusCode::BAD_REQUEST);
+}
+
+async fn artifact_run(h: &Harness) -> String {
+    let meta = FileMeta {
+        id: "file-artifact1".into(),
+        tenant: "acme".into(),
+        bytes: 5,
+        created_at: 1000,
+        filename: "out.txt".into(),
+        purpose: "assistants_output".into(),
+        sha256: String::new(),
+        run_id: Some("run-art".into()),
+    };
+    h.store
+        .put_file(&meta, Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
+    let mut rec = h.stored_run("run-art", "acme", 1000).await;
+    rec.artifacts = vec![ArtifactRecord {
+        id: "file-artifact1".into(),
+        filename: "out.txt".into(),
+        bytes: 5,
+        sha256: String::new(),
+    }];
+    h.store.put_run(&rec).await.unwrap();
+    let run = h.get("/v1/runs/run-art", Some(ACME)).await.json();
+    let artifact = &run["artifacts"][0];
+    assert_eq!(artifact["id"], "file-artifact1");
+    assert_eq!(artifact["filename"], "out.txt");
+    assert_eq!(artifact["bytes"], 5);
+    let expires = artifact["expires_at"].as_i64().unwrap();
+    assert!((expires - now_unix() - 3600).abs() <= 2);
+    let url = artifact["url"].as_str().unwrap();
+    let path = url.strip_prefix("http://api.test").expect(url);
+    path.to_string()
+}
+
+#[tokio::test]
+async fn an_artifact_url_downloads_without_a_token() {
+    let h = harness();
+    let path = artifact_run(&h).await;
+    let a = h.get(&path, None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(&a.body[..], b"hello");
+    assert_eq!(
+        a.headers[header::CONTENT_DISPOSITION],
+        "attachment; filename=\"out.txt\""
+    );
+}
+
+#[tokio::test]
+async fn a_changed_or_expired_url_is_forbidden() {
+    let h = harness();
+    let path = artifact_run(&h).await;
+    let tampered = path.replace("file-artifact1", "file-artifact2");
+    h.get(&tampered, None).await.error(StatusCode::FORBIDDEN);
+    let (base, _) = path.split_once("expires=").unwrap();
+    let later = format!(
+        "{base}expires={}&signature={}",
+        now_unix() + 99_999,
+        "00".repeat(32)
+    );
+    h.get(&later, None).await.error(StatusCode::FORBIDDEN);
+    let past = now_unix() - 5;
+    let expired = format!(
+        "/v1/files/file-artifact1/content?expires={past}&signature={}",
+        h.signer.sign("file-artifact1", past)
+    );
+    let e = h.get(&expired, None).await.error(StatusCode::FORBIDDEN);
+    assert_eq!(e["code"], "url_expired");
+    h.get("/v1/files/file-artifact1/content?signature=ab", None)
+        .await
+        .error(StatusCode::FORBIDDEN);
+    h.get("/v1/files/file-artifact1/content", None)
+        .await
+        .error(StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn over_the_rate_limit_answers_429_with_retry_after() {
+    let h = harness();
+    for remaining in ["1", "0"] {
+        let a = h.get("/v1/files", Some(SLOW)).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.headers["x-ratelimit-limit-requests"], "2");
+        assert_eq!(a.headers["x-ratelimit-remaining-requests"], remaining);
+    }
+    let a = h.get("/v1/files", Some(SLOW)).await;
+    let e = a.error(StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(e["code"], "rate_limit_exceeded");
+    let retry: u64 = a.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=100).contains(&retry), "{retry}");
+    // Other keys are not affected.
+    assert_eq!(h.get("/v1/files", Some(ACME)).await.status, StatusCode::OK);
+    let metrics = String::from_utf8(h.get("/metrics", None).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("rate_limited_requests_total{tenant=\"slow\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_openai_shape() {
+    let h = harness();
+    h.get("/v2/nothing", Some(ACME))
+        .await
+        .error(StatusCode::NOT_FOUND);
+    let a = h
+        .send(
+            Request::put("/v1/runs")
+                .header(header::AUTHORIZATION, format!("Bearer {ACME}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    a.error(StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn every_answer_has_a_request_id() {
+    let h = harness();
+    let a = h.get("/healthz", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(!a.headers["x-request-id"].is_empty());
+    let a = h
+        .send(
+            Request::get("/healthz")
+                .header("x-request-id", "req-123")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.headers["x-request-id"], "req-123");
+}
+
+#[tokio::test]
+async fn readiness_fails_while_the_cluster_is_unreachable() {
+    let h = harness();
+    let a = h.get("/readyz", None).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = a.json();
+    assert_eq!(body["status"], "not_ready");
+    let checks = body["checks"].as_array().unwrap();
+    let status_of = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["status"].as_str().unwrap().to_string())
+    };
+    assert_eq!(status_of("storage").as_deref(), Some("ok"));
+    assert_ne!(status_of("kubernetes").as_deref(), Some("ok"));
+    assert_ne!(status_of("run_cache").as_deref(), Some("ok"));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template() {
+    let h = harness();
+    h.stored_run("run-m1", "acme", 1000).await;
+    h.get("/v1/runs/run-m1", Some(ACME)).await;
+    let metrics = String::from_utf8(h.get("/metrics", None).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains(
+            "codeinterp_apiserver_http_requests_total{method=\"GET\",route=\"/v1/runs/{id}\",status=\"200\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("run-m1"));
+}
+
+#[tokio::test]
+async fn the_admin_page_is_served_with_a_strict_policy() {
+    let h = harness();
+    let a = h.get("/admin", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let csp = a.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'"));
+    assert!(csp.contains("connect-src 'self'"));
+    assert!(String::from_utf8_lossy(&a.body).contains("id=\"run\""));
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served() {
+    let h = harness();
+    let a = h.get("/openapi.json", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.json()["paths"]["/v1/runs"].is_object());
+}
