@@ -17,6 +17,8 @@ pub use status::{Applied, ArtifactRef, CodeRunStatus, Phase, Usage};
 pub const GROUP: &str = "codeinterp.dev";
 /// Label on every CodeRun created for a tenant (the API key's label).
 pub const TENANT_LABEL: &str = "codeinterp.dev/tenant";
+/// Label that assigns a CodeRun to one operator shard (see the operator's `--shard`).
+pub const SHARD_LABEL: &str = "codeinterp.dev/shard";
 /// Label on the pods, secrets and policies the operator creates for a run.
 pub const RUN_LABEL: &str = "codeinterp.dev/run";
 /// Label that marks runner pods; the deny-all NetworkPolicy selects it.

@@ -28,6 +28,11 @@ pub struct Config {
     /// Watch CodeRuns in this namespace only (default: every namespace).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Serve only CodeRuns labelled `codeinterp.dev/shard=<this>`; without it, only those
+    /// with no shard label. Lets several operators (e.g. one per storage backend) share a
+    /// cluster without touching each other's runs.
+    #[arg(long, env = "SHARD")]
+    pub shard: Option<String>,
     /// Where results go: a local directory or an object_store URL (s3://...).
     #[arg(
         long,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
-use codeinterp_crds::{CodeRun, RUNNER_LABEL};
+use codeinterp_crds::{CodeRun, RUNNER_LABEL, SHARD_LABEL};
 use codeinterp_store::Store;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
