@@ -70,7 +70,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         namespace = cfg.namespace.as_deref().unwrap_or("*"),
         "operator started"
     );
-    Controller::new(runs, watcher::Config::default())
+    let shard = match &cfg.shard {
+        Some(shard) => format!("{SHARD_LABEL}={shard}"),
+        None => format!("!{SHARD_LABEL}"),
+    };
+    Controller::new(runs, watcher::Config::default().labels(&shard))
         .owns(
             pods,
             watcher::Config::default().labels(&format!("{RUNNER_LABEL}=true")),
