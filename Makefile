@@ -14,7 +14,6 @@ cluster:
 
 ## down: stop everything `make up` started and clean the host
 down:
-	-hack/stack/down.sh
 	hack/cluster/down.sh
 
 images:
@@ -23,8 +22,11 @@ images:
 build:
 	cargo build --release --workspace --bins
 
+## crd: regenerate the CRD from the Rust types, and the chart's copies of it and the seccomp profile
 crd:
 	cargo run -q -p codeinterp-crds --bin crdgen > crds/coderun.yaml
+	cp crds/coderun.yaml charts/codeinterp/crds/coderun.yaml
+	cp policies/seccomp/runner.json charts/codeinterp/files/seccomp-runner.json
 
 lint:
 	cargo fmt --all -- --check

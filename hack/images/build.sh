@@ -3,12 +3,14 @@
 # image per language from runners/<lang>/Dockerfile. Each archive is cached under a key of the
 # content that made it, so a second run rebuilds nothing; the images are imported into the
 # cluster's containerd when it is up.
-#   hack/images/build.sh [python|node|ruby|php ...]     (default: all four)
+# The operator's and the REST API's images are built the same way from their Dockerfiles.
+#   hack/images/build.sh [python|node|ruby|php ...]     (default: all four, and the services)
 source "$(dirname "$0")/lib.sh"
 
 ALL_LANGS=(python node ruby php)
 LANGS=("$@")
-[[ ${#LANGS[@]} -gt 0 ]] || LANGS=("${ALL_LANGS[@]}")
+SERVICES=()
+[[ ${#LANGS[@]} -gt 0 ]] || { LANGS=("${ALL_LANGS[@]}"); SERVICES=(operator apiserver); }
 for lang in "${LANGS[@]}"; do
   [[ -f $REPO_ROOT/runners/$lang/Dockerfile ]] || die "no runner image for '$lang' (one of: ${ALL_LANGS[*]})"
 done
@@ -110,8 +112,34 @@ build_runner() {
   import_archive "$ref" "$archive" "$key"
 }
 
+# --- the operator and the REST API ------------------------------------------------------
+build_service() {
+  local name=$1
+  local ref="localhost/codeinterp/$name:dev"
+  local target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+  (cd "$REPO_ROOT" && cargo build --quiet --release -p "codeinterp-$name" --bin "$name") ||
+    die "building $name failed"
+  mkdir -p "$REPO_ROOT/$name/.bin"
+  cmp -s "$target/release/$name" "$REPO_ROOT/$name/.bin/$name" || cp "$target/release/$name" "$REPO_ROOT/$name/.bin/$name"
+  local key
+  key=$(printf '%s %s\n' "$(content_key "$REPO_ROOT/$name/Dockerfile" "$REPO_ROOT/$name/.bin/$name")" "$BASE_KEY" | sha256sum | cut -c1-16)
+  local archive="$IMAGE_CACHE/$name-$key.tar"
+  if [[ ! -f $archive ]]; then
+    log "building $ref"
+    quietly "$name" buildah bud --pull=never --layers=false --runtime "$(oci_runtime)" \
+      --build-arg "BASE=$BASE_REF" --annotation "codeinterp.dev/key=$key" \
+      -f "$REPO_ROOT/$name/Dockerfile" -t "$ref" "$REPO_ROOT/$name"
+    buildah_archive "$ref" "$archive"
+    find "$IMAGE_CACHE" -maxdepth 1 -name "$name-*.tar" ! -name "$name-$key.tar" -delete
+  fi
+  import_archive "$ref" "$archive" "$key"
+}
+
 build_base
 build_wrapper
 for lang in "${LANGS[@]}"; do
   build_runner "$lang"
+done
+for svc in "${SERVICES[@]}"; do
+  build_service "$svc"
 done

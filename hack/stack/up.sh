@@ -1,61 +1,43 @@
 #!/usr/bin/env bash
-# Installs the CRD, the sandbox namespace and the seccomp profile on the running cluster, and
-# starts the operator and the REST API (as host processes, with their logs beside the
-# cluster's). Idempotent: a running component whose binary has not changed is left alone.
+# Installs the stack on the running local cluster through the Helm chart, exactly as users
+# install it: CRD, sandbox namespace, seccomp profile DaemonSet, operator and REST API. The
+# API then answers at http://localhost:8080 (token dev_123). Idempotent: when the chart,
+# the values and the images are unchanged, nothing is touched.
 source "$(dirname "$0")/../cluster/lib.sh"
-BIN_DIR="${CARGO_TARGET_DIR:-/var/cache/codeinterp/cargo-target}/release"
-SANDBOX_NAMESPACE="${SANDBOX_NAMESPACE:-codeinterp}"
+RELEASE=codeinterp
+RELEASE_NAMESPACE=codeinterp-system
 STORAGE_DIR="$RUN_DIR/storage"
+helm() { "$HELM_BIN/helm" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
-kubectl_admin apply --server-side --force-conflicts -f "$REPO_ROOT/crds/coderun.yaml" >/dev/null
-kubectl_admin wait --for=condition=Established crd/coderuns.codeinterp.dev --timeout=60s >/dev/null
-kubectl_admin apply --server-side -f - >/dev/null <<NS
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: $SANDBOX_NAMESPACE
-  labels:
-    pod-security.kubernetes.io/enforce: restricted
-    pod-security.kubernetes.io/enforce-version: latest
-NS
+# Host processes of an earlier layout (before the chart) must not linger.
+"$(dirname "$0")/down.sh" --processes-only
 
-# The kubelet resolves Localhost seccomp profiles under <root-dir>/seccomp.
-install -D -m 0644 "$REPO_ROOT/policies/seccomp/runner.json" "$RUN_DIR/kubelet/seccomp/codeinterp/runner.json"
+# The pods run as UID 65532 and share this directory (single node).
+mkdir -p "$STORAGE_DIR"
+chown 65532:65532 "$STORAGE_DIR"
 
-mkdir -p "$STORAGE_DIR" "$RUN_DIR/pids" "$LOG_DIR"
-[[ -s $RUN_DIR/signing-key ]] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN_DIR/signing-key"
+# The images' content keys: a rebuilt image rolls its pods even though its tag stays :dev.
+image_key=$(ls "$CACHE_DIR"/images/operator-*.tar "$CACHE_DIR"/images/apiserver-*.tar 2>/dev/null | xargs -n1 basename | sort | sha256sum | cut -c1-16)
+chart_key=$(cd "$REPO_ROOT" && { find charts/codeinterp -type f -print0 | sort -z | xargs -0 cat; cat hack/stack/values-local.yaml; echo "$image_key"; } | sha256sum | cut -c1-16)
+if [[ "$(cat "$RUN_DIR/stack-key" 2>/dev/null)" == "$chart_key" ]] &&
+   helm status "$RELEASE" -n "$RELEASE_NAMESPACE" >/dev/null 2>&1 &&
+   curl -sf http://127.0.0.1:8080/readyz >/dev/null 2>&1; then
+  log "stack already installed and ready"
+  exit 0
+fi
 
-# start_service NAME ENV...: (re)start BIN_DIR/NAME unless the same binary already runs.
-start_service() {
-  local name=$1; shift
-  local pidf="$RUN_DIR/pids/$name.pid" sum
-  sum=$(sha256sum "$BIN_DIR/$name" | cut -c1-16)
-  if [[ -f $pidf ]] && [[ -d /proc/$(cat "$pidf") ]] && [[ "$(cat "$pidf.sum" 2>/dev/null)" == "$sum" ]]; then
-    return 0
-  fi
-  if [[ -f $pidf ]] && [[ -d /proc/$(cat "$pidf") ]]; then
-    log "restarting $name (new binary)"
-    kill "$(cat "$pidf")" 2>/dev/null || true
-    for _ in $(seq 50); do [[ -d /proc/$(cat "$pidf") ]] || break; sleep 0.1; done
-  else
-    log "starting $name"
-  fi
-  env -i PATH=/usr/bin:/bin HOME="$HOME" KUBECONFIG="$KUBECONFIG_ADMIN" RUST_LOG=info "$@" \
-    setsid "$BIN_DIR/$name" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
-  echo $! >"$pidf"
-  echo "$sum" >"$pidf.sum"
-}
-
-start_service operator STORAGE_URL="$STORAGE_DIR" METRICS_ADDR=127.0.0.1:9090 \
-  SECCOMP_PROFILE=codeinterp/runner.json
-start_service apiserver PORT=8080 STORAGE_URL="$STORAGE_DIR" SANDBOX_NAMESPACE="$SANDBOX_NAMESPACE" \
-  API_KEYS="${API_KEYS:-dev_123:dev:100:200}" SIGNING_KEY="$(cat "$RUN_DIR/signing-key")" \
-  PUBLIC_BASE_URL=http://localhost:8080
-
-deadline=$((SECONDS + 60))
+log "installing the chart (release $RELEASE in $RELEASE_NAMESPACE)"
+# Helm installs a CRD only on first install; keep it current on upgrades too.
+kubectl_admin apply --server-side --force-conflicts -f "$REPO_ROOT/charts/codeinterp/crds/coderun.yaml" >/dev/null
+helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/codeinterp" -n "$RELEASE_NAMESPACE" --create-namespace \
+  -f "$REPO_ROOT/hack/stack/values-local.yaml" --set-string "restartKey=$image_key" --wait --timeout 5m >/dev/null
+kubectl_admin -n "$RELEASE_NAMESPACE" rollout status deploy/"$RELEASE"-operator --timeout=120s >/dev/null
+kubectl_admin -n "$RELEASE_NAMESPACE" rollout status ds/"$RELEASE"-seccomp --timeout=120s >/dev/null
+deadline=$((SECONDS + 120))
 until curl -sf http://127.0.0.1:8080/readyz >/dev/null 2>&1; do
-  ((SECONDS < deadline)) || die "the API did not become ready; see $LOG_DIR/apiserver.log"
-  sleep 0.3
+  ((SECONDS < deadline)) || die "the API did not become ready; kubectl -n $RELEASE_NAMESPACE logs deploy/$RELEASE-apiserver"
+  sleep 0.5
 done
-log "API ready at http://localhost:8080 (token dev_123); operator metrics at http://127.0.0.1:9090/metrics"
+echo "$chart_key" >"$RUN_DIR/stack-key"
+log "API ready at http://localhost:8080 (token dev_123); admin page at http://localhost:8080/admin"
