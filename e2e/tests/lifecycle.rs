@@ -8,6 +8,24 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
 
+/// Where `make up` installs the chart.
+const OPERATOR_NAMESPACE: &str = "codeinterp-system";
+
+async fn eventually_async<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    false
+}
+
 fn status_of(run: &CodeRun) -> &codeinterp_crds::CodeRunStatus {
     run.status.as_ref().expect("status")
 }
@@ -126,32 +144,40 @@ async fn the_operator_restarting_mid_run_neither_loses_nor_repeats_the_run() {
         .unwrap();
     wait_phase(&runs, "survivor", Phase::Running).await;
 
-    let pid_file = run_dir().join("pids/operator.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
+    // The operator runs as the chart's Deployment: kill its pod outright and let the
+    // Deployment start another.
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let selector = kube::api::ListParams::default().labels("app.kubernetes.io/component=operator");
+    let old: Vec<String> = pods
+        .list(&selector)
+        .await
         .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let restarted =
-        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/stack/up.sh"))
-            .status()
-            .unwrap();
-    assert!(
-        restarted.success(),
-        "hack/stack/up.sh could not restart the operator"
-    );
-    let new_pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_ne!(pid, new_pid);
+        .items
+        .iter()
+        .map(kube::ResourceExt::name_any)
+        .collect();
+    assert_eq!(old.len(), 1, "one operator pod: {old:?}");
+    pods.delete(
+        &old[0],
+        &kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let replaced = eventually_async(Duration::from_secs(90), || async {
+        pods.list(&selector).await.unwrap().items.iter().any(|p| {
+            kube::ResourceExt::name_any(p) != old[0]
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| cs.iter().all(|c| c.ready))
+        })
+    })
+    .await;
+    assert!(replaced, "no new operator pod became ready");
 
     let run = wait_finished(&runs, "survivor", Duration::from_secs(90))
         .await
@@ -304,21 +330,18 @@ async fn the_operator_exports_run_metrics() {
     )
     .await
     .unwrap();
-    let body = reqwest_get("http://127.0.0.1:9090/metrics").await;
+    // Scraped through the API server's service proxy, as Prometheus in the cluster would.
+    let path = format!(
+        "/api/v1/namespaces/{OPERATOR_NAMESPACE}/services/codeinterp-operator:metrics/proxy/metrics"
+    );
+    let body = client
+        .request_text(http::Request::get(path).body(vec![]).unwrap())
+        .await
+        .unwrap();
     assert!(
         body.contains("codeinterp_operator_runs_total{language=\"ruby\",phase=\"Completed\"}"),
         "{body}"
     );
     assert!(body.contains("codeinterp_operator_run_duration_seconds_bucket"));
     assert!(body.contains("codeinterp_operator_queue_duration_seconds_count"));
-}
-
-async fn reqwest_get(url: &str) -> String {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sf", url])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "GET {url} failed");
-    String::from_utf8(out.stdout).unwrap()
 }

@@ -13,9 +13,12 @@ kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 # Host processes of an earlier layout (before the chart) must not linger.
 "$(dirname "$0")/down.sh" --processes-only
 
-# The pods run as UID 65532 and share this directory (single node).
+# The pods run as UID 65532 and share this directory (single node). A default ACL keeps
+# everything created in it writable for them, whoever creates it (tests and tools on the
+# host run as root).
 mkdir -p "$STORAGE_DIR"
 chown 65532:65532 "$STORAGE_DIR"
+setfacl -R -m u:65532:rwX -m d:u:65532:rwX "$STORAGE_DIR"
 
 # The images' content keys: a rebuilt image rolls its pods even though its tag stays :dev.
 image_key=$(ls "$CACHE_DIR"/images/operator-*.tar "$CACHE_DIR"/images/apiserver-*.tar 2>/dev/null | xargs -n1 basename | sort | sha256sum | cut -c1-16)
@@ -28,10 +31,23 @@ if [[ "$(cat "$RUN_DIR/stack-key" 2>/dev/null)" == "$chart_key" ]] &&
 fi
 
 log "installing the chart (release $RELEASE in $RELEASE_NAMESPACE)"
+# A sandbox namespace (and the operator's deny-all policy in it) made before the chart
+# managed them are adopted rather than refused.
+adopt() {
+  kubectl_admin label "$@" app.kubernetes.io/managed-by=Helm --overwrite >/dev/null 2>&1 || return 0
+  kubectl_admin annotate "$@" meta.helm.sh/release-name="$RELEASE" \
+    meta.helm.sh/release-namespace="$RELEASE_NAMESPACE" --overwrite >/dev/null
+}
+if ! helm status "$RELEASE" -n "$RELEASE_NAMESPACE" >/dev/null 2>&1; then
+  adopt namespace codeinterp
+  adopt -n codeinterp networkpolicy codeinterp-runner-deny-all
+fi
 # Helm installs a CRD only on first install; keep it current on upgrades too.
 kubectl_admin apply --server-side --force-conflicts -f "$REPO_ROOT/charts/codeinterp/crds/coderun.yaml" >/dev/null
 helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/codeinterp" -n "$RELEASE_NAMESPACE" --create-namespace \
-  -f "$REPO_ROOT/hack/stack/values-local.yaml" --set-string "restartKey=$image_key" --wait --timeout 5m >/dev/null
+  -f "$REPO_ROOT/hack/stack/values-local.yaml" --set-string "restartKey=$image_key" --wait --timeout 5m 2>&1 |
+  grep -v 'unrecognized format' || true
+helm status "$RELEASE" -n "$RELEASE_NAMESPACE" >/dev/null || die "helm install failed"
 kubectl_admin -n "$RELEASE_NAMESPACE" rollout status deploy/"$RELEASE"-operator --timeout=120s >/dev/null
 kubectl_admin -n "$RELEASE_NAMESPACE" rollout status ds/"$RELEASE"-seccomp --timeout=120s >/dev/null
 deadline=$((SECONDS + 120))

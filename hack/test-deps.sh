@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# What the end-to-end tests need on the host besides the cluster: headless Chromium and its
+# WebDriver for the admin page test (e2e/tests/admin.rs), and an S3-compatible server for the
+# S3 storage test (e2e/tests/rest_s3.rs). Idempotent and quick once installed.
+set -euo pipefail
+HACK_DIR="$(cd "$(dirname "$0")" && pwd)"
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "[test-deps] installing chromium and chromium-driver" >&2
+  # Without a fresh package list apt may not know the packages (or only an old version).
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium chromium-driver >/dev/null
+fi
+
+"$HACK_DIR/s3/install.sh" >/dev/null
