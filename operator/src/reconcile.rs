@@ -30,6 +30,9 @@ pub const MANAGER: &str = "codeinterp-operator";
 /// Kubernetes refuses Secrets over 1 MiB; leave room for keys and metadata.
 const MAX_SECRET_BYTES: usize = 1000 * 1024;
 const PREVIEW_BYTES: usize = 4096;
+/// How long a finished run's results may keep failing to reach object storage before the
+/// run is failed (it is retried every few seconds until then).
+const STORE_GIVE_UP_SECS: u64 = 300;
 
 pub struct Context {
     pub client: Client,
@@ -192,7 +195,24 @@ pub async fn reconcile(run: Arc<CodeRun>, ctx: Arc<Context>) -> Result<Action, E
                 run.cancel_requested(),
             );
             let finished_at = terminated.and_then(|t| t.finished_at);
-            finish(&ctx, &run, status, outcome, record.as_ref(), finished_at).await
+            let ended_secs_ago = secs_since(finished_at.as_ref());
+            match finish(&ctx, &run, status.clone(), outcome, record.as_ref(), finished_at).await {
+                // Object storage has refused the results for long enough: the run must not
+                // stay Running forever. Say so in its status (which lives in the API).
+                Err(Error::Store(e)) if ended_secs_ago >= STORE_GIVE_UP_SECS => {
+                    warn!(error = %e, "giving up on storing the results");
+                    status.phase = Some(Phase::Failed);
+                    status.reason = Some("storage_failed".into());
+                    status.message = Some(format!("the results could not be stored: {e}"));
+                    status.completed_at = Some(now());
+                    set_condition(&mut status, "Finished", "True", "Failed", "the results could not be stored");
+                    apply_status(&runs, &name, &status).await?;
+                    publish(&ctx, &run, EventType::Warning, "Failed", "Finish", "the results could not be stored").await;
+                    cleanup_children(&ctx, &ns, &name).await?;
+                    Ok(Action::await_change())
+                }
+                other => other,
+            }
         }
     }
 }
