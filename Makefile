@@ -36,8 +36,9 @@ lint:
 unit:
 	cargo test --workspace --exclude e2e
 
-## e2e: tests on the real cluster (brought up first)
+## e2e: tests on the real cluster (brought up first), with their tools (Chromium, an S3 server)
 e2e: up
+	hack/test-deps.sh
 	cargo test -p e2e -- --test-threads=4
 
 test: lint unit e2e

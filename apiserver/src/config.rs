@@ -40,6 +40,11 @@ pub struct Config {
     /// Namespace the CodeRuns are created in.
     #[arg(long, env = "SANDBOX_NAMESPACE", default_value = "codeinterp")]
     pub sandbox_namespace: String,
+    /// Label the CodeRuns this server creates `codeinterp.dev/shard=<this>` and see only
+    /// those; without it, only CodeRuns with no shard label. Pair it with an operator of
+    /// the same `--shard` (e.g. one per storage backend).
+    #[arg(long, env = "SHARD", value_parser = parse_shard)]
+    pub shard: Option<String>,
     /// Largest file accepted by `POST /v1/files`. Inputs reach a run through a Secret that
     /// holds about 900 KiB in all, so larger files could not be given to a run anyway.
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 512 * 1024)]
@@ -143,6 +148,26 @@ pub enum KeysError {
     Burst(usize, String, String),
     #[error("API_KEYS entry {0} (label {1:?}) repeats the token of entry {2}")]
     Duplicate(usize, String, usize),
+}
+
+/// A shard is a Kubernetes label value: at most 63 characters, alphanumerics with `-`, `_`
+/// and `.` inside.
+pub fn parse_shard(shard: &str) -> Result<String, String> {
+    let bytes = shard.as_bytes();
+    let inner = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes.iter().all(inner);
+    if ok {
+        Ok(shard.to_string())
+    } else {
+        Err(format!(
+            "{shard:?} is not a label value: 1 to 63 letters, digits, '-', '_' or '.', \
+             starting and ending with a letter or digit"
+        ))
+    }
 }
 
 /// A tenant label: a DNS label, so it fits a Kubernetes label value and a storage path.
@@ -289,5 +314,15 @@ mod tests {
         assert_eq!(s.maxima.defaults.timeout_ms, 10_000);
         assert_eq!(s.namespace, "codeinterp");
         assert_eq!(s.public_base_url, "http://localhost:8080");
+    }
+
+    #[test]
+    fn a_shard_must_be_a_label_value() {
+        let cfg = Config::parse_from(["apiserver", "--shard", "s3-abc_1.x"]);
+        assert_eq!(cfg.shard.as_deref(), Some("s3-abc_1.x"));
+        assert_eq!(Config::parse_from(["apiserver"]).shard, None);
+        for bad in ["", "-a", "a-", "a b", "a/b", &"a".repeat(64)] {
+            assert!(parse_shard(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,10 +1,10 @@
-//! The tenant-labelled CodeRuns of the sandbox namespace, kept in memory by a kube-runtime
-//! reflector. Reads never call the Kubernetes API; waiting for a run to finish watches the
+//! The tenant-labelled CodeRuns of the sandbox namespace and of this server's shard, kept in
+//! memory by a kube-runtime reflector. Reads never call the Kubernetes API; waiting for a run to finish watches the
 //! cache's change counter instead of polling.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use codeinterp_crds::{CodeRun, TENANT_LABEL};
+use codeinterp_crds::{CodeRun, SHARD_LABEL, TENANT_LABEL};
 use futures::StreamExt;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -18,6 +18,17 @@ pub struct RunCache {
     changes: watch::Receiver<u64>,
     synced: Arc<AtomicBool>,
     namespace: String,
+    shard: Option<String>,
+}
+
+/// The CodeRuns a server of this shard serves: created through the API (they carry a
+/// tenant) and labelled with the shard, or with no shard label at all when it has none,
+/// the same split as the operator's.
+pub fn selector(shard: Option<&str>) -> String {
+    match shard {
+        Some(shard) => format!("{TENANT_LABEL},{SHARD_LABEL}={shard}"),
+        None => format!("{TENANT_LABEL},!{SHARD_LABEL}"),
+    }
 }
 
 /// The cache keeps what the REST API shows; the program's source and stdin (up to 512 KiB
@@ -31,13 +42,13 @@ fn slim(run: &mut CodeRun) {
 }
 
 impl RunCache {
-    /// Starts watching the namespace in the background.
-    pub fn start(client: Client, namespace: &str) -> Self {
+    /// Starts watching the namespace (the shard's runs in it) in the background.
+    pub fn start(client: Client, namespace: &str, shard: Option<&str>) -> Self {
         let (reader, writer) = reflector::store::<CodeRun>();
         let (tx, changes) = watch::channel(0u64);
         let synced = Arc::new(AtomicBool::new(false));
         let api: Api<CodeRun> = Api::namespaced(client, namespace);
-        let stream = watcher(api, watcher::Config::default().labels(TENANT_LABEL))
+        let stream = watcher(api, watcher::Config::default().labels(&selector(shard)))
             .default_backoff()
             .modify(slim)
             .reflect(writer);
@@ -58,6 +69,7 @@ impl RunCache {
             changes,
             synced,
             namespace: namespace.to_string(),
+            shard: shard.map(str::to_string),
         }
     }
 
@@ -70,11 +82,17 @@ impl RunCache {
             changes,
             synced: Arc::new(AtomicBool::new(false)),
             namespace: namespace.to_string(),
+            shard: None,
         }
     }
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// The shard label new CodeRuns get, if any.
+    pub fn shard(&self) -> Option<&str> {
+        self.shard.as_deref()
     }
 
     /// Whether the first full list has arrived.
@@ -180,6 +198,7 @@ mod tests {
             changes,
             synced: Arc::new(AtomicBool::new(true)),
             namespace: "ns".into(),
+            shard: None,
         };
         (cache, writer, tx)
     }
@@ -288,6 +307,18 @@ mod tests {
         assert!(cache.get_for("beta", "run-e").is_none());
         assert_eq!(cache.list_for("acme").len(), 1);
         assert!(cache.list_for("beta").is_empty());
+    }
+
+    #[test]
+    fn a_server_sees_only_the_runs_of_its_shard() {
+        assert_eq!(
+            selector(Some("s3-x")),
+            "codeinterp.dev/tenant,codeinterp.dev/shard=s3-x"
+        );
+        assert_eq!(
+            selector(None),
+            "codeinterp.dev/tenant,!codeinterp.dev/shard"
+        );
     }
 
     #[test]

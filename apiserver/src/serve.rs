@@ -50,10 +50,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API")?;
     let settings = cfg.settings();
-    let runs = RunCache::start(client.clone(), &settings.namespace);
+    let runs = RunCache::start(client.clone(), &settings.namespace, cfg.shard.as_deref());
     tracing::info!(
         port = cfg.port,
         namespace = %settings.namespace,
+        shard = cfg.shard.as_deref().unwrap_or("(none)"),
         tenants = keys.len(),
         public_base_url = %settings.public_base_url,
         seccomp_profile = cfg.seccomp_profile.as_deref().unwrap_or("(operator default)"),

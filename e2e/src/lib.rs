@@ -13,6 +13,8 @@ use kube::runtime::wait::{Condition, await_condition};
 use kube::{Api, Client, ResourceExt};
 use rand::Rng;
 
+pub mod rest;
+
 /// Where the cluster keeps its state (see hack/cluster/lib.sh).
 pub fn run_dir() -> PathBuf {
     std::env::var("CODEINTERP_RUN")

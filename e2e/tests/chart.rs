@@ -20,14 +20,27 @@ fn repo() -> std::path::PathBuf {
 
 fn helm_bin() -> std::path::PathBuf {
     let versions = std::fs::read_to_string(repo().join("hack/cluster/versions.env")).unwrap();
-    let version = versions.lines().find_map(|l| l.strip_prefix("HELM_VERSION=")).unwrap();
-    let cache = std::env::var("CODEINTERP_CACHE").unwrap_or_else(|_| "/var/cache/codeinterp".into());
+    let version = versions
+        .lines()
+        .find_map(|l| l.strip_prefix("HELM_VERSION="))
+        .unwrap();
+    let cache =
+        std::env::var("CODEINTERP_CACHE").unwrap_or_else(|_| "/var/cache/codeinterp".into());
     std::path::PathBuf::from(cache).join(format!("bin/helm-{version}/helm"))
 }
 
 fn helm(args: &[&str]) -> String {
-    let out = Command::new(helm_bin()).args(args).current_dir(repo()).output().unwrap();
-    assert!(out.status.success(), "helm {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(helm_bin())
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -51,9 +64,13 @@ impl Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
-        let _ = Command::new(helm_bin()).args(["uninstall", &self.name, "-n", &self.ns]).output();
+        let _ = Command::new(helm_bin())
+            .args(["uninstall", &self.name, "-n", &self.ns])
+            .output();
         for ns in [&self.ns, &self.sandbox] {
-            let _ = Command::new(kubectl()).args(["delete", "namespace", ns, "--wait=false"]).output();
+            let _ = Command::new(kubectl())
+                .args(["delete", "namespace", ns, "--wait=false"])
+                .output();
         }
     }
 }
@@ -70,7 +87,10 @@ async fn the_chart_lints_validates_serves_upgrades_and_uninstalls_cleanly() {
             format!("sandbox.namespace=chart-{id}-sandbox"),
             format!("operator.shard=chart-{id}"),
             "apiserver.apiKeys=k_chart:chart-tenant:50:100".into(),
-            format!("seccomp.kubeletSeccompDir={}", run_dir().join("kubelet/seccomp").display()),
+            format!(
+                "seccomp.kubeletSeccompDir={}",
+                run_dir().join("kubelet/seccomp").display()
+            ),
             format!("seccomp.profile=chart-{id}/runner.json"),
         ],
     };
@@ -83,19 +103,37 @@ async fn the_chart_lints_validates_serves_upgrades_and_uninstalls_cleanly() {
     let set = release.set_args();
     template.extend(set.iter().map(String::as_str));
     let rendered = helm(&template);
-    Command::new(kubectl()).args(["create", "namespace", &release.ns]).output().unwrap();
+    Command::new(kubectl())
+        .args(["create", "namespace", &release.ns])
+        .output()
+        .unwrap();
     let path = std::env::temp_dir().join(format!("{}.yaml", release.name));
     std::fs::write(&path, &rendered).unwrap();
     // The sandbox namespace is itself in the manifests: create it first for the dry run.
-    let dry = Command::new(kubectl()).args(["apply", "--dry-run=server", "-f", path.to_str().unwrap()]).output().unwrap();
+    let dry = Command::new(kubectl())
+        .args(["apply", "--dry-run=server", "-f", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     let dry_err = String::from_utf8_lossy(&dry.stderr).to_string();
     assert!(
-        dry.status.success() || dry_err.lines().all(|l| l.contains(&format!("namespaces \"{}\" not found", release.sandbox))),
+        dry.status.success()
+            || dry_err
+                .lines()
+                .all(|l| l.contains(&format!("namespaces \"{}\" not found", release.sandbox))),
         "server-side validation failed: {dry_err}"
     );
 
     // Install.
-    let mut install = vec!["install", &release.name, chart, "-n", &release.ns, "--wait", "--timeout", "3m"];
+    let mut install = vec![
+        "install",
+        &release.name,
+        chart,
+        "-n",
+        &release.ns,
+        "--wait",
+        "--timeout",
+        "3m",
+    ];
     install.extend(set.iter().map(String::as_str));
     helm(&install);
     let profile = run_dir().join(format!("kubelet/seccomp/chart-{id}/runner.json"));
@@ -111,7 +149,10 @@ async fn the_chart_lints_validates_serves_upgrades_and_uninstalls_cleanly() {
     // A run through the in-cluster API, from a client pod, with its artifact downloaded
     // through the signed URL and no token.
     let services: Api<Service> = Api::namespaced(client.clone(), &release.ns);
-    let svc = services.get(&format!("{}-apiserver", release.name)).await.unwrap();
+    let svc = services
+        .get(&format!("{}-apiserver", release.name))
+        .await
+        .unwrap();
     let api = format!("http://{}:8080", svc.spec.unwrap().cluster_ip.unwrap());
     let client_code = r#"
 import json, sys, urllib.request, urllib.parse
@@ -134,35 +175,89 @@ print(json.dumps({'status': run['status'], 'stdout': run['stdout'], 'artifact': 
     .await
     .unwrap();
     let log = pod_log(&pods, "client").await.unwrap();
-    let got: serde_json::Value = serde_json::from_str(log.trim()).unwrap_or_else(|_| panic!("client said: {log}"));
-    assert_eq!(got, json!({"status": "completed", "stdout": "ran\n", "artifact": "from the chart"}));
+    let got: serde_json::Value =
+        serde_json::from_str(log.trim()).unwrap_or_else(|_| panic!("client said: {log}"));
+    assert_eq!(
+        got,
+        json!({"status": "completed", "stdout": "ran\n", "artifact": "from the chart"})
+    );
 
     // Upgrade with changed values while a run is in flight: both Deployments roll, the run
     // still completes.
     let runs: Api<CodeRun> = Api::namespaced(client.clone(), &release.sandbox);
     let mut inflight = CodeRun::new(
         "inflight",
-        spec(Language::Python, "import time\nprint('before', flush=True)\ntime.sleep(8)\nprint('after')"),
+        spec(
+            Language::Python,
+            "import time\nprint('before', flush=True)\ntime.sleep(8)\nprint('after')",
+        ),
     );
     inflight.metadata.labels = Some(labels(&[(SHARD_LABEL, &format!("chart-{id}"))]));
-    runs.create(&PostParams::default(), &inflight).await.unwrap();
-    let running = |obj: Option<&CodeRun>| obj.and_then(|r| r.phase()).is_some_and(|p| p != Phase::Queued);
-    tokio::time::timeout(Duration::from_secs(60), kube::runtime::wait::await_condition(runs.clone(), "inflight", running))
+    runs.create(&PostParams::default(), &inflight)
         .await
-        .unwrap()
         .unwrap();
+    let running = |obj: Option<&CodeRun>| {
+        obj.and_then(|r| r.phase())
+            .is_some_and(|p| p != Phase::Queued)
+    };
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        kube::runtime::wait::await_condition(runs.clone(), "inflight", running),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release.ns);
     let generation = |d: &Deployment| d.metadata.generation.unwrap_or(0);
-    let op_before = generation(&deployments.get(&format!("{}-operator", release.name)).await.unwrap());
-    let api_before = generation(&deployments.get(&format!("{}-apiserver", release.name)).await.unwrap());
-    let mut upgrade = vec!["upgrade", &release.name, chart, "-n", &release.ns, "--wait", "--timeout", "3m"];
+    let op_before = generation(
+        &deployments
+            .get(&format!("{}-operator", release.name))
+            .await
+            .unwrap(),
+    );
+    let api_before = generation(
+        &deployments
+            .get(&format!("{}-apiserver", release.name))
+            .await
+            .unwrap(),
+    );
+    let mut upgrade = vec![
+        "upgrade",
+        &release.name,
+        chart,
+        "-n",
+        &release.ns,
+        "--wait",
+        "--timeout",
+        "3m",
+    ];
     upgrade.extend(set.iter().map(String::as_str));
-    upgrade.extend(["--set", "operator.runTtlSeconds=7200", "--set", "apiserver.urlTtlSeconds=600"]);
+    upgrade.extend([
+        "--set",
+        "operator.runTtlSeconds=7200",
+        "--set",
+        "apiserver.urlTtlSeconds=600",
+    ]);
     helm(&upgrade);
-    let op_after = generation(&deployments.get(&format!("{}-operator", release.name)).await.unwrap());
-    let api_after = generation(&deployments.get(&format!("{}-apiserver", release.name)).await.unwrap());
-    assert!(op_after > op_before && api_after > api_before, "the Deployments did not roll");
-    let done = wait_finished(&runs, "inflight", Duration::from_secs(90)).await.unwrap();
+    let op_after = generation(
+        &deployments
+            .get(&format!("{}-operator", release.name))
+            .await
+            .unwrap(),
+    );
+    let api_after = generation(
+        &deployments
+            .get(&format!("{}-apiserver", release.name))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        op_after > op_before && api_after > api_before,
+        "the Deployments did not roll"
+    );
+    let done = wait_finished(&runs, "inflight", Duration::from_secs(90))
+        .await
+        .unwrap();
     let st = done.status.unwrap();
     assert_eq!(st.phase, Some(Phase::Completed), "{st:?}");
     assert_eq!(st.stdout_preview.as_deref(), Some("before\nafter\n"));
@@ -170,12 +265,24 @@ print(json.dumps({'status': run['status'], 'stdout': run['stdout'], 'artifact': 
     // Uninstall: nothing of the release is left but the CRD and the sandbox namespace,
     // which NOTES.txt and the chart's README say are kept.
     helm(&["uninstall", &release.name, "-n", &release.ns, "--wait"]);
-    let by_release = ListParams::default().labels(&format!("app.kubernetes.io/instance={}", release.name));
+    let by_release =
+        ListParams::default().labels(&format!("app.kubernetes.io/instance={}", release.name));
     macro_rules! none_left {
         ($kind:ty, $api:expr) => {{
             let api: Api<$kind> = $api;
-            let left: Vec<String> = api.list(&by_release).await.unwrap().items.iter().map(|o| o.name_any()).collect();
-            assert!(left.is_empty(), "{} left behind: {left:?}", stringify!($kind));
+            let left: Vec<String> = api
+                .list(&by_release)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|o| o.name_any())
+                .collect();
+            assert!(
+                left.is_empty(),
+                "{} left behind: {left:?}",
+                stringify!($kind)
+            );
         }};
     }
     none_left!(Deployment, Api::all(client.clone()));
@@ -189,16 +296,32 @@ print(json.dumps({'status': run['status'], 'stdout': run['stdout'], 'artifact': 
     none_left!(ClusterRole, Api::all(client.clone()));
     none_left!(ClusterRoleBinding, Api::all(client.clone()));
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    assert!(namespaces.get_opt(&release.sandbox).await.unwrap().is_some(), "the sandbox namespace is kept");
+    assert!(
+        namespaces
+            .get_opt(&release.sandbox)
+            .await
+            .unwrap()
+            .is_some(),
+        "the sandbox namespace is kept"
+    );
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
-    assert!(crds.get_opt("coderuns.codeinterp.dev").await.unwrap().is_some(), "the CRD is kept");
+    assert!(
+        crds.get_opt("coderuns.codeinterp.dev")
+            .await
+            .unwrap()
+            .is_some(),
+        "the CRD is kept"
+    );
 }
 
 #[test]
 fn the_charts_crd_and_seccomp_profile_are_the_generated_ones() {
     let read = |p: &str| std::fs::read(repo().join(p)).unwrap();
-    assert!(read("charts/codeinterp/crds/coderun.yaml") == read("crds/coderun.yaml"), "run `make crd`");
+    assert!(
+        read("charts/codeinterp/crds/coderun.yaml") == read("crds/coderun.yaml"),
+        "run `make crd`"
+    );
     assert!(
         read("charts/codeinterp/files/seccomp-runner.json") == read("policies/seccomp/runner.json"),
         "run `make crd` to copy policies/seccomp/runner.json into the chart"

@@ -196,7 +196,16 @@ pub async fn reconcile(run: Arc<CodeRun>, ctx: Arc<Context>) -> Result<Action, E
             );
             let finished_at = terminated.and_then(|t| t.finished_at);
             let ended_secs_ago = secs_since(finished_at.as_ref());
-            match finish(&ctx, &run, status.clone(), outcome, record.as_ref(), finished_at).await {
+            match finish(
+                &ctx,
+                &run,
+                status.clone(),
+                outcome,
+                record.as_ref(),
+                finished_at,
+            )
+            .await
+            {
                 // Object storage has refused the results for long enough: the run must not
                 // stay Running forever. Say so in its status (which lives in the API).
                 Err(Error::Store(e)) if ended_secs_ago >= STORE_GIVE_UP_SECS => {
@@ -205,9 +214,23 @@ pub async fn reconcile(run: Arc<CodeRun>, ctx: Arc<Context>) -> Result<Action, E
                     status.reason = Some("storage_failed".into());
                     status.message = Some(format!("the results could not be stored: {e}"));
                     status.completed_at = Some(now());
-                    set_condition(&mut status, "Finished", "True", "Failed", "the results could not be stored");
+                    set_condition(
+                        &mut status,
+                        "Finished",
+                        "True",
+                        "Failed",
+                        "the results could not be stored",
+                    );
                     apply_status(&runs, &name, &status).await?;
-                    publish(&ctx, &run, EventType::Warning, "Failed", "Finish", "the results could not be stored").await;
+                    publish(
+                        &ctx,
+                        &run,
+                        EventType::Warning,
+                        "Failed",
+                        "Finish",
+                        "the results could not be stored",
+                    )
+                    .await;
                     cleanup_children(&ctx, &ns, &name).await?;
                     Ok(Action::await_change())
                 }

@@ -1,6 +1,6 @@
 //! `/v1/runs`: create a run (and by default wait for it), read one, list them, cancel one.
 //! Reads come from the reflector cache and, once a CodeRun is gone, from its stored record.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use codeinterp_crds::{CodeRun, CodeRunSpec, InputFile, TENANT_LABEL};
+use codeinterp_crds::{CodeRun, CodeRunSpec, InputFile, SHARD_LABEL, TENANT_LABEL};
 use codeinterp_store::{RunRecord, StoreError};
 use kube::api::{Patch, PatchParams, PostParams};
 use serde::Deserialize;
@@ -68,6 +68,7 @@ async fn present(state: &AppState, tenant: &str, run: &CodeRun) -> Run {
 fn coderun(
     name: &str,
     namespace: &str,
+    shard: Option<&str>,
     tenant: &str,
     run: &ValidRun,
     files: Vec<InputFile>,
@@ -86,7 +87,12 @@ fn coderun(
         },
     );
     cr.metadata.namespace = Some(namespace.to_string());
-    cr.metadata.labels = Some([(TENANT_LABEL.to_string(), tenant.to_string())].into());
+    let mut labels: BTreeMap<String, String> =
+        [(TENANT_LABEL.to_string(), tenant.to_string())].into();
+    if let Some(shard) = shard {
+        labels.insert(SHARD_LABEL.to_string(), shard.to_string());
+    }
+    cr.metadata.labels = Some(labels);
     cr
 }
 
@@ -142,7 +148,14 @@ async fn create(
     };
     for _ in 0..3 {
         let name = fixed_name.map_or_else(random_run_name, str::to_string);
-        let object = coderun(&name, state.runs.namespace(), tenant, run, files.clone());
+        let object = coderun(
+            &name,
+            state.runs.namespace(),
+            state.runs.shard(),
+            tenant,
+            run,
+            files.clone(),
+        );
         match api.create(&params, &object).await {
             Ok(created) => return Ok(Arc::new(created)),
             Err(kube::Error::Api(s)) if s.is_already_exists() && fixed_name.is_some() => {
@@ -387,5 +400,38 @@ async fn cancel_run(
     match stored_run(&state, tenant, &id).await? {
         Some(rec) => Ok(Json(from_record(&rec, &state.links()))),
         None => Err(ApiError::not_found("run", &id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codeinterp_crds::{Language, Limits};
+
+    fn valid() -> ValidRun {
+        ValidRun {
+            language: Language::Python,
+            code: "print(1)".into(),
+            stdin: None,
+            args: vec![],
+            file_ids: vec![],
+            limits: Limits::default(),
+            wait: true,
+        }
+    }
+
+    #[test]
+    fn a_sharded_server_labels_its_runs_with_the_shard_and_the_tenant() {
+        let cr = coderun("run-a", "ns", Some("s3-x"), "acme", &valid(), vec![]);
+        let labels = cr.metadata.labels.unwrap();
+        assert_eq!(labels.get(TENANT_LABEL).map(String::as_str), Some("acme"));
+        assert_eq!(labels.get(SHARD_LABEL).map(String::as_str), Some("s3-x"));
+        assert_eq!(cr.metadata.namespace.as_deref(), Some("ns"));
+    }
+
+    #[test]
+    fn an_unsharded_server_leaves_the_shard_label_off() {
+        let cr = coderun("run-a", "ns", None, "acme", &valid(), vec![]);
+        assert!(!cr.metadata.labels.unwrap().contains_key(SHARD_LABEL));
     }
 }

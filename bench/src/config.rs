@@ -1,0 +1,108 @@
+//! Settings: every one a flag and an environment variable. The defaults keep a whole
+//! `make bench` within about ten minutes on a two-core node.
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Suite {
+    Latency,
+    Throughput,
+    Apiserver,
+    Scale,
+    Wrapper,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "Benchmarks against the running local stack; prints one table and writes it as JSON"
+)]
+pub struct Args {
+    /// Which benchmarks to run (comma-separated); all of them by default.
+    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', value_enum)]
+    pub only: Vec<Suite>,
+
+    /// The REST API under test (started by `make up`).
+    #[arg(long, env = "BENCH_API_URL", default_value = "http://localhost:8080")]
+    pub api_url: String,
+    #[arg(
+        long,
+        env = "BENCH_API_TOKEN",
+        default_value = "dev_123",
+        hide_env_values = true
+    )]
+    pub api_token: String,
+    /// Namespace the API creates its CodeRuns in.
+    #[arg(long, env = "SANDBOX_NAMESPACE", default_value = "codeinterp")]
+    pub sandbox_namespace: String,
+
+    /// Sequential runs of `print(1+1)`, each beside one raw pod.
+    #[arg(long, env = "BENCH_LATENCY_RUNS", default_value_t = 50)]
+    pub latency_runs: usize,
+
+    /// Concurrency levels of the throughput benchmark.
+    #[arg(long, env = "BENCH_THROUGHPUT_LEVELS", value_delimiter = ',', default_values_t = [1, 4, 16])]
+    pub throughput_levels: Vec<usize>,
+    /// Items run at each level (one number per level), for our runs and for raw pods each.
+    #[arg(long, env = "BENCH_THROUGHPUT_ITEMS", value_delimiter = ',', default_values_t = [16, 32, 64])]
+    pub throughput_items: Vec<usize>,
+
+    /// The apiserver binary started, just for this benchmark, with a key without rate limit.
+    #[arg(
+        long,
+        env = "BENCH_APISERVER_BIN",
+        default_value = "/var/cache/codeinterp/cargo-target/release/apiserver"
+    )]
+    pub apiserver_bin: PathBuf,
+    #[arg(long, env = "BENCH_APISERVER_PORT", default_value_t = 18095)]
+    pub apiserver_port: u16,
+    /// Open connections of the load generator.
+    #[arg(long, env = "BENCH_HTTP_CONNECTIONS", default_value_t = 32)]
+    pub http_connections: u32,
+    /// Threads of the load generator (wrk).
+    #[arg(long, env = "BENCH_HTTP_THREADS", default_value_t = 2)]
+    pub http_threads: u32,
+    /// Seconds of load on each route.
+    #[arg(long, env = "BENCH_HTTP_SECONDS", default_value_t = 10)]
+    pub http_seconds: u32,
+
+    /// CodeRuns created at once by the operator scale benchmark.
+    #[arg(long, env = "BENCH_SCALE_RUNS", default_value_t = 500)]
+    pub scale_runs: usize,
+    /// Creations in flight at once.
+    #[arg(long, env = "BENCH_SCALE_CREATE_CONCURRENCY", default_value_t = 32)]
+    pub scale_create_concurrency: usize,
+    /// Memory limit of each scale run. Runner pods request their whole memory limit, so the
+    /// default 512 MiB would let only a few dozen run on this node at once.
+    #[arg(long, env = "BENCH_SCALE_MEMORY_MB", default_value_t = 64)]
+    pub scale_memory_mb: u64,
+    /// Longest the scale benchmark waits for every run to end.
+    #[arg(long, env = "BENCH_SCALE_TIMEOUT_SECONDS", default_value_t = 600)]
+    pub scale_timeout_seconds: u64,
+
+    /// Executions of each of bare and wrapped, per language.
+    #[arg(long, env = "BENCH_WRAPPER_RUNS", default_value_t = 30)]
+    pub wrapper_runs: usize,
+
+    /// Where the operator's and the cluster's state lives (pids, storage, signing key).
+    #[arg(long, env = "CODEINTERP_RUN", default_value = "/var/lib/codeinterp")]
+    pub run_dir: PathBuf,
+    /// Where results.json (and a dated copy) are written.
+    #[arg(
+        long,
+        env = "BENCH_OUT_DIR",
+        default_value = "/var/lib/codeinterp/bench"
+    )]
+    pub out_dir: PathBuf,
+}
+
+impl Args {
+    pub fn wants(&self, suite: Suite) -> bool {
+        self.only.is_empty() || self.only.contains(&suite)
+    }
+
+    pub fn storage_dir(&self) -> PathBuf {
+        self.run_dir.join("storage")
+    }
+}

@@ -1,0 +1,90 @@
+//! The few REST calls the benchmarks make, as any client would.
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use serde_json::json;
+
+/// The fields of a run object the benchmarks look at.
+#[derive(Debug, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub stdout: Option<String>,
+    #[serde(default)]
+    pub error: Option<serde_json::Value>,
+}
+
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
+    }
+
+    /// `POST /v1/runs` of a Python program, waiting for it to finish (the API's default).
+    pub async fn run_python(&self, code: &str) -> anyhow::Result<Run> {
+        let body = json!({"language": "python", "code": code, "limits": {"timeout_ms": 10_000}});
+        let response = self
+            .http
+            .post(format!("{}/v1/runs", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body)?)
+            .send()
+            .await
+            .context("POST /v1/runs")?;
+        let status = response.status();
+        let bytes = response.bytes().await.context("reading the answer")?;
+        if !status.is_success() {
+            bail!(
+                "POST /v1/runs answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        serde_json::from_slice(&bytes).context("the answer is not a run")
+    }
+
+    /// Waits until `path` answers 200, for at most `within`.
+    pub async fn wait_ok(&self, path: &str, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            let answer = self.http.get(format!("{}{path}", self.base)).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+}
+
+impl Run {
+    /// Completed, with exactly this on stdout.
+    pub fn check(&self, stdout: &str) -> anyhow::Result<()> {
+        if self.status != "completed" || self.stdout.as_deref() != Some(stdout) {
+            bail!(
+                "run {} ended {} with stdout {:?} (error {:?})",
+                self.id,
+                self.status,
+                self.stdout,
+                self.error
+            );
+        }
+        Ok(())
+    }
+}

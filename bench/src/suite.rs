@@ -1,0 +1,210 @@
+//! Runs the chosen benchmarks in turn, each against the live stack, and writes the report.
+//! A benchmark that cannot finish says why in its section; the others still run.
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::DeleteParams;
+use kube::{Api, Client};
+
+use crate::config::{Args, Suite};
+use crate::report::{self, Host, Report, Section};
+use crate::{apiserver_load, latency, rest, scale, throughput, wrapper};
+
+/// What the benchmarks that compare against raw pods share.
+pub struct Env {
+    pub client: Client,
+    pub api: rest::Api,
+    pub sandbox_namespace: String,
+    /// Where the raw pods and the wrapper pods run.
+    pub pods_namespace: String,
+    /// Kept alive for as long as the namespace is used: dropping it deletes the namespace.
+    _pods_ns: e2e::TestNamespace,
+}
+
+impl Env {
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.pods_namespace)
+    }
+}
+
+pub fn progress(message: &str) {
+    eprintln!(
+        "[bench {}] {message}",
+        chrono::Local::now().format("%H:%M:%S")
+    );
+}
+
+pub async fn run(args: &Args) -> Report {
+    let started_at = chrono::Local::now().to_rfc3339();
+    let started = Instant::now();
+    let load_before = load_average();
+    if let Err(e) = std::fs::create_dir_all(&args.out_dir) {
+        progress(&format!("cannot create {}: {e}", args.out_dir.display()));
+    }
+
+    let mut latency = Section::Skipped;
+    let mut throughput = Section::Skipped;
+    let mut apiserver = Section::Skipped;
+    let mut scale = Section::Skipped;
+    let mut wrapper = Section::Skipped;
+
+    match connect(args).await {
+        Err(e) => {
+            let error = format!("{e:#}");
+            latency = Section::failed(&error);
+            throughput = Section::failed(&error);
+            apiserver = Section::failed(&error);
+            scale = Section::failed(&error);
+            wrapper = Section::failed(&error);
+        }
+        Ok(env) => {
+            if args.wants(Suite::Latency) {
+                progress(&format!(
+                    "1/5 run latency: {} runs, each beside a raw pod",
+                    args.latency_runs
+                ));
+                latency = guarded(latency::run(&env, args.latency_runs)).await;
+            }
+            if args.wants(Suite::Throughput) {
+                progress(&format!(
+                    "2/5 throughput: concurrency {:?}, items {:?}",
+                    args.throughput_levels, args.throughput_items
+                ));
+                throughput = guarded(throughput::run(
+                    &env,
+                    &args.throughput_levels,
+                    &args.throughput_items,
+                ))
+                .await;
+            }
+            if args.wants(Suite::Apiserver) {
+                progress(&format!(
+                    "3/5 apiserver: own instance on :{}, {} connections, {} s per route",
+                    args.apiserver_port, args.http_connections, args.http_seconds
+                ));
+                apiserver = guarded(apiserver_load::run(args)).await;
+            }
+            if args.wants(Suite::Wrapper) {
+                progress(&format!(
+                    "5/5 wrapper overhead: {} runs per language",
+                    args.wrapper_runs
+                ));
+                wrapper = guarded(wrapper::run(&env, args.wrapper_runs)).await;
+            }
+            // Last: it fills the node, and its namespace takes a while to go.
+            if args.wants(Suite::Scale) {
+                progress(&format!(
+                    "4/5 operator scale: {} CodeRuns at once",
+                    args.scale_runs
+                ));
+                scale = guarded(scale::run(args, &env.client)).await;
+            }
+            progress(&format!("deleting namespace {}", env.pods_namespace));
+            delete_namespace(&env.client, &env.pods_namespace, Duration::from_secs(60)).await;
+        }
+    }
+
+    let mut report = Report {
+        started_at,
+        duration_s: started.elapsed().as_secs_f64(),
+        host: Host {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load_before,
+            load_after: load_average(),
+        },
+        table: Vec::new(),
+        notes: Vec::new(),
+        latency,
+        throughput,
+        apiserver,
+        scale,
+        wrapper,
+    };
+    report.table = report::table(&report);
+    report.notes = report::notes(&report);
+    report
+}
+
+async fn connect(args: &Args) -> anyhow::Result<Env> {
+    let client = Client::try_default()
+        .await
+        .context("no kubeconfig for the local cluster (run `make up`)")?;
+    let api = rest::Api::new(&args.api_url, &args.api_token)?;
+    if !api.wait_ok("/readyz", Duration::from_secs(10)).await {
+        anyhow::bail!("the API at {} is not ready (run `make up`)", args.api_url);
+    }
+    let pods_ns = new_namespace(&client, "bench-pods").await?;
+    Ok(Env {
+        client,
+        api,
+        sandbox_namespace: args.sandbox_namespace.clone(),
+        pods_namespace: pods_ns.name.clone(),
+        _pods_ns: pods_ns,
+    })
+}
+
+/// A fresh namespace with its default service account ready.
+pub async fn new_namespace(
+    client: &Client,
+    prefix: &'static str,
+) -> anyhow::Result<e2e::TestNamespace> {
+    let client = client.clone();
+    // The e2e helper panics when the cluster refuses; a benchmark reports it instead.
+    tokio::spawn(async move { e2e::TestNamespace::new(&client, prefix).await })
+        .await
+        .map_err(|_| anyhow::anyhow!("could not create a namespace {prefix}-*"))
+}
+
+/// Deletes a namespace and waits until it is gone; whether it went within `within`.
+pub async fn delete_namespace(client: &Client, name: &str, within: Duration) -> bool {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.delete(name, &DeleteParams::background()).await.is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if matches!(api.get_opt(name).await, Ok(None)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+/// Runs one benchmark; an error or a panic becomes its section's failure.
+async fn guarded<T>(benchmark: impl Future<Output = anyhow::Result<T>>) -> Section<T> {
+    match AssertUnwindSafe(benchmark).catch_unwind().await {
+        Ok(result) => Section::from_result(result),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown".into());
+            Section::failed(&format!("panicked: {why}"))
+        }
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Writes `results.json` and a dated copy into `dir`; returns both paths.
+pub fn write(report: &Report, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = serde_json::to_vec_pretty(report)?;
+    let latest = dir.join("results.json");
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+    let copy = dir.join(format!("results-{stamp}.json"));
+    std::fs::write(&latest, &json).with_context(|| format!("writing {}", latest.display()))?;
+    std::fs::write(&copy, &json).with_context(|| format!("writing {}", copy.display()))?;
+    Ok((latest, copy))
+}
