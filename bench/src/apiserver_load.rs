@@ -3,6 +3,7 @@
 //! here with a key whose rate limit is out of reach and stopped afterwards, so the shared one
 //! is neither throttled nor disturbed.
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -40,8 +41,7 @@ impl OwnApiserver {
                 args.apiserver_bin.display()
             );
         }
-        let signing_key = std::fs::read_to_string(args.run_dir.join("signing-key"))
-            .context("reading the signing key the stack uses")?;
+        let signing_key = signing_key(&args.run_dir)?;
         let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
         let kubeconfig =
             std::env::var("KUBECONFIG").unwrap_or_else(|_| format!("{home}/.kube/config"));
@@ -56,7 +56,7 @@ impl OwnApiserver {
             .env("API_KEYS", format!("{TOKEN}:bench:100000:100000"))
             .env("STORAGE_URL", args.storage_dir())
             .env("SANDBOX_NAMESPACE", &args.sandbox_namespace)
-            .env("SIGNING_KEY", signing_key.trim())
+            .env("SIGNING_KEY", signing_key)
             .env(
                 "PUBLIC_BASE_URL",
                 format!("http://127.0.0.1:{}", args.apiserver_port),
@@ -68,6 +68,21 @@ impl OwnApiserver {
             .context("starting the apiserver")?;
         Ok(OwnApiserver(child))
     }
+}
+
+/// The stack's signing key when `make up` left one; else a fresh one (it only signs artifact
+/// URLs, which this benchmark does not use).
+fn signing_key(run_dir: &Path) -> anyhow::Result<String> {
+    if let Ok(key) = std::fs::read_to_string(run_dir.join("signing-key"))
+        && !key.trim().is_empty()
+    {
+        return Ok(key.trim().to_string());
+    }
+    let mut bytes = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for a signing key")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Drop for OwnApiserver {

@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, env = "BENCH_THROUGHPUT_LEVELS", value_delimiter = ',', default_values_t = [1, 4, 16])]
     pub throughput_levels: Vec<usize>,
     /// Items run at each level (one number per level), for our runs and for raw pods each.
-    #[arg(long, env = "BENCH_THROUGHPUT_ITEMS", value_delimiter = ',', default_values_t = [16, 32, 64])]
+    #[arg(long, env = "BENCH_THROUGHPUT_ITEMS", value_delimiter = ',', default_values_t = [12, 24, 48])]
     pub throughput_items: Vec<usize>,
 
     /// The apiserver binary started, just for this benchmark, with a key without rate limit.

@@ -63,6 +63,7 @@ impl Sample {
 }
 
 pub async fn run(env: &Env, runs: usize) -> anyhow::Result<LatencyReport> {
+    env.api.ready().await?;
     let ours_seen = Transitions::watch(&env.client, &env.sandbox_namespace).await?;
     let raw_seen = Transitions::watch(&env.client, &env.pods_namespace).await?;
     let mut errors = Vec::new();

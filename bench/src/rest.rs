@@ -59,6 +59,14 @@ impl Api {
         serde_json::from_slice(&bytes).context("the answer is not a run")
     }
 
+    /// Fails unless the API answers `/readyz` within a few seconds.
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        if !self.wait_ok("/readyz", Duration::from_secs(10)).await {
+            bail!("the API at {} is not ready (run `make up`)", self.base);
+        }
+        Ok(())
+    }
+
     /// Waits until `path` answers 200, for at most `within`.
     pub async fn wait_ok(&self, path: &str, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;

@@ -56,11 +56,11 @@ pub async fn run(args: &Args) -> Report {
     match connect(args).await {
         Err(e) => {
             let error = format!("{e:#}");
-            latency = Section::failed(&error);
-            throughput = Section::failed(&error);
-            apiserver = Section::failed(&error);
-            scale = Section::failed(&error);
-            wrapper = Section::failed(&error);
+            latency = unavailable(args, Suite::Latency, &error);
+            throughput = unavailable(args, Suite::Throughput, &error);
+            apiserver = unavailable(args, Suite::Apiserver, &error);
+            scale = unavailable(args, Suite::Scale, &error);
+            wrapper = unavailable(args, Suite::Wrapper, &error);
         }
         Ok(env) => {
             if args.wants(Suite::Latency) {
@@ -135,9 +135,6 @@ async fn connect(args: &Args) -> anyhow::Result<Env> {
         .await
         .context("no kubeconfig for the local cluster (run `make up`)")?;
     let api = rest::Api::new(&args.api_url, &args.api_token)?;
-    if !api.wait_ok("/readyz", Duration::from_secs(10)).await {
-        anyhow::bail!("the API at {} is not ready (run `make up`)", args.api_url);
-    }
     let pods_ns = new_namespace(&client, "bench-pods").await?;
     Ok(Env {
         client,
@@ -174,6 +171,15 @@ pub async fn delete_namespace(client: &Client, name: &str, within: Duration) -> 
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     false
+}
+
+/// A wanted benchmark that could not start fails with the reason; the others are skipped.
+fn unavailable<T>(args: &Args, suite: Suite, error: &str) -> Section<T> {
+    if args.wants(suite) {
+        Section::failed(error)
+    } else {
+        Section::Skipped
+    }
 }
 
 /// Runs one benchmark; an error or a panic becomes its section's failure.

@@ -41,6 +41,7 @@ pub async fn run(env: &Env, levels: &[usize], items: &[usize]) -> anyhow::Result
             items.len()
         );
     }
+    env.api.ready().await?;
     let mut out = Vec::new();
     for (round, (&concurrency, &items)) in levels.iter().zip(items).enumerate() {
         let ours = || batch(items, concurrency, |_| ours_item(env));

@@ -299,3 +299,35 @@ pub async fn eventually<F: FnMut() -> bool>(within: Duration, mut f: F) -> bool 
     }
     f()
 }
+
+/// Where `make up` installs the chart (the operator and the REST API).
+pub const OPERATOR_NAMESPACE: &str = "codeinterp-system";
+
+/// Like [`eventually`], for an async check.
+pub async fn eventually_async<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    false
+}
+
+/// Waits until a CodeRun reaches `phase`.
+pub async fn wait_phase(runs: &Api<CodeRun>, name: &str, phase: codeinterp_crds::Phase) -> CodeRun {
+    let cond = move |obj: Option<&CodeRun>| obj.and_then(|r| r.phase()).is_some_and(|p| p == phase);
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        await_condition(runs.clone(), name, cond),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} never reached {phase:?}"))
+    .unwrap()
+    .unwrap()
+}

@@ -8,38 +8,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
 
-/// Where `make up` installs the chart.
-const OPERATOR_NAMESPACE: &str = "codeinterp-system";
-
-async fn eventually_async<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + within;
-    while std::time::Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    false
-}
-
 fn status_of(run: &CodeRun) -> &codeinterp_crds::CodeRunStatus {
     run.status.as_ref().expect("status")
-}
-
-async fn wait_phase(runs: &kube::Api<CodeRun>, name: &str, phase: Phase) -> CodeRun {
-    let cond = move |obj: Option<&CodeRun>| obj.and_then(|r| r.phase()).is_some_and(|p| p == phase);
-    tokio::time::timeout(
-        Duration::from_secs(90),
-        await_condition(runs.clone(), name, cond),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{name} never reached {phase:?}"))
-    .unwrap()
-    .unwrap()
 }
 
 #[tokio::test]
@@ -126,79 +96,6 @@ async fn a_finished_run_is_garbage_collected_after_its_ttl_and_its_record_stays(
     assert_eq!(
         (record.status.as_str(), record.stdout.as_str()),
         ("completed", "kept\n")
-    );
-}
-
-#[tokio::test]
-async fn the_operator_restarting_mid_run_neither_loses_nor_repeats_the_run() {
-    let client = client().await;
-    let ns = TestNamespace::new(&client, "e2e-restart").await;
-    let runs = ns.runs();
-    let mut s = spec(
-        Language::Python,
-        "import time, os\nprint('once', os.getpid(), flush=True)\ntime.sleep(4)\nprint('done')",
-    );
-    s.limits.timeout_ms = Some(60_000);
-    runs.create(&PostParams::default(), &CodeRun::new("survivor", s))
-        .await
-        .unwrap();
-    wait_phase(&runs, "survivor", Phase::Running).await;
-
-    // The operator runs as the chart's Deployment: kill its pod outright and let the
-    // Deployment start another.
-    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
-        kube::Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let selector = kube::api::ListParams::default().labels("app.kubernetes.io/component=operator");
-    let old: Vec<String> = pods
-        .list(&selector)
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(kube::ResourceExt::name_any)
-        .collect();
-    assert_eq!(old.len(), 1, "one operator pod: {old:?}");
-    pods.delete(
-        &old[0],
-        &kube::api::DeleteParams {
-            grace_period_seconds: Some(0),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let replaced = eventually_async(Duration::from_secs(90), || async {
-        pods.list(&selector).await.unwrap().items.iter().any(|p| {
-            kube::ResourceExt::name_any(p) != old[0]
-                && p.status
-                    .as_ref()
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .is_some_and(|cs| cs.iter().all(|c| c.ready))
-        })
-    })
-    .await;
-    assert!(replaced, "no new operator pod became ready");
-
-    let run = wait_finished(&runs, "survivor", Duration::from_secs(90))
-        .await
-        .unwrap();
-    let st = status_of(&run);
-    assert_eq!(st.phase, Some(Phase::Completed), "{st:?}");
-    let out = st.stdout_preview.clone().unwrap_or_default();
-    assert_eq!(
-        out.matches("once").count(),
-        1,
-        "the program ran more than once: {out}"
-    );
-    assert!(out.ends_with("done\n"), "{out}");
-    let events = events_for(&client, &ns.name, "survivor").await;
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e.starts_with("PodCreated"))
-            .count(),
-        1,
-        "{events:?}"
     );
 }
 

@@ -136,13 +136,7 @@ pub async fn reconcile(run: Arc<CodeRun>, ctx: Arc<Context>) -> Result<Action, E
                     "the runner container is running",
                 );
                 apply_status(&runs, &name, &status).await?;
-                let queued = secs_since(run.meta().creation_timestamp.as_ref()) as f64;
-                ctx.metrics
-                    .queue_duration
-                    .get_or_create(&LanguageLabels {
-                        language: run.spec.language.as_str().into(),
-                    })
-                    .observe(queued);
+
                 publish(
                     &ctx,
                     &run,
@@ -449,6 +443,19 @@ async fn finish(
     apply_status(&runs, &name, &status).await?;
 
     let language = run.spec.language.as_str().to_string();
+    // Observed once, at the end: a short run may finish before a pass ever sees it running.
+    if let (Some(created), Some(started)) = (
+        run.meta().creation_timestamp.as_ref(),
+        status.started_at.as_ref(),
+    ) {
+        let queued = (started.0.as_second() - created.0.as_second()).max(0) as f64;
+        ctx.metrics
+            .queue_duration
+            .get_or_create(&LanguageLabels {
+                language: language.clone(),
+            })
+            .observe(queued);
+    }
     ctx.metrics
         .runs
         .get_or_create(&RunLabels {
