@@ -69,7 +69,7 @@ build_base() {
 WRAPPER="$REPO_ROOT/runners/.bin/ci-runner"
 build_wrapper() {
   local target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
-  (cd "$REPO_ROOT" && cargo build --quiet --release -p ci-runner --bin ci-runner) ||
+  (cd "$REPO_ROOT" && cargo build --quiet --release --workspace --bins) ||
     die "building ci-runner failed"
   mkdir -p "$(dirname "$WRAPPER")"
   # Copied only when it changed, so the images' keys (and mtimes) stay put.
@@ -117,7 +117,7 @@ build_service() {
   local name=$1
   local ref="localhost/codeinterp/$name:dev"
   local target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
-  (cd "$REPO_ROOT" && cargo build --quiet --release -p "codeinterp-$name" --bin "$name") ||
+  (cd "$REPO_ROOT" && cargo build --quiet --release --workspace --bins) ||
     die "building $name failed"
   mkdir -p "$REPO_ROOT/$name/.bin"
   cmp -s "$target/release/$name" "$REPO_ROOT/$name/.bin/$name" || cp "$target/release/$name" "$REPO_ROOT/$name/.bin/$name"
