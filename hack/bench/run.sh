@@ -25,8 +25,8 @@ fi
 cd "$REPO_ROOT"
 if [[ ! -x $BENCH_APISERVER_BIN ]]; then
   bench_log "building the apiserver"
-  cargo build --quiet --release -p codeinterp-apiserver --bin apiserver
+  cargo build --quiet --release --workspace --bins
 fi
 bench_log "building the benchmarks"
-cargo build --quiet --release -p codeinterp-bench --bin bench
+cargo build --quiet --release --workspace --bins
 exec "$CARGO_TARGET_DIR/release/bench" "$@"
