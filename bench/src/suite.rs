@@ -154,7 +154,12 @@ pub async fn new_namespace(
     // The e2e helper panics when the cluster refuses; a benchmark reports it instead.
     tokio::spawn(async move { e2e::TestNamespace::new(&client, prefix).await })
         .await
-        .map_err(|_| anyhow::anyhow!("could not create a namespace {prefix}-*"))
+        .map_err(|e| {
+            let why = e
+                .try_into_panic()
+                .map_or_else(|_| "cancelled".into(), panic_message);
+            anyhow::anyhow!("could not create a namespace {prefix}-*: {why}")
+        })
 }
 
 /// Deletes a namespace and waits until it is gone; whether it went within `within`.
@@ -186,15 +191,16 @@ fn unavailable<T>(args: &Args, suite: Suite, error: &str) -> Section<T> {
 async fn guarded<T>(benchmark: impl Future<Output = anyhow::Result<T>>) -> Section<T> {
     match AssertUnwindSafe(benchmark).catch_unwind().await {
         Ok(result) => Section::from_result(result),
-        Err(panic) => {
-            let why = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown".into());
-            Section::failed(&format!("panicked: {why}"))
-        }
+        Err(panic) => Section::failed(&format!("panicked: {}", panic_message(panic))),
     }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn load_average() -> String {
