@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Uninstalls the chart from the local cluster (the cluster itself stops with
-# hack/cluster/down.sh). With --processes-only, only stops operator/API host processes that
-# an older layout of `make up` started.
+# Stops operator/REST API host processes that an earlier layout of `make up` started (before
+# the stack moved into the Helm chart). The chart's pods stop with the cluster
+# (hack/cluster/down.sh, which calls this first).
 source "$(dirname "$0")/../cluster/lib.sh"
 for name in apiserver operator; do
   pidf="$RUN_DIR/pids/$name.pid"
@@ -14,8 +14,3 @@ for name in apiserver operator; do
   fi
   rm -f "$pidf" "$pidf.sum"
 done
-[[ ${1:-} == --processes-only ]] && exit 0
-if [[ -S $CONTAINERD_SOCK ]] && "$HELM_BIN/helm" --kubeconfig "$KUBECONFIG_ADMIN" status codeinterp -n codeinterp-system >/dev/null 2>&1; then
-  "$HELM_BIN/helm" --kubeconfig "$KUBECONFIG_ADMIN" uninstall codeinterp -n codeinterp-system --wait --timeout 60s >/dev/null || true
-fi
-rm -f "$RUN_DIR/stack-key"

@@ -11,7 +11,7 @@ helm() { "$HELM_BIN/helm" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
 # Host processes of an earlier layout (before the chart) must not linger.
-"$(dirname "$0")/down.sh" --processes-only
+"$(dirname "$0")/down.sh"
 
 # The pods run as UID 65532 and share this directory (single node). A default ACL keeps
 # everything created in it writable for them, whoever creates it (tests and tools on the

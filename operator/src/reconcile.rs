@@ -41,7 +41,13 @@ pub struct Context {
     pub store: Store,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// Whether the nodes enforce AppArmor, and when that was last read: a cluster-wide node
+    /// list per run would put the whole node set on every run's path.
+    pub apparmor_nodes: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
+
+/// How long the nodes' AppArmor answer is reused.
+const APPARMOR_CHECK_TTL: Duration = Duration::from_secs(60);
 
 fn now() -> Time {
     Time(Timestamp::now())
@@ -249,7 +255,7 @@ async fn start(
 
     let apparmor_on_nodes = match ctx.cfg.apparmor_mode {
         AppArmorMode::Off => false,
-        _ => nodes_report_apparmor(&ctx.client).await?,
+        _ => nodes_report_apparmor(ctx).await?,
     };
     let applied = match pod_spec::decide_isolation(&ctx.cfg, apparmor_on_nodes) {
         Ok(applied) => applied,
@@ -609,13 +615,19 @@ async fn ensure_deny_all(ctx: &Context, ns: &str) -> Result<(), Error> {
 }
 
 /// The kubelet says "AppArmor enabled" in its Ready condition on nodes that can enforce it.
-async fn nodes_report_apparmor(client: &Client) -> Result<bool, Error> {
-    let nodes: Api<Node> = Api::all(client.clone());
+/// Read at most once a minute.
+async fn nodes_report_apparmor(ctx: &Context) -> Result<bool, Error> {
+    if let Some((at, enabled)) = *ctx.apparmor_nodes.lock().expect("lock")
+        && at.elapsed() < APPARMOR_CHECK_TTL
+    {
+        return Ok(enabled);
+    }
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
     let list = nodes
         .list(&ListParams::default())
         .await
         .map_err(Error::Kube)?;
-    Ok(!list.items.is_empty()
+    let enabled = !list.items.is_empty()
         && list.items.iter().all(|n| {
             n.status
                 .as_ref()
@@ -623,7 +635,9 @@ async fn nodes_report_apparmor(client: &Client) -> Result<bool, Error> {
                 .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
                 .and_then(|c| c.message.as_deref())
                 .is_some_and(|m| m.contains("AppArmor enabled"))
-        }))
+        });
+    *ctx.apparmor_nodes.lock().expect("lock") = Some((std::time::Instant::now(), enabled));
+    Ok(enabled)
 }
 
 async fn resolve_inputs(ctx: &Context, run: &CodeRun) -> Result<ResolvedInputs, String> {

@@ -36,6 +36,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         store,
         metrics: metrics.clone(),
+        apparmor_nodes: std::sync::Mutex::new(None),
         cfg: cfg.clone(),
     });
 
