@@ -9,7 +9,7 @@ use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
-use runner_protocol::{Frame, JobLimits, SkippedFile, validate_relative_name};
+use runner_protocol::{EffectiveLimits, Frame, SkipReason, SkippedFile, validate_relative_name};
 use sha2::{Digest, Sha256};
 
 use crate::emit::Emitter;
@@ -28,8 +28,8 @@ pub struct Caps {
     pub max_total_bytes: u64,
 }
 
-impl From<&JobLimits> for Caps {
-    fn from(limits: &JobLimits) -> Self {
+impl From<&EffectiveLimits> for Caps {
+    fn from(limits: &EffectiveLimits) -> Self {
         Caps {
             max_files: limits.max_artifacts,
             max_file_bytes: limits.max_artifact_bytes,
@@ -49,16 +49,21 @@ pub fn outputs<W: Write>(outputs: &Path, caps: Caps, emitter: &mut Emitter<W>) -
         entries: 0,
         skipped: 0,
         unreported: 0,
-        unreported_over_limit: false,
+        unreported_reason: None,
     };
     match Dir::open(outputs, dir_flags(), Mode::empty()) {
         Ok(dir) => walk.dir(dir, "", 0)?,
         Err(Errno::ENOENT) => {}
         Err(Errno::ELOOP | Errno::ENOTDIR) => walk.skip(
             "outputs",
+            SkipReason::NotAFile,
             "the outputs folder is a symlink or not a folder: refused",
         )?,
-        Err(err) => walk.skip("outputs", &format!("cannot open the outputs folder: {err}"))?,
+        Err(err) => walk.skip(
+            "outputs",
+            SkipReason::Unreadable,
+            &format!("cannot open the outputs folder: {err}"),
+        )?,
     }
     walk.finish()
 }
@@ -75,7 +80,8 @@ struct Walk<'a, W: Write> {
     entries: usize,
     skipped: usize,
     unreported: usize,
-    unreported_over_limit: bool,
+    /// The reason of the unreported entries, a limit's first if any was over one.
+    unreported_reason: Option<SkipReason>,
 }
 
 impl<W: Write> Walk<'_, W> {
@@ -102,42 +108,59 @@ impl<W: Write> Walk<'_, W> {
         for name in &names {
             let Ok(text) = name.to_str() else {
                 let lossy = name.to_string_lossy();
-                self.skip(&join(prefix, &lossy), "name is not valid UTF-8")?;
+                self.skip(
+                    &join(prefix, &lossy),
+                    SkipReason::InvalidName,
+                    "name is not valid UTF-8",
+                )?;
                 continue;
             };
             let rel = join(prefix, text);
             let stat = match fstatat(&dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(stat) => stat,
                 Err(err) => {
-                    self.skip(&rel, &format!("cannot stat: {err}"))?;
+                    self.skip(&rel, SkipReason::Unreadable, &format!("cannot stat: {err}"))?;
                     continue;
                 }
             };
             match kind(&stat) {
-                Kind::Dir if depth + 1 >= MAX_DEPTH => {
-                    self.skip(&rel, "folder nested too deep: not walked")?
-                }
+                Kind::Dir if depth + 1 >= MAX_DEPTH => self.skip(
+                    &rel,
+                    SkipReason::NotWalked,
+                    "folder nested too deep: not walked",
+                )?,
                 Kind::Dir => match Dir::openat(&dir, name.as_c_str(), dir_flags(), Mode::empty()) {
                     Ok(sub) => self.dir(sub, &rel, depth + 1)?,
-                    Err(err) => self.skip(&rel, &format!("cannot open the folder: {err}"))?,
+                    Err(err) => self.skip(
+                        &rel,
+                        SkipReason::Unreadable,
+                        &format!("cannot open the folder: {err}"),
+                    )?,
                 },
                 Kind::File => self.file(&dir, name, &rel, &stat)?,
-                Kind::Other(what) => self.skip(&rel, &format!("{what} refused"))?,
+                Kind::Other(what) => {
+                    self.skip(&rel, SkipReason::NotAFile, &format!("{what} refused"))?
+                }
             }
         }
         if walk_stopped {
             let reason = format!("more than {MAX_ENTRIES} entries: the walk stopped at the limit");
-            self.skip(if prefix.is_empty() { "outputs" } else { prefix }, &reason)?;
+            let name = if prefix.is_empty() { "outputs" } else { prefix };
+            self.skip(name, SkipReason::NotWalked, &reason)?;
         }
         Ok(())
     }
 
     fn file(&mut self, dir: &Dir, name: &CStr, rel: &str, seen: &FileStat) -> io::Result<()> {
         if let Err(reason) = validate_relative_name(rel) {
-            return self.skip(rel, &format!("invalid name: {reason}"));
+            return self.skip(
+                rel,
+                SkipReason::InvalidName,
+                &format!("invalid name: {reason}"),
+            );
         }
         if self.files >= self.caps.max_files {
-            return self.skip(rel, "too many output files");
+            return self.skip(rel, SkipReason::TooMany, "too many output files");
         }
         // O_NOFOLLOW: a link swapped in since the stat is refused, not followed. O_NONBLOCK:
         // a FIFO swapped in does not block the open.
@@ -148,24 +171,34 @@ impl<W: Write> Walk<'_, W> {
             | OFlag::O_CLOEXEC;
         let fd = match nix::fcntl::openat(dir, name, flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::ELOOP) => return self.skip(rel, "symlink refused"),
-            Err(err) => return self.skip(rel, &format!("cannot open: {err}")),
+            Err(Errno::ELOOP) => return self.skip(rel, SkipReason::NotAFile, "symlink refused"),
+            Err(err) => {
+                return self.skip(rel, SkipReason::Unreadable, &format!("cannot open: {err}"));
+            }
         };
         let stat = fstat(&fd)?;
         if kind(&stat) != Kind::File || (stat.st_dev, stat.st_ino) != (seen.st_dev, seen.st_ino) {
-            return self.skip(rel, "changed while being collected: refused");
+            return self.skip(
+                rel,
+                SkipReason::Unreadable,
+                "changed while being collected: refused",
+            );
         }
         let size = stat.st_size.max(0) as u64;
         if size > self.caps.max_file_bytes {
-            return self.skip(rel, "file over the size limit");
+            return self.skip(rel, SkipReason::TooLarge, "file over the size limit");
         }
         if self.bytes + size > self.caps.max_total_bytes {
-            return self.skip(rel, "output files over the total size limit");
+            return self.skip(
+                rel,
+                SkipReason::TotalTooLarge,
+                "output files over the total size limit",
+            );
         }
         // Never more than the size found: a file still growing is cut at it.
         let mut content = Vec::with_capacity(size as usize);
         if let Err(err) = File::from(fd).take(size).read_to_end(&mut content) {
-            return self.skip(rel, &format!("cannot read: {err}"));
+            return self.skip(rel, SkipReason::Unreadable, &format!("cannot read: {err}"));
         }
         self.files += 1;
         self.bytes += content.len() as u64;
@@ -178,18 +211,24 @@ impl<W: Write> Walk<'_, W> {
         self.emitter.flush()
     }
 
-    /// Reasons for cap hits say "limit" or "too many": the operator reports those as
+    /// Reasons that are a cap the run went over are reported by the operator as
     /// `artifact_limit_exceeded`.
-    fn skip(&mut self, name: &str, reason: &str) -> io::Result<()> {
+    fn skip(&mut self, name: &str, reason: SkipReason, detail: &str) -> io::Result<()> {
         if self.skipped >= MAX_SKIPPED_FRAMES {
             self.unreported += 1;
-            self.unreported_over_limit |= is_over_limit(reason);
+            if !self
+                .unreported_reason
+                .is_some_and(SkipReason::is_over_a_limit)
+            {
+                self.unreported_reason = Some(reason);
+            }
             return Ok(());
         }
         self.skipped += 1;
         self.emitter.frame(&Frame::Skipped(SkippedFile {
             name: name.to_string(),
-            reason: reason.to_string(),
+            reason,
+            detail: detail.to_string(),
         }))
     }
 
@@ -197,24 +236,13 @@ impl<W: Write> Walk<'_, W> {
         if self.unreported == 0 {
             return Ok(());
         }
-        let reason = format!(
-            "{} more entries left out{}",
-            self.unreported,
-            if self.unreported_over_limit {
-                ", some over a limit"
-            } else {
-                ""
-            }
-        );
+        let reason = self.unreported_reason.unwrap_or(SkipReason::NotWalked);
         self.emitter.frame(&Frame::Skipped(SkippedFile {
             name: "...".into(),
             reason,
+            detail: format!("{} more entries left out", self.unreported),
         }))
     }
-}
-
-fn is_over_limit(reason: &str) -> bool {
-    reason.contains("limit") || reason.contains("too many")
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -247,7 +275,7 @@ fn kind(stat: &FileStat) -> Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runner_protocol::{RecordLimits, parse_record};
+    use runner_protocol::{EffectiveLimits, PROTOCOL_VERSION, Record, parse_record};
 
     const CAPS: Caps = Caps {
         max_files: 10,
@@ -256,17 +284,27 @@ mod tests {
     };
 
     /// Collects `dir` and parses the frames the way the operator will.
-    fn collect(dir: &Path, caps: Caps) -> runner_protocol::RunRecord {
+    fn collect(dir: &Path, caps: Caps) -> Record {
         let mut emitter = Emitter::new(Vec::new());
-        emitter.frame(&Frame::Start { v: 1 }).unwrap();
+        emitter
+            .frame(&Frame::Start {
+                v: PROTOCOL_VERSION,
+            })
+            .unwrap();
         outputs(dir, caps, &mut emitter).unwrap();
-        let limits = RecordLimits {
+        let limits = EffectiveLimits {
+            timeout_ms: 1000,
+            memory_mb: 64,
+            cpu_ms: 1000,
+            cpu_millicores: 100,
             max_output_bytes: 0,
             max_artifacts: caps.max_files,
             max_artifact_bytes: caps.max_file_bytes,
             max_artifact_total_bytes: caps.max_total_bytes,
+            max_processes: 8,
+            disk_mb: 1,
         };
-        parse_record(&emitter.into_inner(), limits).unwrap()
+        parse_record(&emitter.into_inner(), &limits).unwrap()
     }
 
     #[test]
@@ -309,7 +347,8 @@ mod tests {
         std::os::unix::fs::symlink("/etc", dir.path().join("etc")).unwrap();
         let rec = collect(dir.path(), CAPS);
         assert!(rec.artifacts.is_empty());
-        assert_eq!(rec.skipped[0].reason, "symlink refused");
+        assert_eq!(rec.skipped[0].reason, SkipReason::NotAFile);
+        assert_eq!(rec.skipped[0].detail, "symlink refused");
     }
 
     #[test]
@@ -326,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn size_and_total_caps_skip_files_and_say_limit() {
+    fn size_and_total_caps_skip_files_as_over_a_limit() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a"), [0u8; 60]).unwrap();
         std::fs::write(dir.path().join("b"), [0u8; 101]).unwrap();
@@ -339,7 +378,7 @@ mod tests {
         let names: Vec<_> = rec.artifacts.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["a"]);
         assert_eq!(rec.skipped.len(), 2);
-        assert!(rec.skipped.iter().all(|s| s.reason.contains("limit")));
+        assert!(rec.skipped.iter().all(|s| s.reason.is_over_a_limit()));
         assert!(rec.artifact_limit_exceeded);
     }
 
@@ -355,7 +394,9 @@ mod tests {
         };
         let rec = collect(dir.path(), caps);
         assert_eq!(rec.skipped.len(), MAX_SKIPPED_FRAMES + 1);
-        assert!(rec.skipped.last().unwrap().reason.starts_with("50 more"));
+        let last = rec.skipped.last().unwrap();
+        assert!(last.detail.starts_with("50 more"), "{last:?}");
+        assert_eq!(last.reason, SkipReason::TooMany);
         assert!(rec.artifact_limit_exceeded);
     }
 }

@@ -88,7 +88,7 @@ impl CappedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runner_protocol::{RecordLimits, parse_record};
+    use runner_protocol::{EffectiveLimits, PROTOCOL_VERSION, parse_record};
 
     #[test]
     fn a_stream_lets_through_up_to_its_cap_and_counts_the_rest() {
@@ -107,16 +107,26 @@ mod tests {
     fn large_output_is_split_into_chunks_the_parser_reassembles() {
         let mut emitter = Emitter::new(Vec::new());
         let big = vec![7u8; CHUNK_BYTES * 2 + 10];
-        emitter.frame(&Frame::Start { v: 1 }).unwrap();
+        emitter
+            .frame(&Frame::Start {
+                v: PROTOCOL_VERSION,
+            })
+            .unwrap();
         emitter.output(Stream::Stdout, &big).unwrap();
         let log = emitter.into_inner();
         assert_eq!(log.iter().filter(|b| **b == b'\n').count(), 4);
-        let limits = RecordLimits {
+        let limits = EffectiveLimits {
+            timeout_ms: 1000,
+            memory_mb: 64,
+            cpu_ms: 1000,
+            cpu_millicores: 100,
             max_output_bytes: 1 << 20,
             max_artifacts: 0,
             max_artifact_bytes: 0,
             max_artifact_total_bytes: 0,
+            max_processes: 8,
+            disk_mb: 1,
         };
-        assert_eq!(parse_record(&log, limits).unwrap().stdout, big);
+        assert_eq!(parse_record(&log, &limits).unwrap().stdout, big);
     }
 }

@@ -1,7 +1,8 @@
-//! The job: reading `job.json`, staging the inputs into the work folder, and the command line
-//! and environment the program is started with.
+//! The job: read from the wrapper's stdin (the operator attaches and writes it), its source
+//! and stdin written to the job folder, its input files to the work folder, and the command
+//! line and environment the program is started with.
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
@@ -9,50 +10,46 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, openat};
 use nix::sys::stat::{Mode, mkdirat};
-use runner_protocol::{JOB_FILE, Job, Language, validate_relative_name};
+use runner_protocol::{Job, Language, MAX_JOB_HEADER_BYTES};
 
 use crate::sandbox::ChildLimits;
 use crate::settings::{PROGRAM_TMP, Settings};
 use crate::supervise::Launch;
 
-/// `job.json` comes from a Secret, so it is small; anything bigger is not a job.
-const MAX_JOB_BYTES: u64 = 1 << 20;
+/// Where the program's stdin is written in the job folder.
+const STDIN_FILE: &str = "stdin";
 
-pub fn load(job_dir: &Path) -> Result<Job, String> {
-    let path = job_dir.join(JOB_FILE);
-    let mut text = Vec::new();
-    File::open(&path)
-        .and_then(|f| f.take(MAX_JOB_BYTES + 1).read_to_end(&mut text))
-        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-    if text.len() as u64 > MAX_JOB_BYTES {
-        return Err(format!("{} is over {MAX_JOB_BYTES} bytes", path.display()));
-    }
-    let job: Job = serde_json::from_slice(&text)
-        .map_err(|err| format!("{} is not a job: {err}", path.display()))?;
-    check_key(&job.source_key)?;
-    if let Some(key) = &job.stdin_key {
-        check_key(key)?;
-    }
-    for file in &job.files {
-        check_key(&file.secret_key)?;
-        validate_relative_name(&file.name)
-            .map_err(|reason| format!("input file {:?}: {reason}", file.name))?;
-    }
-    Ok(job)
-}
-
-/// A key of the inputs Secret: a plain file name in the job folder. Names starting with `..`
-/// are the kubelet's own (`..data`), never a key.
-fn check_key(key: &str) -> Result<(), String> {
-    if key.contains('/') || key.starts_with("..") || validate_relative_name(key).is_err() {
-        return Err(format!("invalid inputs key {key:?}"));
-    }
-    Ok(())
-}
-
-/// Copies the input files into the work folder, creates `outputs`, and seeds `/tmp`.
+/// Reads the job header from `input` (blocking until the operator sends it), then its
+/// payload: the source and stdin into the job folder, the input files into the work folder.
 /// Nothing under the work folder is followed if it is a symbolic link.
-pub fn stage_inputs(job: &Job, settings: &Settings) -> Result<(), String> {
+pub fn receive(input: &mut impl BufRead, settings: &Settings) -> Result<Job, String> {
+    let mut line = Vec::new();
+    input
+        .by_ref()
+        .take(MAX_JOB_HEADER_BYTES as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .map_err(|err| format!("cannot read the job: {err}"))?;
+    if line.last() != Some(&b'\n') {
+        return Err(if line.is_empty() {
+            "no job arrived on stdin".to_string()
+        } else {
+            "the job header was cut short or is too long".to_string()
+        });
+    }
+    line.pop();
+    let job = Job::parse_header(&line).map_err(|err| err.to_string())?;
+
+    let source = settings.job_dir.join(job.language.source_file());
+    copy_exact(input, job.code_bytes, &mut create(&source)?)
+        .map_err(|err| format!("cannot receive the source: {err}"))?;
+    if let Some(bytes) = job.stdin_bytes {
+        copy_exact(
+            input,
+            bytes,
+            &mut create(&settings.job_dir.join(STDIN_FILE))?,
+        )
+        .map_err(|err| format!("cannot receive stdin: {err}"))?;
+    }
     let work = open(
         &settings.work_dir,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -60,8 +57,8 @@ pub fn stage_inputs(job: &Job, settings: &Settings) -> Result<(), String> {
     )
     .map_err(|err| format!("cannot open {}: {err}", settings.work_dir.display()))?;
     for file in &job.files {
-        copy_input(&settings.job_dir.join(&file.secret_key), &work, &file.name)
-            .map_err(|err| format!("cannot stage input file {:?}: {err}", file.name))?;
+        receive_input(input, file.bytes, &work, &file.name)
+            .map_err(|err| format!("cannot receive input file {:?}: {err}", file.name))?;
     }
     match mkdirat(&work, "outputs", Mode::from_bits_truncate(0o755)) {
         Ok(()) | Err(Errno::EEXIST) => {}
@@ -71,15 +68,26 @@ pub fn stage_inputs(job: &Job, settings: &Settings) -> Result<(), String> {
         // Only a cache (e.g. matplotlib's fonts): the program still runs, slower.
         eprintln!("ci-runner: cannot seed {PROGRAM_TMP}: {err}");
     }
-    Ok(())
+    Ok(job)
 }
 
-fn copy_input(source: &Path, work: &OwnedFd, name: &str) -> io::Result<()> {
-    // The Secret's keys are links into its current version (`..data/<key>`): follow those.
-    let mut source = File::open(source)?;
-    if !source.metadata()?.is_file() {
-        return Err(io::Error::other("the input is not a regular file"));
+fn create(path: &Path) -> Result<File, String> {
+    File::create(path).map_err(|err| format!("cannot create {}: {err}", path.display()))
+}
+
+/// Copies exactly `bytes` from `input`; fewer is an error (the stream was cut).
+fn copy_exact(input: &mut impl Read, bytes: u64, out: &mut impl Write) -> io::Result<()> {
+    let copied = io::copy(&mut input.by_ref().take(bytes), out)?;
+    if copied != bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the job was cut short ({copied} of {bytes} bytes)"),
+        ));
     }
+    out.flush()
+}
+
+fn receive_input(input: &mut impl Read, bytes: u64, work: &OwnedFd, name: &str) -> io::Result<()> {
     let (parents, leaf) = name.rsplit_once('/').unwrap_or(("", name));
     let mut dir = None::<OwnedFd>;
     for part in parents.split('/').filter(|p| !p.is_empty()) {
@@ -97,8 +105,7 @@ fn copy_input(source: &Path, work: &OwnedFd, name: &str) -> io::Result<()> {
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o644),
     )?;
-    io::copy(&mut source, &mut File::from(target))?;
-    Ok(())
+    copy_exact(input, bytes, &mut File::from(target))
 }
 
 fn dir_flags() -> OFlag {
@@ -129,7 +136,7 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 /// How the program is started: the interpreter on the source, the job's arguments, and a
 /// minimal environment (nothing of the platform's own).
 pub fn launch(job: &Job, settings: &Settings) -> Launch {
-    let source = settings.job_dir.join(&job.source_key);
+    let source = settings.job_dir.join(job.language.source_file());
     let mut argv = job.language.command(&source.to_string_lossy());
     argv.extend(job.args.iter().cloned());
     let mut env = vec![
@@ -152,7 +159,7 @@ pub fn launch(job: &Job, settings: &Settings) -> Launch {
         argv,
         env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         cwd: settings.work_dir.clone(),
-        stdin: job.stdin_key.as_ref().map(|key| settings.job_dir.join(key)),
+        stdin: job.stdin_bytes.map(|_| settings.job_dir.join(STDIN_FILE)),
         limits: ChildLimits::for_job(&job.limits),
         timeout: Duration::from_millis(job.limits.timeout_ms),
         cpu_budget_ms: job.limits.cpu_ms,
@@ -165,29 +172,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inputs_keys_must_be_plain_names_in_the_job_folder() {
-        for bad in ["../etc/passwd", "..data", "a/b", "", "/abs", "x\n"] {
-            assert!(check_key(bad).is_err(), "{bad:?} accepted");
+    fn a_symlink_in_the_work_folder_is_not_followed_when_receiving() {
+        let dir = tempfile::tempdir().unwrap();
+        let work_dir = dir.path().join("work");
+        let outside = dir.path().join("outside");
+        for d in [&work_dir, &outside] {
+            std::fs::create_dir(d).unwrap();
         }
-        assert!(check_key("main.py").is_ok());
-        assert!(check_key("file-0").is_ok());
+        std::os::unix::fs::symlink(&outside, work_dir.join("sub")).unwrap();
+        let work = open(&work_dir, dir_flags(), Mode::empty()).unwrap();
+        assert!(receive_input(&mut &b"data"[..], 4, &work, "sub/x").is_err());
+        assert!(!outside.join("x").exists());
+        receive_input(&mut &b"data"[..], 4, &work, "real/x").unwrap();
+        assert_eq!(std::fs::read(work_dir.join("real/x")).unwrap(), b"data");
     }
 
     #[test]
-    fn a_symlink_in_the_work_folder_is_not_followed_when_staging() {
+    fn an_input_cut_short_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let job_dir = dir.path().join("job");
-        let work_dir = dir.path().join("work");
-        let outside = dir.path().join("outside");
-        for d in [&job_dir, &work_dir, &outside] {
-            std::fs::create_dir(d).unwrap();
-        }
-        std::fs::write(job_dir.join("k"), "data").unwrap();
-        std::os::unix::fs::symlink(&outside, work_dir.join("sub")).unwrap();
-        let work = open(&work_dir, dir_flags(), Mode::empty()).unwrap();
-        assert!(copy_input(&job_dir.join("k"), &work, "sub/x").is_err());
-        assert!(!outside.join("x").exists());
-        copy_input(&job_dir.join("k"), &work, "real/x").unwrap();
-        assert_eq!(std::fs::read(work_dir.join("real/x")).unwrap(), b"data");
+        let work = open(dir.path(), dir_flags(), Mode::empty()).unwrap();
+        let err = receive_input(&mut &b"da"[..], 4, &work, "x").unwrap_err();
+        assert!(err.to_string().contains("cut short"), "{err}");
     }
 }

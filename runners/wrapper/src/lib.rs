@@ -1,7 +1,8 @@
 //! `ci-runner`: the entrypoint of a runner container.
 //!
-//! It reads the job the operator mounted at `/job`, stages the input files into `/work`, runs
-//! the interpreter under limits, streams the program's output as framed lines on its own
+//! It waits for its job on stdin (the operator attaches and writes it; a pod of the warm pool
+//! waits there until it is claimed), writes the input files into `/work`, runs the
+//! interpreter under limits, streams the program's output as framed lines on its own
 //! stdout (the container log the operator reads back), reports how the program ended and what
 //! it used, collects `/work/outputs`, and ends the record. The frames are those of
 //! [`runner_protocol`]; the operator validates them as untrusted input.
@@ -11,6 +12,7 @@
 
 mod cgroup;
 mod collect;
+mod disk;
 mod emit;
 mod job;
 mod proctree;
@@ -20,7 +22,7 @@ mod settings;
 mod supervise;
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
@@ -63,13 +65,10 @@ fn run<W: Write>(
     signals: &sandbox::Signals,
     emitter: &mut Emitter<W>,
 ) -> io::Result<()> {
-    let job = match job::load(&settings.job_dir) {
+    let job = match job::receive(&mut BufReader::new(io::stdin().lock()), settings) {
         Ok(job) => job,
         Err(err) => return not_started(emitter, err),
     };
-    if let Err(err) = job::stage_inputs(&job, settings) {
-        return not_started(emitter, err);
-    }
     let launch = job::launch(&job, settings);
     let cgroup = settings.cgroup.as_deref().map(cgroup::Cgroup::new);
     let oom_kills_before = cgroup.as_ref().and_then(|c| c.oom_kills());
@@ -81,6 +80,12 @@ fn run<W: Write>(
     };
 
     let usage = sandbox::children_usage();
+    let disk_full = [
+        settings.work_dir.as_path(),
+        std::path::Path::new(settings::PROGRAM_TMP),
+    ]
+    .into_iter()
+    .any(disk::nearly_full);
     let oom_kills_after = cgroup.as_ref().and_then(|c| c.oom_kills());
     let facts = report::Facts {
         ended: outcome.ended,
@@ -96,6 +101,7 @@ fn run<W: Write>(
             (Some(before), Some(after)) => after > before,
             _ => false,
         },
+        disk_full,
         stdout: outcome.stdout,
         stderr: outcome.stderr,
     };

@@ -34,6 +34,8 @@ pub struct Facts {
     pub memory_peak_bytes: u64,
     /// The cgroup's OOM-kill counter went up while the program ran.
     pub oom_kills_rose: bool,
+    /// `/work` or `/tmp` was (nearly) full when the program ended.
+    pub disk_full: bool,
     pub stdout: CappedStream,
     pub stderr: CappedStream,
 }
@@ -57,6 +59,9 @@ pub fn exit_report(f: &Facts) -> ExitReport {
             || signal == Some(Signal::SIGXCPU as i32)
             || (killed_by_kernel && !oom_killed && f.cpu_ms >= f.cpu_hard_limit_ms),
         file_size_exceeded: signal == Some(Signal::SIGXFSZ as i32),
+        // A full disk is the likely cause only of a program that did not succeed: one that
+        // filled its disk and exited 0 dealt with it.
+        disk_full: f.disk_full && exit_code != Some(0),
         wall_ms: f.wall.as_millis().try_into().unwrap_or(u64::MAX),
         cpu_ms: f.cpu_ms,
         memory_peak_bytes: f.memory_peak_bytes,
@@ -81,6 +86,7 @@ mod tests {
             cpu_hard_limit_ms: 3000,
             memory_peak_bytes: 1 << 20,
             oom_kills_rose: false,
+            disk_full: false,
             stdout: CappedStream::new(10),
             stderr: CappedStream::new(10),
         }
@@ -125,6 +131,16 @@ mod tests {
         f.cpu_ms = 3000;
         assert!(exit_report(&f).cpu_limit_exceeded);
         assert!(exit_report(&facts(SIGKILL, Some(Stop::CpuBudget))).cpu_limit_exceeded);
+    }
+
+    #[test]
+    fn a_full_disk_is_reported_only_for_a_program_that_did_not_succeed() {
+        let mut f = facts(Ended::Exited(1), None);
+        f.disk_full = true;
+        assert!(exit_report(&f).disk_full);
+        let mut f = facts(Ended::Exited(0), None);
+        f.disk_full = true;
+        assert!(!exit_report(&f).disk_full);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeVal;
 use nix::unistd::{setsid, write};
-use runner_protocol::JobLimits;
+use runner_protocol::EffectiveLimits;
+use runner_protocol::limits::MAX_OPEN_FILES;
 
 /// Signals the wrapper handles, read as events from a descriptor instead of handlers.
 pub struct Signals(SignalFd);
@@ -78,15 +79,15 @@ pub struct ChildLimits {
 }
 
 impl ChildLimits {
-    pub fn for_job(limits: &JobLimits) -> Self {
+    pub fn for_job(limits: &EffectiveLimits) -> Self {
         // RLIMIT_CPU counts whole seconds; 0 would mean "kill at once".
         let cpu_soft_secs = limits.cpu_ms.div_ceil(1000).max(1);
         ChildLimits {
             cpu_soft_secs,
             // SIGXCPU at the soft limit, SIGKILL one second later if it is caught.
             cpu_hard_secs: cpu_soft_secs + 1,
-            file_bytes: limits.max_file_bytes,
-            open_files: limits.max_open_files,
+            file_bytes: limits.max_file_bytes(),
+            open_files: MAX_OPEN_FILES,
             processes: limits.max_processes,
         }
     }
@@ -160,17 +161,18 @@ pub fn children_usage() -> Usage {
 mod tests {
     use super::*;
 
-    fn limits(cpu_ms: u64) -> JobLimits {
-        JobLimits {
+    fn limits(cpu_ms: u64) -> EffectiveLimits {
+        EffectiveLimits {
             timeout_ms: 1000,
+            memory_mb: 64,
             cpu_ms,
+            cpu_millicores: 100,
             max_output_bytes: 1,
             max_artifacts: 1,
             max_artifact_bytes: 1,
             max_artifact_total_bytes: 1,
-            max_file_bytes: 10,
-            max_open_files: 20,
             max_processes: 30,
+            disk_mb: 2,
         }
     }
 
@@ -182,6 +184,9 @@ mod tests {
         assert_eq!((l.cpu_soft_secs, l.cpu_hard_secs), (2, 3));
         let l = ChildLimits::for_job(&limits(0));
         assert_eq!((l.cpu_soft_secs, l.cpu_hard_secs), (1, 2));
-        assert_eq!((l.file_bytes, l.open_files, l.processes), (10, 20, 30));
+        assert_eq!(
+            (l.file_bytes, l.open_files, l.processes),
+            (2 << 20, MAX_OPEN_FILES, 30)
+        );
     }
 }

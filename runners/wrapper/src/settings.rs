@@ -4,7 +4,7 @@ use std::path::PathBuf;
 /// exist so the wrapper can be tested on a host (the operator's pod spec never sets them).
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// The inputs Secret: `job.json`, the source, stdin and input files (`CI_RUNNER_JOB_DIR`).
+    /// Where the wrapper writes the program's source and stdin (`CI_RUNNER_JOB_DIR`).
     pub job_dir: PathBuf,
     /// The program's working directory; outputs are collected from its `outputs` folder
     /// (`CI_RUNNER_WORK_DIR`).

@@ -1,7 +1,7 @@
 //! The wrapper binary run as the container would run it, on the host: a job folder and a work
 //! folder in a temporary directory, `python3` as the interpreter, the record parsed by the
 //! operator's parser. Not PID 1 here, so the kill-everything path is the subreaper one.
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -10,7 +10,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use runner_protocol::{
-    ExitReport, InputFile, Job, JobLimits, Language, RecordLimits, RunRecord, parse_record,
+    EffectiveLimits, ExitReport, InputFile, Job, Language, PROTOCOL_VERSION, Record, SkipReason,
+    SkippedFile, parse_record,
 };
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -18,12 +19,13 @@ use tempfile::TempDir;
 struct Fixture {
     dir: TempDir,
     job: Job,
+    payload: Vec<u8>,
     env: Vec<(&'static str, String)>,
 }
 
 struct Finished {
     log: Vec<u8>,
-    record: RunRecord,
+    record: Record,
     exit: ExitReport,
     elapsed: Duration,
     dir: TempDir,
@@ -43,9 +45,8 @@ impl Finished {
         let a = self.record.artifacts.iter().find(|a| a.name == name)?;
         Some(&a.content)
     }
-    fn skipped_reason(&self, name: &str) -> Option<&str> {
-        let s = self.record.skipped.iter().find(|s| s.name == name)?;
-        Some(&s.reason)
+    fn skipped(&self, name: &str) -> Option<&SkippedFile> {
+        self.record.skipped.iter().find(|s| s.name == name)
     }
 }
 
@@ -53,40 +54,44 @@ fn python(code: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("job")).unwrap();
     std::fs::create_dir(dir.path().join("work")).unwrap();
-    std::fs::write(dir.path().join("job/main.py"), code).unwrap();
     Fixture {
         dir,
         job: Job {
+            v: PROTOCOL_VERSION,
             language: Language::Python,
-            source_key: "main.py".into(),
-            stdin_key: None,
             args: Vec::new(),
-            files: Vec::new(),
-            limits: JobLimits {
+            limits: EffectiveLimits {
                 timeout_ms: 20_000,
+                memory_mb: 512,
                 cpu_ms: 20_000,
+                cpu_millicores: 1000,
                 max_output_bytes: 1 << 20,
                 max_artifacts: 10,
                 max_artifact_bytes: 1 << 20,
                 max_artifact_total_bytes: 4 << 20,
-                max_file_bytes: 16 << 20,
-                max_open_files: 256,
                 max_processes: 256,
+                disk_mb: 16,
             },
+            code_bytes: code.len() as u64,
+            stdin_bytes: None,
+            files: Vec::new(),
         },
+        payload: code.as_bytes().to_vec(),
         env: Vec::new(),
     }
 }
 
 impl Fixture {
-    fn limits(mut self, set: impl FnOnce(&mut JobLimits)) -> Self {
+    fn limits(mut self, set: impl FnOnce(&mut EffectiveLimits)) -> Self {
         set(&mut self.job.limits);
         self
     }
 
+    /// Stdin follows the source in the payload; give it before any input file.
     fn stdin(mut self, text: &str) -> Self {
-        std::fs::write(self.dir.path().join("job/stdin"), text).unwrap();
-        self.job.stdin_key = Some("stdin".into());
+        assert!(self.job.files.is_empty());
+        self.payload.extend_from_slice(text.as_bytes());
+        self.job.stdin_bytes = Some(text.len() as u64);
         self
     }
 
@@ -96,11 +101,10 @@ impl Fixture {
     }
 
     fn input(mut self, name: &str, content: &str) -> Self {
-        let key = format!("file-{}", self.job.files.len());
-        std::fs::write(self.dir.path().join("job").join(&key), content).unwrap();
+        self.payload.extend_from_slice(content.as_bytes());
         self.job.files.push(InputFile {
             name: name.into(),
-            secret_key: key,
+            bytes: content.len() as u64,
         });
         self
     }
@@ -110,9 +114,14 @@ impl Fixture {
         self
     }
 
+    /// What the operator writes to the wrapper's stdin.
+    fn job_bytes(&self) -> Vec<u8> {
+        let mut bytes = self.job.header_line();
+        bytes.extend_from_slice(&self.payload);
+        bytes
+    }
+
     fn command(&self) -> Command {
-        let job = serde_json::to_vec(&self.job).unwrap();
-        std::fs::write(self.dir.path().join("job/job.json"), job).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_ci-runner"));
         command
             .env("CI_RUNNER_JOB_DIR", self.dir.path().join("job"))
@@ -120,26 +129,37 @@ impl Fixture {
             .env_remove("CI_RUNNER_CGROUP_DIR")
             .env_remove("CI_RUNNER_PATH")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null());
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
         command
+    }
+
+    /// Starts the wrapper and hands it `input` on stdin (from a thread, so a large input
+    /// never blocks on a full pipe), keeping stdin open as the attach stream does.
+    fn spawn_with(&self, input: Vec<u8>) -> std::process::Child {
+        let mut child = self.command().spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+            std::thread::sleep(Duration::from_secs(30));
+            drop(stdin);
+        });
+        child
+    }
+
+    fn spawn(&self) -> std::process::Child {
+        self.spawn_with(self.job_bytes())
     }
 
     fn run(self) -> Finished {
         let started = Instant::now();
-        let output = self.command().output().unwrap();
+        let output = self.spawn().wait_with_output().unwrap();
         self.finish(output, started.elapsed())
     }
 
     fn finish(self, output: Output, elapsed: Duration) -> Finished {
         assert!(output.status.success(), "wrapper failed: {output:?}");
-        let l = &self.job.limits;
-        let limits = RecordLimits {
-            max_output_bytes: l.max_output_bytes,
-            max_artifacts: l.max_artifacts,
-            max_artifact_bytes: l.max_artifact_bytes,
-            max_artifact_total_bytes: l.max_artifact_total_bytes,
-        };
-        let record = parse_record(&output.stdout, limits).unwrap();
+        let record = parse_record(&output.stdout, &self.job.limits).unwrap();
         assert!(record.complete, "record not complete: {record:?}");
         assert!(record.diagnostics.is_empty(), "{:?}", record.diagnostics);
         Finished {
@@ -339,7 +359,9 @@ open('not-an-output.txt', 'w').write('x')
 fn a_symlink_in_outputs_is_refused_not_followed() {
     let run = python("import os\nos.symlink('/etc/passwd', 'outputs/passwd')\n").run();
     assert!(run.record.artifacts.is_empty());
-    assert_eq!(run.skipped_reason("passwd"), Some("symlink refused"));
+    let refused = run.skipped("passwd").unwrap();
+    assert_eq!(refused.reason, SkipReason::NotAFile);
+    assert_eq!(refused.detail, "symlink refused");
     assert!(!run.record.artifact_limit_exceeded);
 }
 
@@ -354,7 +376,7 @@ fn a_name_over_the_length_cap_is_refused() {
     assert_eq!(run.record.artifacts[0].name, "ok");
     let refused = &run.record.skipped[0];
     assert!(refused.name.starts_with("ddd"));
-    assert!(refused.reason.contains("name"), "{}", refused.reason);
+    assert_eq!(refused.reason, SkipReason::InvalidName, "{refused:?}");
 }
 
 #[test]
@@ -362,7 +384,7 @@ fn a_fifo_in_outputs_does_not_hang_the_wrapper() {
     let run =
         python("import os\nos.mkfifo('outputs/pipe')\nopen('outputs/real', 'w').write('r')\n")
             .run();
-    assert_eq!(run.skipped_reason("pipe"), Some("fifo refused"));
+    assert_eq!(run.skipped("pipe").unwrap().detail, "fifo refused");
     assert_eq!(run.artifact("real").unwrap(), b"r");
     assert!(run.elapsed < Duration::from_secs(5));
 }
@@ -384,7 +406,7 @@ fn files_over_the_count_cap_are_left_out_and_flagged() {
         run.record
             .skipped
             .iter()
-            .all(|s| s.reason.contains("too many"))
+            .all(|s| s.reason == SkipReason::TooMany)
     );
     assert!(run.record.artifact_limit_exceeded);
 }
@@ -397,7 +419,7 @@ fn a_file_over_the_size_cap_is_left_out_and_flagged() {
     .limits(|l| l.max_artifact_bytes = 1000)
     .run();
     assert_eq!(run.record.artifacts.len(), 1);
-    assert!(run.skipped_reason("big").unwrap().contains("limit"));
+    assert_eq!(run.skipped("big").unwrap().reason, SkipReason::TooLarge);
     assert!(run.record.artifact_limit_exceeded);
 }
 
@@ -413,13 +435,39 @@ fn a_missing_interpreter_is_reported_as_an_error() {
 }
 
 #[test]
-fn an_unreadable_job_is_reported_as_an_error() {
+fn a_broken_job_is_reported_as_an_error() {
     let fixture = python("print(1)\n");
-    let mut command = fixture.command();
-    std::fs::write(fixture.dir.path().join("job/job.json"), "{not json").unwrap();
-    let output = command.output().unwrap();
+    let output = fixture
+        .spawn_with(b"{not json\n".to_vec())
+        .wait_with_output()
+        .unwrap();
     let run = fixture.finish(output, Duration::ZERO);
-    assert!(run.exit.error.unwrap().contains("not a job"));
+    assert!(run.exit.error.unwrap().contains("job header is not valid"));
+}
+
+#[test]
+fn a_job_cut_short_is_reported_as_an_error_and_nothing_runs() {
+    let fixture = python("open('ran', 'w').write('x')\n");
+    let mut bytes = fixture.job_bytes();
+    bytes.truncate(bytes.len() - 5);
+    let mut child = fixture.command().spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&bytes).unwrap();
+    drop(stdin); // the attach stream closes
+    let output = child.wait_with_output().unwrap();
+    let run = fixture.finish(output, Duration::ZERO);
+    assert!(run.exit.error.as_deref().unwrap().contains("cut short"));
+    assert!(!run.work().join("ran").exists());
+}
+
+#[test]
+fn a_job_with_an_escaping_input_name_is_refused_before_anything_is_written() {
+    let mut fixture = python("print(1)\n").input("x", "abc");
+    fixture.job.files[0].name = "../escaped".into();
+    let output = fixture.spawn().wait_with_output().unwrap();
+    let run = fixture.finish(output, Duration::ZERO);
+    assert!(run.exit.error.as_deref().unwrap().contains("input file"));
+    assert!(!run.dir.path().join("escaped").exists());
 }
 
 #[test]
@@ -438,9 +486,9 @@ fn the_cpu_budget_stops_a_busy_program() {
 fn writing_past_the_file_size_limit_is_reported() {
     // Python ignores SIGXFSZ (the write fails instead); restore the default to see the kill.
     let run = python(
-        "import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_DFL)\nopen('big', 'wb').write(b'x' * 5000)\n",
+        "import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_DFL)\nopen('big', 'wb').write(b'x' * (2 << 20))\n",
     )
-    .limits(|l| l.max_file_bytes = 1000)
+    .limits(|l| l.disk_mb = 1)
     .run();
     assert!(run.exit.file_size_exceeded, "{:?}", run.exit);
     assert_eq!(run.exit.signal, Some(Signal::SIGXFSZ as i32));
@@ -472,7 +520,7 @@ fn output_is_streamed_while_the_program_runs_and_sigterm_cancels_it() {
          time.sleep(300)\n",
     );
     let started = Instant::now();
-    let mut child = fixture.command().stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = fixture.spawn();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut log = Vec::new();
     // The program's first line arrives while it still runs.
