@@ -5,30 +5,42 @@
 #![forbid(unsafe_code)]
 
 mod limits;
+mod reason;
 mod status;
 
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 pub use limits::{EffectiveLimits, LimitError, Limits, Maxima};
+pub use reason::Reason;
 pub use runner_protocol::Language;
-pub use status::{Applied, ArtifactRef, CodeRunStatus, Phase, Usage};
+pub use status::{
+    Applied, ArtifactRef, CodeRunStatus, ConditionReason, ConditionType, Phase, StartMode, Usage,
+};
 
 pub const GROUP: &str = "codeinterp.dev";
-/// Label on every CodeRun created for a tenant (the API key's label).
+/// Label on every CodeRun created for a tenant (the API key's label). Honoured only in the
+/// namespace where the REST API creates its runs; only its ServiceAccount may set it there
+/// (the chart's ValidatingAdmissionPolicy).
 pub const TENANT_LABEL: &str = "codeinterp.dev/tenant";
 /// Label that assigns a CodeRun to one operator shard (see the operator's `--shard`).
 pub const SHARD_LABEL: &str = "codeinterp.dev/shard";
-/// Label on the pods, secrets and policies the operator creates for a run.
-pub const RUN_LABEL: &str = "codeinterp.dev/run";
+/// Label on a run's pod: the CodeRun's UID. Anyone may set a label, so the operator trusts a
+/// pod as a run's only through its controller owner reference.
+pub const RUN_UID_LABEL: &str = "codeinterp.dev/run-uid";
 /// Label that marks runner pods; the deny-all NetworkPolicy selects it.
 pub const RUNNER_LABEL: &str = "codeinterp.dev/runner";
+/// Label on the pods of a warm pool: the pool's name.
+pub const POOL_LABEL: &str = "codeinterp.dev/pool";
 /// Largest program source accepted (bytes).
 pub const MAX_CODE_BYTES: usize = 256 * 1024;
 /// Largest stdin accepted (bytes).
 pub const MAX_STDIN_BYTES: usize = 256 * 1024;
-/// Code, stdin and input files travel in one Secret, which Kubernetes caps at 1 MiB.
-pub const MAX_INLINE_INPUT_BYTES: usize = 900 * 1024;
+/// Longest CodeRun name: a DNS label, so it is also a valid pod name and label value.
+pub const MAX_NAME_LENGTH: usize = 63;
+/// Tenants of runs not created by the REST API are their namespace's: `_ns-<namespace>`.
+/// API key labels cannot start with an underscore, so no REST tenant collides with one.
+pub const NAMESPACE_TENANT_PREFIX: &str = "_ns-";
 
 /// A program to run in a sandboxed pod, and (in `status`) how it went.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -45,7 +57,10 @@ pub const MAX_INLINE_INPUT_BYTES: usize = 900 * 1024;
     printcolumn = r#"{"name":"Exit","type":"integer","jsonPath":".status.exitCode"}"#,
     printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","priority":1}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Queue","type":"integer","jsonPath":".status.queuePosition","priority":1}"#,
+    printcolumn = r#"{"name":"Start","type":"string","jsonPath":".status.startMode","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.size() <= 63").message("a CodeRun's name must be at most 63 characters (it names its pod)")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel)").message("a cancelled run cannot be resumed"))]
@@ -96,6 +111,8 @@ pub struct InputFile {
         regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._ -]*$")
     )]
     pub name: String,
+    /// An uploaded file of the run's tenant. Only the REST API may set it (the chart's
+    /// ValidatingAdmissionPolicy); the operator honours it only for the REST API's runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub file_id: Option<String>,
@@ -105,14 +122,24 @@ pub struct InputFile {
 }
 
 impl CodeRun {
-    /// The tenant the run belongs to (empty for runs applied without one).
-    pub fn tenant(&self) -> &str {
+    /// The tenant label as set, whoever set it (see [`CodeRun::tenant_in`]).
+    pub fn tenant_label(&self) -> Option<&str> {
         self.metadata
             .labels
             .as_ref()
             .and_then(|l| l.get(TENANT_LABEL))
             .map(String::as_str)
-            .unwrap_or("")
+    }
+
+    /// The tenant the run belongs to: its tenant label when it lives in `rest_namespace`
+    /// (where only the REST API may set one), else its namespace's tenant. A label set on a
+    /// run elsewhere names no one.
+    pub fn tenant_in(&self, rest_namespace: &str) -> String {
+        let ns = self.metadata.namespace.as_deref().unwrap_or_default();
+        match self.tenant_label() {
+            Some(label) if ns == rest_namespace && is_api_tenant(label) => label.to_string(),
+            _ => format!("{NAMESPACE_TENANT_PREFIX}{ns}"),
+        }
     }
 
     pub fn phase(&self) -> Option<Phase> {
@@ -126,6 +153,17 @@ impl CodeRun {
     pub fn cancel_requested(&self) -> bool {
         self.spec.cancel == Some(true)
     }
+}
+
+/// A tenant of the REST API: an API key's label, a DNS label.
+pub fn is_api_tenant(label: &str) -> bool {
+    let bytes = label.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 /// The CRD manifest, as checked in at `crds/coderun.yaml`.

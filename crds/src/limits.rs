@@ -1,6 +1,8 @@
 //! Per-run limits: what a CodeRun may ask for, the defaults, and the clamp to operator-wide
-//! maxima. Pure functions, shared by the operator and the REST API.
+//! maxima. Pure functions, shared by the operator and the REST API. The decided values are
+//! [`EffectiveLimits`], the type the job carries to the wrapper.
 use kube::KubeSchema;
+pub use runner_protocol::EffectiveLimits;
 use serde::{Deserialize, Serialize};
 
 /// Limits a run asks for; unset ones take the operator's defaults. Bounds in the schema are
@@ -48,27 +50,13 @@ pub struct Limits {
     pub disk_mb: Option<u64>,
 }
 
-/// Limits with every value decided: the defaults filled in and each clamped to the maxima.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EffectiveLimits {
-    pub timeout_ms: u64,
-    pub memory_mb: u64,
-    pub cpu_ms: u64,
-    pub cpu_millicores: u64,
-    pub max_output_bytes: u64,
-    pub max_artifacts: u32,
-    pub max_artifact_bytes: u64,
-    pub max_artifact_total_bytes: u64,
-    pub max_processes: u64,
-    pub disk_mb: u64,
-}
-
 /// Operator-wide defaults and maxima.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Maxima {
     pub defaults: EffectiveLimits,
     pub max: EffectiveLimits,
+    /// Most bytes of input files one run may be given (they must also fit `disk_mb`).
+    pub max_input_bytes: u64,
 }
 
 impl Default for Maxima {
@@ -100,7 +88,22 @@ impl Default for Maxima {
                 max_processes: 512,
                 disk_mb: 1024,
             },
+            max_input_bytes: 100 * 1024 * 1024,
         }
+    }
+}
+
+impl Maxima {
+    /// The defaults with the operator's ceilings on time and memory (the two a deployment
+    /// sets), the defaults lowered to fit under them.
+    pub fn with_ceilings(max_timeout_ms: u64, max_memory_mb: u64, max_input_mb: u64) -> Self {
+        let mut m = Maxima::default();
+        m.max.timeout_ms = max_timeout_ms;
+        m.max.memory_mb = max_memory_mb;
+        m.defaults.timeout_ms = m.defaults.timeout_ms.min(max_timeout_ms);
+        m.defaults.memory_mb = m.defaults.memory_mb.min(max_memory_mb);
+        m.max_input_bytes = max_input_mb.saturating_mul(1024 * 1024);
+        m
     }
 }
 

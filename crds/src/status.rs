@@ -1,31 +1,50 @@
-//! What happened to a run, as the operator records it.
+//! What happened to a run, as the operator records it: the phase, the reason, conditions,
+//! usage and output files. The same types make the stored run record.
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The lifecycle of a run. The same meanings as the REST `status`.
+use crate::Reason;
+
+/// The lifecycle of a run. The same meanings as the REST `status`. Records written before
+/// the CodeRun spelling was used in storage say `completed` and the like: both read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {
-    /// Accepted; its pod is not running yet.
+    /// Accepted; its program has not started yet (it may be waiting for room).
+    #[serde(alias = "queued")]
     Queued,
     /// The program is running.
+    #[serde(alias = "running")]
     Running,
     /// The program exited by itself, whatever its exit code.
+    #[serde(alias = "completed")]
     Completed,
     /// The wall-clock limit ended it.
+    #[serde(alias = "timed_out")]
     TimedOut,
     /// A limit killed it or the platform failed; `reason` says which.
+    #[serde(alias = "failed")]
     Failed,
     /// It was cancelled.
+    #[serde(alias = "cancelled")]
     Cancelled,
 }
 
 impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Queued,
+        Phase::Running,
+        Phase::Completed,
+        Phase::TimedOut,
+        Phase::Failed,
+        Phase::Cancelled,
+    ];
+
     pub fn is_terminal(self) -> bool {
         !matches!(self, Phase::Queued | Phase::Running)
     }
 
-    /// The REST API's spelling.
+    /// The REST API's spelling (`status`).
     pub fn as_api_status(self) -> &'static str {
         match self {
             Phase::Queued => "queued",
@@ -37,6 +56,7 @@ impl Phase {
         }
     }
 
+    /// The CodeRun's spelling (`status.phase`).
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Queued => "Queued",
@@ -49,11 +69,64 @@ impl Phase {
     }
 }
 
+/// The conditions a CodeRun's status carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionType {
+    /// Whether the run has been given room to start (False while it waits in line).
+    Admitted,
+    /// Whether its runner pod exists (created, or claimed from the warm pool).
+    PodReady,
+    /// Whether its program has started.
+    Started,
+    /// Whether it has reached a final phase.
+    Finished,
+}
+
+impl ConditionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Admitted => "Admitted",
+            ConditionType::PodReady => "PodReady",
+            ConditionType::Started => "Started",
+            ConditionType::Finished => "Finished",
+        }
+    }
+}
+
+/// The `reason` of a condition (CamelCase, as Kubernetes condition reasons are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionReason {
+    WaitingForCapacity,
+    Admitted,
+    PodCreated,
+    PodClaimed,
+    ProgramStarted,
+    /// The run's final phase, spelled as `status.phase`.
+    Ended(Phase),
+}
+
+impl ConditionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionReason::WaitingForCapacity => "WaitingForCapacity",
+            ConditionReason::Admitted => "Admitted",
+            ConditionReason::PodCreated => "PodCreated",
+            ConditionReason::PodClaimed => "PodClaimed",
+            ConditionReason::ProgramStarted => "ProgramStarted",
+            ConditionReason::Ended(phase) => phase.as_str(),
+        }
+    }
+}
+
+/// What the program used. Records written before these names were camelCase used snake_case.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Usage {
+    #[serde(alias = "wall_ms")]
     pub wall_ms: u64,
+    #[serde(alias = "cpu_ms")]
     pub cpu_ms: u64,
+    #[serde(alias = "memory_peak_bytes")]
     pub memory_peak_bytes: u64,
 }
 
@@ -64,9 +137,19 @@ pub struct ArtifactRef {
     /// File id (`file-...`), served by the REST API.
     pub id: String,
     /// Path relative to /work/outputs.
+    #[serde(alias = "filename")]
     pub name: String,
     pub bytes: u64,
     pub sha256: String,
+}
+
+/// How a run got its pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StartMode {
+    /// A pre-started pod of the warm pool was claimed.
+    Warm,
+    /// A pod was created for the run.
+    Cold,
 }
 
 /// The isolation the operator actually applied to the run's pod.
@@ -91,11 +174,15 @@ pub struct Applied {
 pub struct CodeRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// Machine-readable cause for the phase, e.g. `oom_killed`, `image_pull_failed`.
+    /// Machine-readable cause of a final phase other than Completed, e.g. `oom_killed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Place in the line of runs waiting for room (1 is next), while the run is queued.
+    /// Refreshed as the line moves, not on every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,7 +196,8 @@ pub struct CodeRunStatus {
     /// Wall time of the program, for `kubectl get`, e.g. `1.25s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
-    /// The first bytes of stdout and stderr (the whole text is in object storage).
+    /// The first bytes of stdout and stderr, with control characters shown as U+FFFD (the
+    /// exact text is in object storage and the REST API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout_preview: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,9 +208,13 @@ pub struct CodeRunStatus {
     pub stderr_truncated: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<ArtifactRef>,
-    /// The runner pod.
+    /// The runner pod, once the run has one. The operator finds it by this name and checks
+    /// that the pod is the run's (its controller owner reference).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// Warm (claimed from the pool) or cold (created for the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_mode: Option<StartMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<Applied>,
     /// Key of the final run record in object storage.
@@ -132,4 +224,103 @@ pub struct CodeRunStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+impl CodeRunStatus {
+    /// Sets a condition, keeping its transition time when nothing about it changed.
+    pub fn set_condition(
+        &mut self,
+        type_: ConditionType,
+        value: bool,
+        reason: ConditionReason,
+        message: &str,
+        now: &Time,
+    ) {
+        let status = if value { "True" } else { "False" };
+        let message: String = message.chars().take(1000).collect();
+        let fresh = Condition {
+            type_: type_.as_str().into(),
+            status: status.into(),
+            reason: reason.as_str().into(),
+            message,
+            last_transition_time: now.clone(),
+            observed_generation: None,
+        };
+        match self
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == type_.as_str())
+        {
+            Some(c)
+                if c.status == fresh.status
+                    && c.reason == fresh.reason
+                    && c.message == fresh.message => {}
+            Some(c) => *c = fresh,
+            None => self.conditions.push(fresh),
+        }
+    }
+
+    pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn both_spellings_of_a_phase_read_and_the_crd_one_is_written() {
+        for p in Phase::ALL {
+            let from_api: Phase =
+                serde_json::from_value(serde_json::json!(p.as_api_status())).unwrap();
+            let from_crd: Phase = serde_json::from_value(serde_json::json!(p.as_str())).unwrap();
+            assert_eq!((from_api, from_crd), (p, p));
+            assert_eq!(
+                serde_json::to_value(p).unwrap(),
+                serde_json::json!(p.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_it_changes() {
+        let t1 = Time(Timestamp::from_second(1).unwrap());
+        let t2 = Time(Timestamp::from_second(2).unwrap());
+        let mut s = CodeRunStatus::default();
+        s.set_condition(
+            ConditionType::Admitted,
+            false,
+            ConditionReason::WaitingForCapacity,
+            "wait",
+            &t1,
+        );
+        s.set_condition(
+            ConditionType::Admitted,
+            false,
+            ConditionReason::WaitingForCapacity,
+            "wait",
+            &t2,
+        );
+        let c = s.condition(ConditionType::Admitted).unwrap();
+        assert_eq!((c.status.as_str(), &c.last_transition_time), ("False", &t1));
+        s.set_condition(
+            ConditionType::Admitted,
+            true,
+            ConditionReason::Admitted,
+            "go",
+            &t2,
+        );
+        let c = s.condition(ConditionType::Admitted).unwrap();
+        assert_eq!(
+            (
+                c.status.as_str(),
+                c.reason.as_str(),
+                &c.last_transition_time
+            ),
+            ("True", "Admitted", &t2)
+        );
+        assert_eq!(s.conditions.len(), 1);
+    }
 }

@@ -1,0 +1,372 @@
+//! Files: uploaded through `/v1/files`, or written by a run.
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::PutPayload;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use crate::{Store, StoreError, segment};
+
+/// A stored file: uploaded through `/v1/files`, or written by a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub id: String,
+    pub tenant: String,
+    pub bytes: u64,
+    pub created_at: i64,
+    pub filename: String,
+    pub purpose: String,
+    pub sha256: String,
+    /// The run that wrote it, for output files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// An image type, when the file's bytes are an image (see [`image_type`]); anything
+    /// else is served as bytes to download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+/// The image type of a file, judged from its bytes (never its name): PNG, JPEG, GIF, WebP, or
+/// SVG. Only these are ever served for display; an SVG is served under a policy that runs no
+/// script.
+pub fn image_type(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Some("image/png");
+    }
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return Some("image/jpeg");
+    }
+    if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        return Some("image/gif");
+    }
+    if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        return Some("image/webp");
+    }
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
+    let text = text.trim_start_matches('\u{feff}').trim_start();
+    if (text.starts_with("<svg") || text.starts_with("<?xml")) && text.contains("<svg") {
+        return Some("image/svg+xml");
+    }
+    None
+}
+
+/// Where a file id lives: written with every file's metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIndexEntry {
+    pub tenant: String,
+}
+
+impl Store {
+    fn file_key(&self, tenant: &str, id: &str, leaf: &str) -> Result<Path, StoreError> {
+        Ok(self.key(&["tenants", segment(tenant)?, "files", segment(id)?, leaf]))
+    }
+
+    fn file_index_key(&self, id: &str) -> Result<Path, StoreError> {
+        Ok(self.key(&["index", "files", &format!("{}.json", segment(id)?)]))
+    }
+
+    /// Stores a file whose bytes are all at hand (run outputs; they are small).
+    pub async fn put_file(&self, meta: &FileMeta, content: Bytes) -> Result<(), StoreError> {
+        let content_key = self.file_key(&meta.tenant, &meta.id, "content")?;
+        self.inner
+            .put(&content_key, PutPayload::from(content))
+            .await?;
+        self.put_file_meta(meta).await
+    }
+
+    /// Stores a file's bytes from a stream, without holding it all in memory, and returns
+    /// its size and sha256. The caller writes the metadata afterwards (so a file is listed
+    /// only once its bytes are all there) and may refuse it by size as it streams.
+    pub async fn put_file_stream<E>(
+        &self,
+        tenant: &str,
+        id: &str,
+        mut chunks: BoxStream<'_, Result<Bytes, E>>,
+        max_bytes: u64,
+    ) -> Result<Result<(u64, String), UploadError<E>>, StoreError> {
+        use sha2::Digest;
+        let key = self.file_key(tenant, id, "content")?;
+        let mut upload = object_store::WriteMultipart::new(self.inner.put_multipart(&key).await?);
+        let mut size = 0u64;
+        let mut hash = sha2::Sha256::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    upload.abort().await?;
+                    return Ok(Err(UploadError::Body(e)));
+                }
+            };
+            size += chunk.len() as u64;
+            if size > max_bytes {
+                upload.abort().await?;
+                return Ok(Err(UploadError::TooLarge(max_bytes)));
+            }
+            hash.update(&chunk);
+            upload.wait_for_capacity(4).await?;
+            upload.write(&chunk);
+        }
+        upload.finish().await?;
+        Ok(Ok((size, hex::encode(hash.finalize()))))
+    }
+
+    /// Writes a file's metadata, after its index entry: a listed file can always be found
+    /// by its id alone.
+    pub async fn put_file_meta(&self, meta: &FileMeta) -> Result<(), StoreError> {
+        let key = self.file_key(&meta.tenant, &meta.id, "meta.json")?;
+        self.put_file_index(&meta.id, &meta.tenant).await?;
+        self.inner
+            .put(&key, PutPayload::from(serde_json::to_vec(meta)?))
+            .await?;
+        Ok(())
+    }
+
+    async fn put_file_index(&self, id: &str, tenant: &str) -> Result<(), StoreError> {
+        let entry = FileIndexEntry {
+            tenant: segment(tenant)?.to_string(),
+        };
+        self.inner
+            .put(
+                &self.file_index_key(id)?,
+                PutPayload::from(serde_json::to_vec(&entry)?),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The tenant that owns a file id, for requests that carry no bearer token (signed
+    /// URLs). Files stored before the index existed are found by looking in every tenant,
+    /// and indexed then.
+    pub async fn file_tenant(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let key = match self.file_index_key(id) {
+            Ok(k) => k,
+            Err(StoreError::Name(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match self.inner.get(&key).await {
+            Ok(r) => {
+                let entry: FileIndexEntry = serde_json::from_slice(&r.bytes().await?)?;
+                return Ok(Some(entry.tenant));
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let tenants = self
+            .inner
+            .list_with_delimiter(Some(&self.key(&["tenants"])))
+            .await?;
+        for prefix in tenants.common_prefixes {
+            let Some(tenant) = prefix.filename() else {
+                continue;
+            };
+            if self.get_file_meta(tenant, id).await?.is_some() {
+                self.put_file_index(id, tenant).await?;
+                return Ok(Some(tenant.to_string()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes the bytes of an upload that was refused after they were written (no
+    /// metadata exists yet, so nothing lists it).
+    pub async fn discard_upload(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
+        match self
+            .inner
+            .delete(&self.file_key(tenant, id, "content")?)
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn get_file_meta(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<FileMeta>, StoreError> {
+        let key = match self.file_key(tenant, id, "meta.json") {
+            Ok(k) => k,
+            Err(StoreError::Name(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match self.inner.get(&key).await {
+            Ok(r) => Ok(Some(serde_json::from_slice(&r.bytes().await?)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A file's bytes as a stream (for downloads).
+    pub async fn get_file_content(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, object_store::Error>>, StoreError> {
+        let key = self.file_key(tenant, id, "content")?;
+        Ok(self.inner.get(&key).await?.into_stream())
+    }
+
+    /// A file's bytes at once (for run inputs, which are small).
+    pub async fn get_file_bytes(&self, tenant: &str, id: &str) -> Result<Bytes, StoreError> {
+        let key = self.file_key(tenant, id, "content")?;
+        Ok(self.inner.get(&key).await?.bytes().await?)
+    }
+
+    pub async fn list_files(&self, tenant: &str) -> Result<Vec<FileMeta>, StoreError> {
+        let prefix = self.key(&["tenants", segment(tenant)?, "files"]);
+        let metas: Vec<_> = self.inner.list(Some(&prefix)).try_collect().await?;
+        let mut out = Vec::new();
+        for m in metas
+            .into_iter()
+            .filter(|m| m.location.filename() == Some("meta.json"))
+        {
+            let r = self.inner.get(&m.location).await?;
+            out.push(serde_json::from_slice::<FileMeta>(&r.bytes().await?)?);
+        }
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        Ok(out)
+    }
+
+    /// Deletes a file's metadata first (so it stops being listed), then its bytes.
+    pub async fn delete_file(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        if self.get_file_meta(tenant, id).await?.is_none() {
+            return Ok(false);
+        }
+        self.inner
+            .delete(&self.file_key(tenant, id, "meta.json")?)
+            .await?;
+        for key in [
+            self.file_key(tenant, id, "content")?,
+            self.file_index_key(id)?,
+        ] {
+            match self.inner.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Why a streamed upload was refused: over the size cap, or the body failed with the
+/// caller's own error (kept as it is, so the caller can tell its kinds apart).
+#[derive(Debug, PartialEq, Eq)]
+pub enum UploadError<E> {
+    TooLarge(u64),
+    Body(E),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str) -> FileMeta {
+        FileMeta {
+            id: id.into(),
+            tenant: "acme".into(),
+            bytes: 3,
+            created_at: 1,
+            filename: "a.txt".into(),
+            purpose: "assistants".into(),
+            sha256: String::new(),
+            run_id: None,
+            content_type: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn files_round_trip_in_a_local_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        store
+            .put_file(&meta("file-1"), Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_file_bytes("acme", "file-1").await.unwrap(),
+            Bytes::from_static(b"abc")
+        );
+        assert_eq!(store.list_files("acme").await.unwrap().len(), 1);
+        assert!(store.delete_file("acme", "file-1").await.unwrap());
+        assert!(store.list_files("acme").await.unwrap().is_empty());
+        assert!(!store.delete_file("acme", "file-1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_file_id_leads_to_its_tenant_until_the_file_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        store
+            .put_file(&meta("file-2"), Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.file_tenant("file-2").await.unwrap().as_deref(),
+            Some("acme")
+        );
+        assert_eq!(store.file_tenant("file-none").await.unwrap(), None);
+        assert_eq!(store.file_tenant("../etc").await.unwrap(), None);
+        store.delete_file("acme", "file-2").await.unwrap();
+        assert_eq!(store.file_tenant("file-2").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn files_stored_before_the_index_are_found_and_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        store
+            .put_file(&meta("file-3"), Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        std::fs::remove_file(dir.path().join("index/files/file-3.json")).unwrap();
+        assert_eq!(
+            store.file_tenant("file-3").await.unwrap().as_deref(),
+            Some("acme")
+        );
+        assert!(dir.path().join("index/files/file-3.json").exists());
+    }
+
+    #[tokio::test]
+    async fn path_like_file_ids_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(store.get_file_meta("acme", "a/b").await.unwrap(), None);
+    }
+
+    #[test]
+    fn images_are_told_by_their_bytes_not_their_names() {
+        assert_eq!(image_type(b"\x89PNG\r\n\x1a\n...."), Some("image/png"));
+        assert_eq!(image_type(b"\xff\xd8\xff\xe0"), Some("image/jpeg"));
+        assert_eq!(image_type(b"GIF89a.."), Some("image/gif"));
+        assert_eq!(image_type(b"RIFF\0\0\0\0WEBPVP8 "), Some("image/webp"));
+        assert_eq!(
+            image_type(b"<?xml version=\"1.0\"?>\n<svg xmlns=\"x\"/>"),
+            Some("image/svg+xml")
+        );
+        assert_eq!(image_type(b"<html><script>alert(1)</script>"), None);
+        assert_eq!(image_type(b"<!doctype html><svg>"), None);
+        assert_eq!(image_type(b"plain text"), None);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_upload_over_the_cap_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let chunks = futures::stream::iter(
+            (0..3).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 10]))),
+        )
+        .boxed();
+        let got = store
+            .put_file_stream::<std::io::Error>("acme", "file-x", chunks, 25)
+            .await
+            .unwrap()
+            .map_err(|e| match e {
+                UploadError::TooLarge(n) => UploadError::TooLarge(n),
+                UploadError::Body(e) => UploadError::Body(e.to_string()),
+            });
+        assert_eq!(got, Err(UploadError::TooLarge(25)));
+        assert!(store.get_file_bytes("acme", "file-x").await.is_err());
+    }
+}
