@@ -1,9 +1,11 @@
-//! Prometheus metrics: runs by language and phase, run and queue durations, reconcile errors.
+//! Prometheus metrics: runs by language and phase, run and queue durations, the queue and
+//! the warm pools, reconcile errors.
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -19,6 +21,11 @@ pub struct LanguageLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: String,
 }
@@ -31,11 +38,19 @@ pub struct Metrics {
     pub run_duration: HistogramFamily,
     pub queue_duration: HistogramFamily,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub queue_waiting: Gauge,
+    pub runs_holding: Gauge,
+    /// Runs that asked a pool for a pod: got one (hit) or went cold (miss).
+    pub pool_hits: Family<LanguageLabels, Counter>,
+    pub pool_misses: Family<LanguageLabels, Counter>,
+    pub pool_idle: Family<PoolLabels, Gauge>,
+    pub pool_created: Family<PoolLabels, Counter>,
+    pub is_leader: Gauge,
     pub registry: Arc<Registry>,
 }
 
 fn seconds_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.05, 2.0, 14))
+    Histogram::new(exponential_buckets(0.01, 2.0, 18))
 }
 
 impl Default for Metrics {
@@ -61,11 +76,56 @@ impl Default for Metrics {
             "Reconcile attempts that failed, by error kind",
             reconcile_errors.clone(),
         );
+        let queue_waiting = Gauge::default();
+        registry.register(
+            "queue_waiting_runs",
+            "Runs waiting for room",
+            queue_waiting.clone(),
+        );
+        let runs_holding = Gauge::default();
+        registry.register(
+            "admitted_runs",
+            "Runs given room and not finished",
+            runs_holding.clone(),
+        );
+        let pool_hits = Family::<LanguageLabels, Counter>::default();
+        registry.register("pool_hits", "Runs that got a warm pod", pool_hits.clone());
+        let pool_misses = Family::<LanguageLabels, Counter>::default();
+        registry.register(
+            "pool_misses",
+            "Runs a pool serves that found no free warm pod and started cold",
+            pool_misses.clone(),
+        );
+        let pool_idle = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_idle_pods",
+            "Idle, ready warm pods by pool",
+            pool_idle.clone(),
+        );
+        let pool_created = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "pool_pods_created",
+            "Warm pods created, by pool",
+            pool_created.clone(),
+        );
+        let is_leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica is the active one",
+            is_leader.clone(),
+        );
         Metrics {
             runs,
             run_duration,
             queue_duration,
             reconcile_errors,
+            queue_waiting,
+            runs_holding,
+            pool_hits,
+            pool_misses,
+            pool_idle,
+            pool_created,
+            is_leader,
             registry: Arc::new(registry),
         }
     }

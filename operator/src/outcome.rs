@@ -1,24 +1,20 @@
 //! Deciding what happened to a run from its pod's status and the runner's record. Pure.
-use codeinterp_crds::{Phase, Usage};
+use codeinterp_crds::{Phase, Reason, Usage};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
-use runner_protocol::RunRecord;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use runner_protocol::Record;
 
 use crate::pod_spec::RUNNER_CONTAINER;
 
 /// Where the runner pod is, as far as the run is concerned.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum PodProgress {
     /// Not started yet, and nothing says it never will.
     Waiting,
-    /// Will never start: the reason code and a message for the user.
-    Stuck {
-        reason: &'static str,
-        message: String,
-    },
-    /// The program is running since this time.
-    Running {
-        started_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    },
+    /// Will never start: the reason and a message for the user.
+    Stuck { reason: Reason, message: String },
+    /// The runner container is running (waiting for its job, or running it).
+    Running { started_at: Option<Time> },
     /// The container has ended; its log holds the record.
     Finished {
         terminated: Option<ContainerStateTerminated>,
@@ -26,7 +22,7 @@ pub enum PodProgress {
     },
 }
 
-/// Reads a pod's status. `waited_secs` is how long the run has been waiting for a start.
+/// Reads a pod's status. `waited_secs` is how long the pod has existed.
 pub fn progress(pod: &Pod, waited_secs: u64, start_timeout_secs: u64) -> PodProgress {
     let Some(status) = pod.status.as_ref() else {
         return PodProgress::Waiting;
@@ -55,7 +51,7 @@ pub fn progress(pod: &Pod, waited_secs: u64, start_timeout_secs: u64) -> PodProg
             match reason {
                 "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" | "InvalidImageName" => {
                     return PodProgress::Stuck {
-                        reason: "image_pull_failed",
+                        reason: Reason::ImagePullFailed,
                         message,
                     };
                 }
@@ -64,7 +60,7 @@ pub fn progress(pod: &Pod, waited_secs: u64, start_timeout_secs: u64) -> PodProg
                 | "RunContainerError"
                 | "CrashLoopBackOff" => {
                     return PodProgress::Stuck {
-                        reason: "pod_failed",
+                        reason: Reason::PodFailed,
                         message,
                     };
                 }
@@ -90,14 +86,14 @@ pub fn progress(pod: &Pod, waited_secs: u64, start_timeout_secs: u64) -> PodProg
         });
         return match unschedulable {
             Some(c) => PodProgress::Stuck {
-                reason: "unschedulable",
+                reason: Reason::Unschedulable,
                 message: c
                     .message
                     .clone()
                     .unwrap_or_else(|| "no node can run the pod".into()),
             },
             None => PodProgress::Stuck {
-                reason: "start_timeout",
+                reason: Reason::StartTimeout,
                 message: format!("the runner pod did not start within {start_timeout_secs}s"),
             },
         };
@@ -109,34 +105,43 @@ pub fn progress(pod: &Pod, waited_secs: u64, start_timeout_secs: u64) -> PodProg
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
     pub phase: Phase,
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     pub message: Option<String>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    pub usage: Usage,
+    pub usage: Option<Usage>,
 }
 
 impl Outcome {
-    pub fn failed(reason: &str, message: impl Into<String>) -> Self {
-        Outcome::without_record(Phase::Failed, reason, message)
-    }
-
-    pub fn without_record(phase: Phase, reason: &str, message: impl Into<String>) -> Self {
+    /// Ended for `reason`, in the phase the reason implies.
+    pub fn ended(reason: Reason, message: impl Into<String>) -> Self {
         Outcome {
-            phase,
-            reason: Some(reason.to_string()),
+            phase: reason.phase(),
+            reason: Some(reason),
             message: Some(message.into()),
             exit_code: None,
             signal: None,
-            usage: Usage::default(),
+            usage: None,
+        }
+    }
+
+    pub fn completed(exit_code: Option<i32>) -> Self {
+        Outcome {
+            phase: Phase::Completed,
+            reason: None,
+            message: None,
+            exit_code,
+            signal: None,
+            usage: None,
         }
     }
 }
 
-/// Decides the outcome of a run whose container has ended, from the runner's record (when it
-/// could be read) and what the kubelet says about the container and the pod.
+/// Decides the outcome of a run whose record has ended (its end frame arrived, or its stream
+/// ended without one), from the record and what the kubelet says about the container and
+/// the pod (when it has ended too).
 pub fn decide(
-    record: Option<&RunRecord>,
+    record: Option<&Record>,
     terminated: Option<&ContainerStateTerminated>,
     pod_reason: Option<&str>,
     cancel_requested: bool,
@@ -146,13 +151,12 @@ pub fn decide(
     let Some(exit) = exit else {
         // No exit report: the wrapper itself was stopped before it could write one.
         return if container_reason == Some("OOMKilled") {
-            Outcome::failed("oom_killed", "the sandbox ran out of memory")
+            Outcome::ended(Reason::OomKilled, "the sandbox ran out of memory")
         } else if cancel_requested {
-            Outcome::without_record(Phase::Cancelled, "cancelled", "the run was cancelled")
+            Outcome::ended(Reason::Cancelled, "the run was cancelled")
         } else if pod_reason == Some("DeadlineExceeded") {
-            Outcome::without_record(
-                Phase::TimedOut,
-                "deadline_exceeded",
+            Outcome::ended(
+                Reason::DeadlineExceeded,
                 "the pod's deadline (the backstop) ended the run",
             )
         } else {
@@ -164,91 +168,89 @@ pub fn decide(
                     pod_reason.unwrap_or("unknown reason")
                 ),
             };
-            Outcome::failed("pod_failed", detail)
+            Outcome::ended(Reason::PodFailed, detail)
         };
     };
-    let usage = Usage {
-        wall_ms: exit.wall_ms,
-        cpu_ms: exit.cpu_ms,
-        memory_peak_bytes: exit.memory_peak_bytes,
-    };
-    let (phase, reason, message) = if exit.timed_out {
+    let (reason, message): (Option<Reason>, String) = if exit.timed_out {
         (
-            Phase::TimedOut,
-            Some("timed_out"),
-            Some("the program ran past its timeout".to_string()),
+            Some(Reason::TimedOut),
+            "the program ran past its timeout".into(),
         )
     } else if exit.cancelled || (cancel_requested && exit.exit_code.is_none()) {
         // The wrapper was told to stop (SIGTERM): by a cancel, by the pod's backstop
         // deadline, or by someone deleting the pod.
         if cancel_requested {
-            (
-                Phase::Cancelled,
-                Some("cancelled"),
-                Some("the run was cancelled".to_string()),
-            )
+            (Some(Reason::Cancelled), "the run was cancelled".into())
         } else if pod_reason == Some("DeadlineExceeded") {
             (
-                Phase::TimedOut,
-                Some("deadline_exceeded"),
-                Some("the pod's deadline (the backstop) ended the run".to_string()),
+                Some(Reason::DeadlineExceeded),
+                "the pod's deadline (the backstop) ended the run".into(),
             )
         } else {
             (
-                Phase::Failed,
-                Some("pod_failed"),
-                Some("the runner pod was stopped before the program finished".to_string()),
+                Some(Reason::PodFailed),
+                "the runner pod was stopped before the program finished".into(),
             )
         }
     } else if exit.oom_killed || container_reason == Some("OOMKilled") {
         (
-            Phase::Failed,
-            Some("oom_killed"),
-            Some("the program ran out of memory".to_string()),
+            Some(Reason::OomKilled),
+            "the program ran out of memory".into(),
         )
     } else if exit.cpu_limit_exceeded {
         (
-            Phase::Failed,
-            Some("cpu_limit_exceeded"),
-            Some("the program used up its CPU time".to_string()),
+            Some(Reason::CpuLimitExceeded),
+            "the program used up its CPU time".into(),
         )
     } else if exit.file_size_exceeded {
         (
-            Phase::Failed,
-            Some("output_limit_exceeded"),
-            Some("the program wrote a file past the size limit".to_string()),
+            Some(Reason::OutputLimitExceeded),
+            "the program wrote a file past the size limit".into(),
+        )
+    } else if exit.disk_full {
+        (
+            Some(Reason::DiskLimitExceeded),
+            "the program's /work or /tmp was full (disk_mb)".into(),
         )
     } else if let Some(err) = &exit.error {
-        (Phase::Failed, Some("runner_error"), Some(err.clone()))
+        (Some(Reason::RunnerError), err.clone())
     } else if record.is_some_and(|r| r.artifact_limit_exceeded) {
-        let skipped = record.map(|r| r.skipped.len()).unwrap_or(0);
+        let over = record
+            .map(|r| {
+                r.skipped
+                    .iter()
+                    .filter(|s| s.reason.is_over_a_limit())
+                    .count()
+            })
+            .unwrap_or(0);
         (
-            Phase::Failed,
-            Some("artifact_limit_exceeded"),
-            Some(format!(
-                "{skipped} output file(s) over the limits were not kept"
-            )),
+            Some(Reason::ArtifactLimitExceeded),
+            format!("{over} output file(s) over the limits were not kept"),
         )
     } else {
-        (Phase::Completed, None, None)
+        (None, String::new())
     };
     Outcome {
-        phase,
-        reason: reason.map(str::to_string),
-        message,
+        phase: reason.map_or(Phase::Completed, Reason::phase),
+        message: reason.map(|_| message),
+        reason,
         exit_code: exit.exit_code,
         signal: exit.signal,
-        usage,
+        usage: Some(Usage {
+            wall_ms: exit.wall_ms,
+            cpu_ms: exit.cpu_ms,
+            memory_peak_bytes: exit.memory_peak_bytes,
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runner_protocol::ExitReport;
+    use runner_protocol::{ExitReport, SkipReason, SkippedFile};
 
-    fn record(exit: ExitReport) -> RunRecord {
-        RunRecord {
+    fn record(exit: ExitReport) -> Record {
+        Record {
             started: true,
             exit: Some(exit),
             complete: true,
@@ -263,33 +265,74 @@ mod tests {
             ..Default::default()
         });
         let o = decide(Some(&r), None, None, false);
-        assert_eq!((o.phase, o.exit_code), (Phase::Completed, Some(3)));
+        assert_eq!(
+            (o.phase, o.exit_code, o.reason),
+            (Phase::Completed, Some(3), None)
+        );
     }
 
     #[test]
-    fn timeout_oom_and_cancel_are_told_apart() {
-        let t = record(ExitReport {
-            timed_out: true,
-            signal: Some(9),
-            ..Default::default()
-        });
-        assert_eq!(decide(Some(&t), None, None, false).phase, Phase::TimedOut);
-        let oom = record(ExitReport {
-            oom_killed: true,
-            signal: Some(9),
-            ..Default::default()
-        });
-        let o = decide(Some(&oom), None, None, false);
-        assert_eq!(
-            (o.phase, o.reason.as_deref()),
-            (Phase::Failed, Some("oom_killed"))
-        );
+    fn each_limit_is_told_apart() {
+        let cases: Vec<(ExitReport, Reason)> = vec![
+            (
+                ExitReport {
+                    timed_out: true,
+                    signal: Some(9),
+                    ..Default::default()
+                },
+                Reason::TimedOut,
+            ),
+            (
+                ExitReport {
+                    oom_killed: true,
+                    signal: Some(9),
+                    ..Default::default()
+                },
+                Reason::OomKilled,
+            ),
+            (
+                ExitReport {
+                    cpu_limit_exceeded: true,
+                    ..Default::default()
+                },
+                Reason::CpuLimitExceeded,
+            ),
+            (
+                ExitReport {
+                    file_size_exceeded: true,
+                    ..Default::default()
+                },
+                Reason::OutputLimitExceeded,
+            ),
+            (
+                ExitReport {
+                    disk_full: true,
+                    exit_code: Some(1),
+                    ..Default::default()
+                },
+                Reason::DiskLimitExceeded,
+            ),
+            (
+                ExitReport {
+                    error: Some("no python3".into()),
+                    ..Default::default()
+                },
+                Reason::RunnerError,
+            ),
+        ];
+        for (exit, want) in cases {
+            let o = decide(Some(&record(exit)), None, None, false);
+            assert_eq!((o.phase, o.reason), (want.phase(), Some(want)));
+        }
         let c = record(ExitReport {
             cancelled: true,
             signal: Some(9),
             ..Default::default()
         });
-        assert_eq!(decide(Some(&c), None, None, true).phase, Phase::Cancelled);
+        assert_eq!(
+            decide(Some(&c), None, None, true).reason,
+            Some(Reason::Cancelled)
+        );
     }
 
     #[test]
@@ -300,7 +343,7 @@ mod tests {
             ..Default::default()
         };
         let o = decide(None, Some(&t), None, false);
-        assert_eq!(o.reason.as_deref(), Some("oom_killed"));
+        assert_eq!(o.reason, Some(Reason::OomKilled));
     }
 
     #[test]
@@ -316,11 +359,17 @@ mod tests {
             ..Default::default()
         });
         r.artifact_limit_exceeded = true;
+        r.skipped.push(SkippedFile {
+            name: "x".into(),
+            reason: SkipReason::TooLarge,
+            detail: String::new(),
+        });
         let o = decide(Some(&r), None, None, false);
         assert_eq!(
-            (o.phase, o.reason.as_deref(), o.exit_code),
-            (Phase::Failed, Some("artifact_limit_exceeded"), Some(0))
+            (o.phase, o.reason, o.exit_code),
+            (Phase::Failed, Some(Reason::ArtifactLimitExceeded), Some(0))
         );
+        assert!(o.message.unwrap().starts_with("1 output file"));
     }
 
     #[test]
@@ -349,7 +398,7 @@ mod tests {
         assert!(matches!(
             progress(&waiting("ErrImageNeverPull"), 0, 120),
             PodProgress::Stuck {
-                reason: "image_pull_failed",
+                reason: Reason::ImagePullFailed,
                 ..
             }
         ));
@@ -375,7 +424,7 @@ mod tests {
         assert!(matches!(
             progress(&unschedulable, 121, 120),
             PodProgress::Stuck {
-                reason: "unschedulable",
+                reason: Reason::Unschedulable,
                 ..
             }
         ));

@@ -1,132 +1,81 @@
-//! The runner pod, its inputs Secret and the namespace's deny-all NetworkPolicy, built from a
-//! CodeRun without I/O. Every hardening default lives here, so one unit test can read them.
+//! The runner pods and the namespace's deny-all NetworkPolicy, built without I/O. Every
+//! hardening default lives here, so one unit test can read them. A pod is made for a run
+//! (cold) or for a warm pool; both wait for their job on stdin and are used once.
 use std::collections::BTreeMap;
 
-use codeinterp_crds::{Applied, CodeRun, EffectiveLimits, RUN_LABEL, RUNNER_LABEL};
-use k8s_openapi::ByteString;
+use codeinterp_crds::{
+    Applied, CodeRun, EffectiveLimits, Language, POOL_LABEL, RUN_UID_LABEL, RUNNER_LABEL,
+};
 use k8s_openapi::api::core::v1::{
     AppArmorProfile, Capabilities, Container, EmptyDirVolumeSource, Pod, PodDNSConfig,
-    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::Resource;
-use runner_protocol::{InputFile, JOB_DIR, JOB_FILE, Job, JobLimits, WORK_DIR};
+use kube::{Resource, ResourceExt};
+use runner_protocol::{JOB_DIR, WORK_DIR};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::config::{AppArmorMode, Config, PoolSpec, Seccomp, UserNamespaces};
 
 /// Name of the per-namespace NetworkPolicy that denies all traffic to and from runner pods.
 pub const DENY_ALL_POLICY: &str = "codeinterp-runner-deny-all";
 pub const RUNNER_CONTAINER: &str = "runner";
 /// The image's non-root user.
 pub const RUNNER_UID: i64 = 65532;
+/// Label with a digest of the pod's security-relevant spec, to find pool pods of the current
+/// configuration quickly (the spec itself is what is checked before a pod is trusted).
+pub const SPEC_LABEL: &str = "codeinterp.dev/spec";
+/// The job folder holds the source and stdin (up to 1 MiB each).
+const JOB_DIR_MB: u64 = 4;
+/// CPU requested per pod: small, so short runs pack densely and borrow idle cores.
+pub const CPU_REQUEST_MILLICORES: u64 = 100;
 
-/// Inputs resolved to bytes: the operator fetches uploaded files before building the Secret.
-pub struct ResolvedInputs {
-    pub files: Vec<(String, Vec<u8>)>,
+/// What a runner pod is made of: its language and the limits that size it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub language: Language,
+    pub memory_mb: u64,
+    pub cpu_millicores: u64,
+    pub disk_mb: u64,
 }
 
-/// The pod and the Secret share the CodeRun's name (different kinds may share one).
-pub fn child_name(run: &CodeRun) -> String {
-    run.metadata.name.clone().unwrap_or_default()
-}
+impl Shape {
+    pub fn of_run(language: Language, limits: &EffectiveLimits) -> Self {
+        Shape {
+            language,
+            memory_mb: limits.memory_mb,
+            cpu_millicores: limits.cpu_millicores,
+            disk_mb: limits.disk_mb,
+        }
+    }
 
-fn labels(run: &CodeRun) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (RUNNER_LABEL.to_string(), "true".to_string()),
-        (RUN_LABEL.to_string(), child_name(run)),
-        (
-            "codeinterp.dev/language".to_string(),
-            run.spec.language.as_str().to_string(),
-        ),
-    ])
-}
+    pub fn of_pool(pool: &PoolSpec) -> Self {
+        Shape {
+            language: pool.language,
+            memory_mb: pool.memory_mb,
+            cpu_millicores: pool.cpu_millicores,
+            disk_mb: pool.disk_mb,
+        }
+    }
 
-fn owned_meta(run: &CodeRun) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(child_name(run)),
-        namespace: run.metadata.namespace.clone(),
-        labels: Some(labels(run)),
-        owner_references: run.controller_owner_ref(&()).map(|r| vec![r]),
-        ..Default::default()
+    /// The pod's memory: the program's, plus `/work` and `/tmp` (memory-backed volumes the
+    /// kernel caps at `disk_mb` each, charged to the pod) and the job folder. Requested in
+    /// full, so the node is never overcommitted.
+    pub fn memory_bytes(&self) -> u64 {
+        (self.memory_mb + 2 * self.disk_mb + JOB_DIR_MB) * 1024 * 1024
+    }
+
+    pub fn cpu_request_millicores(&self) -> u64 {
+        self.cpu_millicores.min(CPU_REQUEST_MILLICORES)
     }
 }
 
-pub fn job(run: &CodeRun, limits: &EffectiveLimits, inputs: &ResolvedInputs) -> Job {
-    Job {
-        language: run.spec.language,
-        source_key: run.spec.language.source_file().to_string(),
-        stdin_key: run.spec.stdin.as_ref().map(|_| "stdin".to_string()),
-        args: run.spec.args.clone(),
-        files: inputs
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, (name, _))| InputFile {
-                name: name.clone(),
-                secret_key: format!("file-{i}"),
-            })
-            .collect(),
-        limits: JobLimits {
-            timeout_ms: limits.timeout_ms,
-            cpu_ms: limits.cpu_ms,
-            max_output_bytes: limits.max_output_bytes,
-            max_artifacts: limits.max_artifacts,
-            max_artifact_bytes: limits.max_artifact_bytes,
-            max_artifact_total_bytes: limits.max_artifact_total_bytes,
-            max_file_bytes: limits.disk_mb * 1024 * 1024,
-            max_open_files: 256,
-            max_processes: limits.max_processes,
-        },
-    }
-}
-
-/// The inputs Secret: the job description, the source, stdin and input files. Immutable.
-pub fn secret(run: &CodeRun, limits: &EffectiveLimits, inputs: &ResolvedInputs) -> Secret {
-    let job = job(run, limits, inputs);
-    let mut data = BTreeMap::new();
-    data.insert(
-        JOB_FILE.to_string(),
-        ByteString(serde_json::to_vec(&job).expect("job serializes")),
-    );
-    data.insert(
-        job.source_key.clone(),
-        ByteString(run.spec.code.clone().into_bytes()),
-    );
-    if let Some(stdin) = &run.spec.stdin {
-        data.insert("stdin".to_string(), ByteString(stdin.clone().into_bytes()));
-    }
-    for (file, (_, bytes)) in job.files.iter().zip(&inputs.files) {
-        data.insert(file.secret_key.clone(), ByteString(bytes.clone()));
-    }
-    Secret {
-        metadata: owned_meta(run),
-        data: Some(data),
-        immutable: Some(true),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    }
-}
-
-/// Total bytes the inputs Secret will hold (Kubernetes refuses Secrets over 1 MiB).
-pub fn secret_size(secret: &Secret) -> usize {
-    secret
-        .data
-        .as_ref()
-        .map(|d| d.iter().map(|(k, v)| k.len() + v.0.len()).sum())
-        .unwrap_or(0)
-}
-
-/// What isolation the pod gets, decided from the settings and what the nodes support.
+/// What isolation the pods get, decided from the settings and what the nodes support.
 pub fn decide_isolation(cfg: &Config, apparmor_on_nodes: bool) -> Result<Applied, String> {
-    use crate::config::{AppArmorMode, UserNamespaces};
-    let seccomp = if cfg.seccomp_profile == "RuntimeDefault" {
-        "RuntimeDefault".to_string()
-    } else {
-        format!("Localhost/{}", cfg.seccomp_profile)
-    };
     let (apparmor, apparmor_note) = match (cfg.apparmor_mode, apparmor_on_nodes) {
         (AppArmorMode::Off, _) => (
             "none".to_string(),
@@ -142,7 +91,7 @@ pub fn decide_isolation(cfg: &Config, apparmor_on_nodes: bool) -> Result<Applied
         }
     };
     Ok(Applied {
-        seccomp,
+        seccomp: cfg.seccomp.describe(),
         apparmor,
         apparmor_note,
         user_namespace: cfg.user_namespaces == UserNamespaces::On,
@@ -155,67 +104,68 @@ fn quantity(s: String) -> Quantity {
     Quantity(s)
 }
 
-pub fn pod(run: &CodeRun, limits: &EffectiveLimits, cfg: &Config, applied: &Applied) -> Pod {
-    let seccomp_profile = match applied.seccomp.strip_prefix("Localhost/") {
-        Some(path) => SeccompProfile {
+/// The pod every run gets, before it is named for a run or a pool: waits for its job on
+/// stdin, no network, no token, no privileges, read-only root, capped memory-backed volumes.
+fn runner_pod(shape: &Shape, cfg: &Config, applied: &Applied, apparmor_on: bool) -> Pod {
+    let seccomp_profile = match &cfg.seccomp {
+        Seccomp::Localhost(path) => SeccompProfile {
             type_: "Localhost".into(),
-            localhost_profile: Some(path.to_string()),
+            localhost_profile: Some(path.clone()),
         },
-        None => SeccompProfile {
+        Seccomp::RuntimeDefault => SeccompProfile {
             type_: "RuntimeDefault".into(),
             localhost_profile: None,
         },
     };
-    let apparmor_profile =
-        applied
-            .apparmor
-            .strip_prefix("Localhost/")
-            .map(|name| AppArmorProfile {
-                type_: "Localhost".into(),
-                localhost_profile: Some(name.to_string()),
-            });
-    let disk = format!("{}Mi", limits.disk_mb);
-    // /work and /tmp each up to disk_mb, plus room for the container's log.
-    let ephemeral = format!("{}Mi", limits.disk_mb * 2 + 32);
-    let resource_limits = BTreeMap::from([
+    let apparmor_profile = apparmor_on.then(|| AppArmorProfile {
+        type_: "Localhost".into(),
+        localhost_profile: Some(cfg.apparmor_profile.clone()),
+    });
+    let memory = format!("{}Mi", shape.memory_bytes() / (1024 * 1024));
+    let limits = BTreeMap::from([
         (
             "cpu".to_string(),
-            quantity(format!("{}m", limits.cpu_millicores)),
+            quantity(format!("{}m", shape.cpu_millicores)),
         ),
-        (
-            "memory".to_string(),
-            quantity(format!("{}Mi", limits.memory_mb)),
-        ),
-        ("ephemeral-storage".to_string(), quantity(ephemeral)),
+        ("memory".to_string(), quantity(memory.clone())),
+        // The container log (the record, at most about 12 MiB); /work and /tmp are memory.
+        ("ephemeral-storage".to_string(), quantity("64Mi".into())),
     ]);
-    // Memory is requested in full so the node never overcommits it under a burst of runs;
-    // CPU is requested small so short runs pack densely and borrow idle cores.
     let requests = BTreeMap::from([
         (
             "cpu".to_string(),
-            quantity(format!("{}m", limits.cpu_millicores.min(100))),
+            quantity(format!("{}m", shape.cpu_request_millicores())),
         ),
-        (
-            "memory".to_string(),
-            quantity(format!("{}Mi", limits.memory_mb)),
-        ),
+        ("memory".to_string(), quantity(memory)),
     ]);
-    let backstop = limits.timeout_ms.div_ceil(1000) + cfg.deadline_slack_seconds;
-    let empty_dir = |size: &str| EmptyDirVolumeSource {
-        size_limit: Some(quantity(size.to_string())),
+    let memory_dir = |mb: u64| EmptyDirVolumeSource {
+        medium: Some("Memory".into()),
+        size_limit: Some(quantity(format!("{mb}Mi"))),
         ..Default::default()
     };
-
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..Default::default()
+    };
     Pod {
-        metadata: owned_meta(run),
+        metadata: ObjectMeta {
+            labels: Some(BTreeMap::from([
+                (RUNNER_LABEL.to_string(), "true".to_string()),
+                (
+                    "codeinterp.dev/language".to_string(),
+                    shape.language.as_str().to_string(),
+                ),
+            ])),
+            ..Default::default()
+        },
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
-            active_deadline_seconds: Some(backstop as i64),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             dns_policy: Some("None".into()),
-            // Kubernetes wants a nameserver with dnsPolicy None: loopback, where nothing answers
-            // (the program has no network anyway).
+            // Kubernetes wants a nameserver with dnsPolicy None: loopback, where nothing
+            // answers (the program has no network anyway).
             dns_config: Some(PodDNSConfig {
                 nameservers: Some(vec!["127.0.0.1".into()]),
                 ..Default::default()
@@ -234,8 +184,12 @@ pub fn pod(run: &CodeRun, limits: &EffectiveLimits, cfg: &Config, applied: &Appl
             }),
             containers: vec![Container {
                 name: RUNNER_CONTAINER.into(),
-                image: Some(cfg.image(run.spec.language).to_string()),
+                image: Some(cfg.image(shape.language).to_string()),
                 image_pull_policy: Some("IfNotPresent".into()),
+                // The job arrives on stdin, from the operator's attach; once that stream
+                // closes stdin stays closed, so nobody can hand the pod a second job.
+                stdin: Some(true),
+                stdin_once: Some(true),
                 security_context: Some(SecurityContext {
                     allow_privilege_escalation: Some(false),
                     read_only_root_filesystem: Some(true),
@@ -248,27 +202,14 @@ pub fn pod(run: &CodeRun, limits: &EffectiveLimits, cfg: &Config, applied: &Appl
                     ..Default::default()
                 }),
                 resources: Some(ResourceRequirements {
-                    limits: Some(resource_limits),
+                    limits: Some(limits),
                     requests: Some(requests),
                     ..Default::default()
                 }),
                 volume_mounts: Some(vec![
-                    VolumeMount {
-                        name: "work".into(),
-                        mount_path: WORK_DIR.into(),
-                        ..Default::default()
-                    },
-                    VolumeMount {
-                        name: "tmp".into(),
-                        mount_path: "/tmp".into(),
-                        ..Default::default()
-                    },
-                    VolumeMount {
-                        name: "job".into(),
-                        mount_path: JOB_DIR.into(),
-                        read_only: Some(true),
-                        ..Default::default()
-                    },
+                    mount("work", WORK_DIR),
+                    mount("tmp", "/tmp"),
+                    mount("job", JOB_DIR),
                 ]),
                 termination_message_policy: Some("File".into()),
                 ..Default::default()
@@ -276,21 +217,17 @@ pub fn pod(run: &CodeRun, limits: &EffectiveLimits, cfg: &Config, applied: &Appl
             volumes: Some(vec![
                 Volume {
                     name: "work".into(),
-                    empty_dir: Some(empty_dir(&disk)),
+                    empty_dir: Some(memory_dir(shape.disk_mb)),
                     ..Default::default()
                 },
                 Volume {
                     name: "tmp".into(),
-                    empty_dir: Some(empty_dir(&disk)),
+                    empty_dir: Some(memory_dir(shape.disk_mb)),
                     ..Default::default()
                 },
                 Volume {
                     name: "job".into(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(child_name(run)),
-                        default_mode: Some(0o440),
-                        ..Default::default()
-                    }),
+                    empty_dir: Some(memory_dir(JOB_DIR_MB)),
                     ..Default::default()
                 },
             ]),
@@ -300,9 +237,206 @@ pub fn pod(run: &CodeRun, limits: &EffectiveLimits, cfg: &Config, applied: &Appl
     }
 }
 
+/// The pod's deadline backstop: the run's own timeout plus slack (the wrapper's clock fires
+/// first). Set when a pod is created for a run, or when a pool pod is claimed.
+pub fn backstop_seconds(limits: &EffectiveLimits, cfg: &Config) -> i64 {
+    (limits.timeout_ms.div_ceil(1000) + cfg.deadline_slack_seconds) as i64
+}
+
+/// A pod made for one run: named after it, owned by it (its controller), labelled with its
+/// UID, with the deadline backstop.
+pub fn cold_pod(run: &CodeRun, limits: &EffectiveLimits, cfg: &Config, applied: &Applied) -> Pod {
+    let shape = Shape::of_run(run.spec.language, limits);
+    let mut pod = runner_pod(
+        &shape,
+        cfg,
+        applied,
+        applied.apparmor.starts_with("Localhost/"),
+    );
+    pod.metadata.name = run.metadata.name.clone();
+    pod.metadata.namespace = run.metadata.namespace.clone();
+    pod.metadata.owner_references = run.controller_owner_ref(&()).map(|r| vec![r]);
+    pod.labels_mut()
+        .insert(RUN_UID_LABEL.into(), run.uid().unwrap_or_default());
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.active_deadline_seconds = Some(backstop_seconds(limits, cfg));
+    }
+    pod
+}
+
+/// An idle pod of a warm pool: no owner and no deadline until a run claims it.
+pub fn pool_pod(pool: &PoolSpec, namespace: &str, cfg: &Config, applied: &Applied) -> Pod {
+    let shape = Shape::of_pool(pool);
+    let mut pod = runner_pod(
+        &shape,
+        cfg,
+        applied,
+        applied.apparmor.starts_with("Localhost/"),
+    );
+    pod.metadata.generate_name = Some(format!("{}-", pool.name()));
+    pod.metadata.namespace = Some(namespace.to_string());
+    let digest = spec_digest(&pod);
+    let labels = pod.labels_mut();
+    labels.insert(POOL_LABEL.into(), pool.name());
+    labels.insert(SPEC_LABEL.into(), digest);
+    pod
+}
+
+/// The merge patch by which a run claims an idle pool pod: guarded by the pod's
+/// resourceVersion (of two claims, one wins), it makes the run the pod's controller, labels
+/// it with the run's UID and sets the deadline backstop. A pod's deadline counts from the
+/// pod's start, so a pod that idled `idle_secs` gets that much more.
+pub fn claim_patch(
+    run: &CodeRun,
+    pod: &Pod,
+    limits: &EffectiveLimits,
+    cfg: &Config,
+    idle_secs: i64,
+) -> Value {
+    json!({
+        "metadata": {
+            "resourceVersion": pod.resource_version(),
+            "ownerReferences": run.controller_owner_ref(&()).map(|r| vec![r]),
+            "labels": { RUN_UID_LABEL: run.uid() },
+        },
+        "spec": { "activeDeadlineSeconds": idle_secs.max(0) + backstop_seconds(limits, cfg) },
+    })
+}
+
+/// How long a pod has been up: its deadline counts from this start.
+pub fn seconds_since_start(pod: &Pod, now: i64) -> i64 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .or(pod.metadata.creation_timestamp.as_ref())
+        .map(|t| now - t.0.as_second() + 1)
+        .unwrap_or(0)
+}
+
+/// Whether the pod is this run's: its controller owner reference names the run's UID. A name
+/// or a label anyone may set proves nothing.
+pub fn owned_by(pod: &Pod, run_uid: &str) -> bool {
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.kind == "CodeRun" && o.uid == run_uid)
+}
+
+/// The parts of a pod's spec its isolation rests on, in a form that does not depend on who
+/// wrote them (quantities in bytes and millicores, defaults left out).
+pub fn isolation_view(pod: &Pod) -> Value {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Value::Null;
+    };
+    let containers: Vec<Value> = spec
+        .containers
+        .iter()
+        .map(|c| {
+            let res = c.resources.clone().unwrap_or_default();
+            let q = |m: &Option<BTreeMap<String, Quantity>>, k: &str| {
+                m.as_ref().and_then(|m| m.get(k)).and_then(|q| quantity_units(&q.0))
+            };
+            json!({
+                "name": c.name,
+                "image": c.image,
+                "command": c.command,
+                "args": c.args,
+                "env": c.env,
+                "envFrom": c.env_from,
+                "stdin": c.stdin,
+                "stdinOnce": c.stdin_once,
+                "tty": c.tty,
+                "securityContext": c.security_context,
+                "volumeMounts": c.volume_mounts.as_ref().map(|ms| ms.iter().map(|m| json!({
+                    "name": m.name, "mountPath": m.mount_path, "readOnly": m.read_only.unwrap_or(false),
+                    "subPath": m.sub_path,
+                })).collect::<Vec<_>>()),
+                "limits": [q(&res.limits, "cpu"), q(&res.limits, "memory")],
+                "requests": [q(&res.requests, "cpu"), q(&res.requests, "memory")],
+            })
+        })
+        .collect();
+    let volumes: Vec<Value> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| {
+            json!({
+                "name": v.name,
+                "emptyDir": v.empty_dir.as_ref().map(|e| json!({
+                    "medium": e.medium,
+                    "sizeLimit": e.size_limit.as_ref().and_then(|q| quantity_units(&q.0)),
+                })),
+                // Anything else a volume could be (a host path, a secret) shows up here.
+                "other": v.host_path.is_some() || v.secret.is_some() || v.config_map.is_some()
+                    || v.projected.is_some() || v.persistent_volume_claim.is_some()
+                    || v.csi.is_some() || v.ephemeral.is_some() || v.nfs.is_some(),
+            })
+        })
+        .collect();
+    json!({
+        "containers": containers,
+        "initContainers": spec.init_containers.as_ref().map(Vec::len).unwrap_or(0),
+        "volumes": volumes,
+        "securityContext": spec.security_context,
+        "hostUsers": spec.host_users,
+        "hostNetwork": spec.host_network.unwrap_or(false),
+        "hostPID": spec.host_pid.unwrap_or(false),
+        "hostIPC": spec.host_ipc.unwrap_or(false),
+        "automountServiceAccountToken": spec.automount_service_account_token,
+        "serviceAccountName": spec.service_account_name.as_deref().unwrap_or("default"),
+        "enableServiceLinks": spec.enable_service_links,
+        "runtimeClassName": spec.runtime_class_name,
+        "dnsPolicy": spec.dns_policy,
+    })
+}
+
+/// A quantity as a whole number of its base unit: millicores for CPU (`100m`, `1`), bytes
+/// for memory (`512Mi`, `1Gi`, `1048576`). Enough for what the operator writes.
+pub fn quantity_units(q: &str) -> Option<i128> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: f64 = match suffix {
+        "" => 1000.0, // CPU in cores -> millicores; memory in bytes is scaled back below
+        "m" => 1.0,
+        "Ki" => 1024.0 * 1000.0,
+        "Mi" => 1024.0 * 1024.0 * 1000.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0 * 1000.0,
+        "k" => 1e3 * 1000.0,
+        "M" => 1e6 * 1000.0,
+        "G" => 1e9 * 1000.0,
+        _ => return None,
+    };
+    // In thousandths of the base unit, so `100m` CPU and `1` CPU compare, as do `1Mi` and
+    // `1048576` bytes.
+    Some((number * factor).round() as i128)
+}
+
+/// A digest of the pod's isolation view: the label pool pods carry.
+pub fn spec_digest(pod: &Pod) -> String {
+    let view = serde_json::to_vec(&isolation_view(pod)).expect("a view serializes");
+    hex::encode(&Sha256::digest(view)[..8])
+}
+
+/// Whether a live pool pod is exactly what this operator would create for the pool: only
+/// then may a run's inputs be handed to it. Pods anyone could have created with the pool's
+/// labels fail this.
+pub fn is_trusted_pool_pod(live: &Pod, pool: &PoolSpec, cfg: &Config, applied: &Applied) -> bool {
+    let want = pool_pod(
+        pool,
+        live.namespace().as_deref().unwrap_or_default(),
+        cfg,
+        applied,
+    );
+    isolation_view(live) == isolation_view(&want)
+}
+
 /// Denies every packet to and from runner pods in a namespace: no ingress, no egress, DNS
-/// included. Results leave through the container log, which the API server fetches from the
-/// kubelet, so the pods need no network at all.
+/// included. Jobs and results travel through the API server (attach and the container log),
+/// so the pods need no network at all.
 pub fn deny_all_policy(namespace: &str) -> NetworkPolicy {
     NetworkPolicy {
         metadata: ObjectMeta {
@@ -329,7 +463,7 @@ pub fn deny_all_policy(namespace: &str) -> NetworkPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use codeinterp_crds::{CodeRunSpec, Language, Limits};
+    use codeinterp_crds::{CodeRunSpec, Limits};
 
     fn run() -> CodeRun {
         let mut run = CodeRun::new(
@@ -343,6 +477,7 @@ mod tests {
                 limits: Limits {
                     timeout_ms: Some(3000),
                     memory_mb: Some(128),
+                    disk_mb: Some(16),
                     ..Default::default()
                 },
                 ttl_seconds_after_finished: None,
@@ -359,7 +494,7 @@ mod tests {
         let run = run();
         let limits = run.spec.limits.clamp(&cfg.maxima());
         let applied = decide_isolation(&cfg, false).unwrap();
-        (pod(&run, &limits, &cfg, &applied), applied)
+        (cold_pod(&run, &limits, &cfg, &applied), applied)
     }
 
     #[test]
@@ -370,6 +505,7 @@ mod tests {
         assert_eq!(spec.enable_service_links, Some(false));
         assert_eq!(spec.dns_policy.as_deref(), Some("None"));
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.host_users, Some(false));
         assert!(spec.host_network.is_none() && spec.host_pid.is_none() && spec.host_ipc.is_none());
         let psc = spec.security_context.unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
@@ -392,9 +528,20 @@ mod tests {
             c.env.is_none(),
             "no platform environment reaches the program"
         );
+        assert_eq!(
+            (c.stdin, c.stdin_once, c.tty),
+            (Some(true), Some(true), None)
+        );
         let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
-        assert_eq!(limits["memory"].0, "128Mi");
+        // 128 for the program, 2 x 16 for /work and /tmp, 4 for the job folder.
+        assert_eq!(limits["memory"].0, "164Mi");
         assert!(limits.contains_key("cpu") && limits.contains_key("ephemeral-storage"));
+        // No Secret, no host path: every volume is a capped memory-backed emptyDir.
+        for v in spec.volumes.unwrap() {
+            let e = v.empty_dir.expect("an emptyDir");
+            assert_eq!(e.medium.as_deref(), Some("Memory"), "{}", v.name);
+            assert!(e.size_limit.is_some(), "{}", v.name);
+        }
         assert_eq!(pod.metadata.labels.unwrap()[RUNNER_LABEL], "true");
     }
 
@@ -406,16 +553,84 @@ mod tests {
     }
 
     #[test]
-    fn the_pod_and_secret_are_owned_by_the_coderun() {
+    fn a_cold_pod_is_owned_by_the_coderun_and_labelled_with_its_uid() {
         let (pod, _) = build();
-        let owner = &pod.metadata.owner_references.unwrap()[0];
-        assert_eq!(owner.kind, "CodeRun");
-        assert_eq!(owner.controller, Some(true));
+        assert!(owned_by(&pod, "uid-1"));
+        assert!(!owned_by(&pod, "uid-2"));
+        assert_eq!(pod.metadata.labels.unwrap()[RUN_UID_LABEL], "uid-1");
+        assert_eq!(pod.metadata.name.as_deref(), Some("run-abc"));
+    }
+
+    #[test]
+    fn a_pool_pod_has_no_owner_or_deadline_until_claimed() {
+        let cfg = Config::for_tests();
+        let applied = decide_isolation(&cfg, false).unwrap();
+        let pool = crate::config::parse_pools("python=1", &cfg.maxima().defaults)
+            .unwrap()
+            .remove(0);
+        let pod = pool_pod(&pool, "sandbox", &cfg, &applied);
+        assert!(pod.metadata.owner_references.is_none());
+        assert!(pod.spec.as_ref().unwrap().active_deadline_seconds.is_none());
+        assert_eq!(pod.labels()[POOL_LABEL], pool.name());
+        assert!(is_trusted_pool_pod(&pod, &pool, &cfg, &applied));
+
+        let run = run();
+        let limits = run.spec.limits.clamp(&cfg.maxima());
+        let mut live = pod.clone();
+        live.metadata.resource_version = Some("42".into());
+        let patch = claim_patch(&run, &live, &limits, &cfg, 600);
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(patch["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(patch["metadata"]["ownerReferences"][0]["controller"], true);
+        // A pod's deadline counts from its start: ten minutes idle, then the run's own 33 s.
+        assert_eq!(patch["spec"]["activeDeadlineSeconds"], 633);
+    }
+
+    #[test]
+    fn a_pod_that_only_looks_like_a_pool_pod_is_not_trusted() {
+        let cfg = Config::for_tests();
+        let applied = decide_isolation(&cfg, false).unwrap();
+        let pool = crate::config::parse_pools("python=1", &cfg.maxima().defaults)
+            .unwrap()
+            .remove(0);
+        let honest = pool_pod(&pool, "sandbox", &cfg, &applied);
+        type Tamper = Box<dyn Fn(&mut PodSpec)>;
+        let tamper: Vec<Tamper> = vec![
+            Box::new(|s| s.containers[0].image = Some("evil:latest".into())),
+            Box::new(|s| s.host_network = Some(true)),
+            Box::new(|s| s.automount_service_account_token = Some(true)),
+            Box::new(|s| s.security_context.as_mut().unwrap().run_as_user = Some(0)),
+            Box::new(|s| {
+                s.containers[0]
+                    .security_context
+                    .as_mut()
+                    .unwrap()
+                    .privileged = Some(true)
+            }),
+            Box::new(|s| s.volumes.as_mut().unwrap()[0].empty_dir = None),
+            Box::new(|s| s.service_account_name = Some("admin".into())),
+            Box::new(|s| s.containers[0].command = Some(vec!["/bin/sh".into()])),
+        ];
+        for (i, change) in tamper.iter().enumerate() {
+            let mut pod = honest.clone();
+            change(pod.spec.as_mut().unwrap());
+            assert!(
+                !is_trusted_pool_pod(&pod, &pool, &cfg, &applied),
+                "change {i} was trusted"
+            );
+        }
+    }
+
+    #[test]
+    fn quantities_compare_whatever_their_spelling() {
+        assert_eq!(quantity_units("1000m"), quantity_units("1"));
+        assert_eq!(quantity_units("1Mi"), Some(1024 * 1024 * 1000));
+        assert_eq!(quantity_units("162Mi"), quantity_units("169869312"));
+        assert_eq!(quantity_units("bogus"), None);
     }
 
     #[test]
     fn apparmor_follows_the_mode_and_what_nodes_support() {
-        use crate::config::AppArmorMode;
         let mut cfg = Config::for_tests();
         let applied = decide_isolation(&cfg, false).unwrap();
         assert_eq!(applied.apparmor, "none");
@@ -428,25 +643,6 @@ mod tests {
         assert!(decide_isolation(&cfg, false).is_err());
         cfg.apparmor_mode = AppArmorMode::Off;
         assert_eq!(decide_isolation(&cfg, true).unwrap().apparmor, "none");
-    }
-
-    #[test]
-    fn the_secret_carries_job_source_stdin_and_files() {
-        let cfg = Config::for_tests();
-        let run = run();
-        let limits = run.spec.limits.clamp(&cfg.maxima());
-        let inputs = ResolvedInputs {
-            files: vec![("data.csv".into(), b"a,b\n".to_vec())],
-        };
-        let s = secret(&run, &limits, &inputs);
-        let data = s.data.unwrap();
-        assert_eq!(data["main.py"].0, b"print(1+1)");
-        assert_eq!(data["stdin"].0, b"hi");
-        assert_eq!(data["file-0"].0, b"a,b\n");
-        let job: Job = serde_json::from_slice(&data["job.json"].0).unwrap();
-        assert_eq!(job.files[0].name, "data.csv");
-        assert_eq!(job.limits.timeout_ms, 3000);
-        assert_eq!(s.immutable, Some(true));
     }
 
     #[test]

@@ -1,55 +1,16 @@
-//! Turning a finished runner pod into stored results: the container log is read through the
-//! API server, validated as untrusted input, and written to object storage.
+//! Storing what a run produced: its output byte for byte, its output files, and last its
+//! record (a record's presence means everything it names is stored).
 use bytes::Bytes;
-use codeinterp_crds::{ArtifactRef, CodeRun, EffectiveLimits};
+use codeinterp_crds::{ArtifactRef, CodeRun};
 use codeinterp_store::{
-    ArtifactRecord, CLUSTER_TENANT, FileMeta, RunError, RunRecord as StoredRun, RunUsage, Store,
+    FileMeta, HEAD_BYTES, OutputStream, RECORD_VERSION, RunError, RunRecord, Store, StoreError,
+    head, image_type,
 };
-use futures::AsyncReadExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::api::LogParams;
-use runner_protocol::{RecordLimits, RunRecord, parse_record};
+use kube::ResourceExt;
+use runner_protocol::Record;
 use sha2::{Digest, Sha256};
 
-use crate::Error;
 use crate::outcome::Outcome;
-use crate::pod_spec::RUNNER_CONTAINER;
-
-/// A record can never be larger than this: 2 x 1 MiB of output and 4 MiB of files, base64.
-const MAX_LOG_BYTES: usize = 12 * 1024 * 1024;
-
-pub fn tenant(run: &CodeRun) -> String {
-    match run.tenant() {
-        "" => CLUSTER_TENANT.to_string(),
-        t => t.to_string(),
-    }
-}
-
-pub fn record_limits(limits: &EffectiveLimits) -> RecordLimits {
-    RecordLimits {
-        max_output_bytes: limits.max_output_bytes,
-        max_artifacts: limits.max_artifacts,
-        max_artifact_bytes: limits.max_artifact_bytes,
-        max_artifact_total_bytes: limits.max_artifact_total_bytes,
-    }
-}
-
-/// Reads the runner container's whole log (bounded) through the API server.
-pub async fn read_log(pods: &Api<Pod>, name: &str) -> Result<Vec<u8>, Error> {
-    let params = LogParams {
-        container: Some(RUNNER_CONTAINER.to_string()),
-        limit_bytes: Some(MAX_LOG_BYTES as i64),
-        ..Default::default()
-    };
-    let mut stream = pods.log_stream(name, &params).await.map_err(Error::Kube)?;
-    let mut buf = Vec::new();
-    stream
-        .read_to_end(&mut buf)
-        .await
-        .map_err(|e| Error::Log(e.to_string()))?;
-    Ok(buf)
-}
 
 /// Output files get ids derived from the run and the name, so storing twice (an operator
 /// restarted half-way) writes the same objects rather than new ones.
@@ -58,89 +19,91 @@ pub fn artifact_id(run_uid: &str, name: &str) -> String {
     format!("file-{}", &hex::encode(digest)[..24])
 }
 
-/// Stores the artifacts and the final record; returns the artifact list for the status.
+/// What was stored: the artifact list and the record's key.
+pub struct Stored {
+    pub artifacts: Vec<ArtifactRef>,
+    pub record_key: String,
+}
+
+/// Stores the output, the files and the record of a finished run.
 pub async fn store(
     store: &Store,
     run: &CodeRun,
-    record: Option<&RunRecord>,
+    tenant: &str,
+    record: Option<&Record>,
     outcome: &Outcome,
     started_at: Option<i64>,
     completed_at: i64,
-) -> Result<(Vec<ArtifactRef>, String), Error> {
-    let tenant = tenant(run);
-    let id = run.metadata.name.clone().unwrap_or_default();
-    let uid = run.metadata.uid.clone().unwrap_or_default();
+) -> Result<Stored, StoreError> {
+    let id = run.name_any();
+    let uid = run.uid().unwrap_or_default();
+    let ns = run.namespace().unwrap_or_default();
+    let (stdout, stderr) = record.map_or((&[][..], &[][..]), |r| (&r.stdout[..], &r.stderr[..]));
+    for (stream, bytes) in [
+        (OutputStream::Stdout, stdout),
+        (OutputStream::Stderr, stderr),
+    ] {
+        store
+            .put_output(tenant, &ns, &uid, stream, Bytes::copy_from_slice(bytes))
+            .await?;
+    }
     let mut artifacts = Vec::new();
     for a in record.map(|r| r.artifacts.as_slice()).unwrap_or_default() {
         let file_id = artifact_id(&uid, &a.name);
         let meta = FileMeta {
             id: file_id.clone(),
-            tenant: tenant.clone(),
-            bytes: a.content.len() as u64,
+            tenant: tenant.to_string(),
+            bytes: a.bytes,
             created_at: completed_at,
             filename: a.name.clone(),
             purpose: "assistants_output".into(),
             sha256: a.sha256.clone(),
             run_id: Some(id.clone()),
+            content_type: image_type(&a.content).map(str::to_string),
         };
         store
-            .put_file(&meta, Bytes::from(a.content.clone()))
+            .put_file(&meta, Bytes::copy_from_slice(&a.content))
             .await?;
         artifacts.push(ArtifactRef {
             id: file_id,
             name: a.name.clone(),
-            bytes: meta.bytes,
+            bytes: a.bytes,
             sha256: a.sha256.clone(),
         });
     }
-    let stored = StoredRun {
-        id: id.clone(),
-        tenant: tenant.clone(),
-        namespace: run.metadata.namespace.clone().unwrap_or_default(),
-        status: outcome.phase.as_api_status().into(),
-        language: run.spec.language.as_str().into(),
+    let rec = RunRecord {
+        v: RECORD_VERSION,
+        id,
+        uid,
+        tenant: tenant.to_string(),
+        namespace: ns,
+        phase: outcome.phase,
+        language: run.spec.language,
         created_at: run
-            .metadata
-            .creation_timestamp
-            .as_ref()
+            .creation_timestamp()
             .map(|t| t.0.as_second())
             .unwrap_or(completed_at),
         started_at,
         completed_at: Some(completed_at),
         exit_code: outcome.exit_code,
         signal: outcome.signal,
-        stdout: record
-            .map(|r| String::from_utf8_lossy(&r.stdout).into_owned())
-            .unwrap_or_default(),
-        stderr: record
-            .map(|r| String::from_utf8_lossy(&r.stderr).into_owned())
-            .unwrap_or_default(),
+        stdout_head: head(stdout, HEAD_BYTES),
+        stderr_head: head(stderr, HEAD_BYTES),
+        stdout_bytes: stdout.len() as u64,
+        stderr_bytes: stderr.len() as u64,
         stdout_truncated: record.is_some_and(|r| r.stdout_truncated),
         stderr_truncated: record.is_some_and(|r| r.stderr_truncated),
-        usage: RunUsage {
-            wall_ms: outcome.usage.wall_ms,
-            cpu_ms: outcome.usage.cpu_ms,
-            memory_peak_bytes: outcome.usage.memory_peak_bytes,
-        },
-        artifacts: artifacts
-            .iter()
-            .map(|a| ArtifactRecord {
-                id: a.id.clone(),
-                filename: a.name.clone(),
-                bytes: a.bytes,
-                sha256: a.sha256.clone(),
-            })
-            .collect(),
-        error: outcome.reason.as_ref().map(|code| RunError {
-            code: code.clone(),
+        usage: outcome.usage.clone().unwrap_or_default(),
+        artifacts: artifacts.clone(),
+        error: outcome.reason.map(|code| RunError {
+            code,
             message: outcome.message.clone().unwrap_or_default(),
         }),
+        start_mode: run.status.as_ref().and_then(|s| s.start_mode),
     };
-    store.put_run(&stored).await?;
-    Ok((artifacts, store.run_record_key(&tenant, &id)?))
-}
-
-/// Parses a log, mapping a protocol violation to a failed record rather than an error loop.
-pub fn parse(log: &[u8], limits: &EffectiveLimits) -> Result<RunRecord, String> {
-    parse_record(log, record_limits(limits)).map_err(|e| e.to_string())
+    let record_key = store.put_run(&rec).await?;
+    Ok(Stored {
+        artifacts,
+        record_key,
+    })
 }

@@ -1,5 +1,9 @@
-//! Start-up: the controller, its watches, and the metrics/health endpoint.
-use std::sync::Arc;
+//! Start-up: settings checked, the metrics endpoint, leader election, the cluster's pods and
+//! nodes watched, then the controller, the admission pump, the warm pools and the refresher
+//! of places in line, until the lease is lost or a signal stops it.
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -7,56 +11,79 @@ use axum::routing::get;
 use codeinterp_crds::{CodeRun, RUNNER_LABEL, SHARD_LABEL};
 use codeinterp_store::Store;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::admission::{Caps, Queue};
 use crate::config::Config;
+use crate::context::Context;
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context};
+use crate::status::MANAGER;
+use crate::{leader, pool, reconcile};
+
+/// What the operator keeps of a pod: all of a runner pod (its spec is checked before a pool
+/// pod is trusted), only placement and requests of any other.
+fn slim_pod(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    pod.annotations_mut().clear();
+    if pod.labels().contains_key(RUNNER_LABEL) {
+        return;
+    }
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        spec.init_containers = None;
+        spec.tolerations = None;
+        spec.affinity = None;
+        for c in &mut spec.containers {
+            let resources = c.resources.take();
+            *c = k8s_openapi::api::core::v1::Container {
+                name: std::mem::take(&mut c.name),
+                resources,
+                ..Default::default()
+            };
+        }
+    }
+    if let Some(status) = pod.status.as_mut() {
+        let phase = status.phase.take();
+        *status = k8s_openapi::api::core::v1::PodStatus {
+            phase,
+            ..Default::default()
+        };
+    }
+}
+
+fn slim_node(node: &mut Node) {
+    node.managed_fields_mut().clear();
+    node.annotations_mut().clear();
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+    }
+}
+
+/// A stream that yields whenever `notify` is notified.
+fn notifications(notify: Arc<Notify>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(notify, |n| async move {
+        n.notified().await;
+        Some(((), n))
+    })
+}
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    cfg.check().map_err(anyhow::Error::msg)?;
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
     let store = Store::open(&cfg.storage_url).context("opening object storage")?;
     let metrics = Metrics::default();
-    let reporter = Reporter {
-        controller: reconcile::MANAGER.into(),
-        instance: std::env::var("POD_NAME")
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok()),
-    };
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        maxima: cfg.maxima(),
-        recorder: Recorder::new(client.clone(), reporter),
-        store,
-        metrics: metrics.clone(),
-        apparmor_nodes: std::sync::Mutex::new(None),
-        cfg: cfg.clone(),
-    });
 
-    let (runs, pods): (Api<CodeRun>, Api<Pod>) = match &cfg.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    // Fail fast with a clear message when the CRD is not installed.
-    runs.list(&kube::api::ListParams::default().limit(1))
-        .await
-        .context("listing CodeRuns (is the CRD installed?)")?;
-
+    let served = metrics.clone();
     let metrics_app = Router::new()
-        .route(
-            "/metrics",
-            get(move || std::future::ready(metrics.encode())),
-        )
+        .route("/metrics", get(move || std::future::ready(served.encode())))
         .route("/healthz", get(|| std::future::ready("ok")));
     let listener = tokio::net::TcpListener::bind(&cfg.metrics_addr)
         .await
@@ -67,28 +94,188 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
 
-    info!(
-        namespace = cfg.namespace.as_deref().unwrap_or("*"),
-        "operator started"
-    );
+    let (runs_api, pods_api): (Api<CodeRun>, Api<Pod>) = match &cfg.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    // Fail fast with a clear message when the CRD is not installed.
+    runs_api
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .context("listing CodeRuns (is the CRD installed?)")?;
+
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into()),
+                std::process::id()
+            )
+        });
+    let mut leadership = tokio::select! {
+        l = leader::acquire(client.clone(), &cfg, &identity) => l?,
+        _ = leader::stop_signal() => return Ok(()),
+    };
+    metrics.is_leader.set(1);
+
+    // The whole cluster's pods and nodes: room for admission, the runs' pods, the pools.
+    let changed = Arc::new(Notify::new());
+    let pool_changed = Arc::new(Notify::new());
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let (nodes, nodes_writer) = reflector::store::<Node>();
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(slim_pod)
+        .reflect(pods_writer);
+    let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(slim_node)
+        .reflect(nodes_writer);
+    for (name, mut events) in [
+        ("pods", pod_events.map(|e| e.map(|_| ())).boxed()),
+        ("nodes", node_events.map(|e| e.map(|_| ())).boxed()),
+    ] {
+        let (changed, pool_changed) = (changed.clone(), pool_changed.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                if let Err(e) = event {
+                    warn!(watch = name, error = %e, "watching the cluster");
+                }
+                changed.notify_one();
+                pool_changed.notify_one();
+            }
+        });
+    }
+    pods.wait_until_ready().await.context("listing pods")?;
+    nodes.wait_until_ready().await.context("listing nodes")?;
+
     let shard = match &cfg.shard {
         Some(shard) => format!("{SHARD_LABEL}={shard}"),
         None => format!("!{SHARD_LABEL}"),
     };
-    Controller::new(runs, watcher::Config::default().labels(&shard))
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    let controller = Controller::new(runs_api, watcher::Config::default().labels(&shard))
         .owns(
-            pods,
+            pods_api,
             watcher::Config::default().labels(&format!("{RUNNER_LABEL}=true")),
         )
-        .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
-        .shutdown_on_signal()
+        .reconcile_on(woken)
+        .with_config(ControllerConfig::default().concurrency(cfg.concurrency));
+    let runs = controller.store();
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: Some(identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        maxima: cfg.maxima(),
+        pools: cfg.pools(),
+        recorder: Recorder::new(client.clone(), reporter),
+        store,
+        metrics: metrics.clone(),
+        pods,
+        nodes,
+        runs: runs.clone(),
+        queue: Mutex::new(Queue::new(Caps {
+            running_per_tenant: cfg.max_running_per_tenant,
+            queued_per_tenant: cfg.max_queued_per_tenant,
+            concurrent: cfg.max_concurrent_runs,
+        })),
+        sessions: Mutex::new(HashSet::new()),
+        fresh_pods: Mutex::new(HashSet::new()),
+        claiming: Mutex::new(HashSet::new()),
+        wake,
+        policies: Mutex::new(HashMap::new()),
+        finished: Mutex::new(HashMap::new()),
+        cfg: cfg.clone(),
+    });
+
+    // Once the runs are listed: those that hold a pod count against their tenants' caps
+    // from the start, then the pump admits in order.
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if runs.wait_until_ready().await.is_err() {
+                return;
+            }
+            {
+                let mut queue = ctx.queue.lock().expect("lock");
+                for run in runs.state() {
+                    if run.is_finished() {
+                        continue;
+                    }
+                    if ctx.find_pod(&run).is_some() {
+                        queue.hold(&run.uid().unwrap_or_default(), &ctx.tenant(&run));
+                    }
+                }
+            }
+            let mut changes = std::pin::pin!(notifications(changed));
+            loop {
+                ctx.pump();
+                if changes.next().await.is_none() {
+                    return;
+                }
+                // Gather a burst of changes into one pass.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+    tokio::spawn(pool::run(ctx.clone(), notifications(pool_changed)));
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if ctx.runs.wait_until_ready().await.is_err() {
+                    continue;
+                }
+                // Runs deleted while they waited or held room give it back.
+                let uids: HashSet<String> =
+                    ctx.runs.state().iter().filter_map(|r| r.uid()).collect();
+                ctx.queue
+                    .lock()
+                    .expect("lock")
+                    .retain(|uid| uids.contains(uid));
+                ctx.pump();
+                reconcile::start::refresh_positions(&ctx).await;
+            }
+        });
+    }
+
+    info!(
+        namespace = cfg.namespace.as_deref().unwrap_or("*"),
+        pools = ctx.pools.len(),
+        "operator started"
+    );
+    let controlling = controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "reconcile");
             }
-        })
-        .await;
-    info!("operator stopped");
-    Ok(())
+        });
+    // Asked to stop, this replica stops at once and hands the lease over: what its sessions
+    // were reading, the next leader reads from the pods' logs.
+    tokio::select! {
+        _ = controlling => {
+            leadership.step_down().await;
+            info!("operator stopped");
+            Ok(())
+        }
+        _ = leader::stop_signal() => {
+            metrics.is_leader.set(0);
+            leadership.step_down().await;
+            info!("operator stopped; a standby takes over");
+            Ok(())
+        }
+        _ = leadership.lost() => {
+            metrics.is_leader.set(0);
+            anyhow::bail!("lost the lease: stopping so that only the new leader acts")
+        }
+    }
 }

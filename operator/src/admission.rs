@@ -1,0 +1,652 @@
+//! Admission: which waiting run gets room next. Runs wait in one line per tenant (first come,
+//! first served) and the lines take turns (round robin), so a tenant's backlog of a thousand
+//! delays another tenant's single run by about one run. Room is what the schedulable nodes
+//! can still hold, read from the watched nodes and pods (every pod's requests, of any shard or
+//! namespace), less what runs admitted a moment ago will request. Pure: the operator feeds it
+//! the cluster as it watches it.
+use std::collections::{HashMap, VecDeque};
+
+use codeinterp_crds::CodeRun;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::ObjectRef;
+
+use crate::pod_spec::quantity_units;
+
+/// What a run's pod will request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub cpu_millicores: u64,
+    pub memory_bytes: u64,
+}
+
+/// A run waiting for room.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub key: ObjectRef<CodeRun>,
+    pub uid: String,
+    pub tenant: String,
+    pub demand: Demand,
+    /// The warm pool whose pods fit the run, if any.
+    pub pool: Option<String>,
+    /// Creation time (seconds) and name: the order within a tenant's line.
+    pub created: i64,
+}
+
+/// The answer to a run asking for room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Go ahead: create or claim a pod.
+    Admitted,
+    /// Wait: this is the run's place in line (1 is next).
+    Queued { position: u32 },
+    /// The tenant already has as many runs waiting as it may.
+    Full,
+}
+
+/// Caps on what one tenant, and everyone, may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    /// Runs of one tenant running at once (0: no cap).
+    pub running_per_tenant: usize,
+    /// Runs of one tenant waiting.
+    pub queued_per_tenant: usize,
+    /// Runs running at once in all (0: no cap).
+    pub concurrent: usize,
+}
+
+#[derive(Clone, Debug)]
+struct Holder {
+    tenant: String,
+    demand: Demand,
+    /// Admitted, its pod not yet seen: its demand is reserved in the room.
+    reserved: bool,
+}
+
+/// The waiting lines and the runs holding room.
+#[derive(Debug)]
+pub struct Queue {
+    caps: Caps,
+    lines: HashMap<String, VecDeque<Entry>>,
+    /// Tenants with runs waiting, in the order they take turns.
+    turns: VecDeque<String>,
+    holders: HashMap<String, Holder>,
+}
+
+impl Queue {
+    pub fn new(caps: Caps) -> Self {
+        Queue {
+            caps,
+            lines: HashMap::new(),
+            turns: VecDeque::new(),
+            holders: HashMap::new(),
+        }
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.lines.values().map(VecDeque::len).sum()
+    }
+
+    pub fn holding(&self) -> usize {
+        self.holders.len()
+    }
+
+    fn holding_of(&self, tenant: &str) -> usize {
+        self.holders.values().filter(|h| h.tenant == tenant).count()
+    }
+
+    /// Demands of admitted runs whose pods are not in the cluster's view yet.
+    pub fn reservations(&self) -> impl Iterator<Item = Demand> + '_ {
+        self.holders
+            .values()
+            .filter(|h| h.reserved)
+            .map(|h| h.demand)
+    }
+
+    /// A run that holds a pod already (found at start-up, or claimed): counts against its
+    /// tenant's cap, reserves nothing.
+    pub fn hold(&mut self, uid: &str, tenant: &str) {
+        self.remove_waiting(uid);
+        self.holders.insert(
+            uid.to_string(),
+            Holder {
+                tenant: tenant.to_string(),
+                demand: Demand::default(),
+                reserved: false,
+            },
+        );
+    }
+
+    /// The run's pod is in the cluster's view now: its requests count there.
+    pub fn pod_seen(&mut self, uid: &str) {
+        if let Some(h) = self.holders.get_mut(uid) {
+            h.reserved = false;
+        }
+    }
+
+    /// The run finished or went away.
+    pub fn release(&mut self, uid: &str) {
+        self.holders.remove(uid);
+        self.remove_waiting(uid);
+    }
+
+    fn remove_waiting(&mut self, uid: &str) {
+        let mut emptied = None;
+        for (tenant, line) in self.lines.iter_mut() {
+            if let Some(i) = line.iter().position(|e| e.uid == uid) {
+                line.remove(i);
+                if line.is_empty() {
+                    emptied = Some(tenant.clone());
+                }
+                break;
+            }
+        }
+        if let Some(t) = emptied {
+            self.lines.remove(&t);
+            self.turns.retain(|x| *x != t);
+        }
+    }
+
+    /// Forgets runs that no longer exist (deleted while waiting or holding room).
+    pub fn retain(&mut self, exists: impl Fn(&str) -> bool) {
+        self.holders.retain(|uid, _| exists(uid));
+        let gone: Vec<String> = self
+            .lines
+            .values()
+            .flatten()
+            .filter(|e| !exists(&e.uid))
+            .map(|e| e.uid.clone())
+            .collect();
+        for uid in gone {
+            self.remove_waiting(&uid);
+        }
+    }
+
+    /// A run asks for room. Admitted runs stay admitted until released.
+    pub fn request(&mut self, entry: Entry) -> Decision {
+        if self.holders.contains_key(&entry.uid) {
+            return Decision::Admitted;
+        }
+        if let Some(position) = self.position_of(&entry.uid) {
+            return Decision::Queued { position };
+        }
+        let line = self.lines.entry(entry.tenant.clone()).or_default();
+        if line.len() >= self.caps.queued_per_tenant {
+            if line.is_empty() {
+                self.lines.remove(&entry.tenant);
+            }
+            return Decision::Full;
+        }
+        let at = line
+            .iter()
+            .position(|e| (e.created, &e.key.name) > (entry.created, &entry.key.name))
+            .unwrap_or(line.len());
+        let tenant = entry.tenant.clone();
+        line.insert(at, entry.clone());
+        if !self.turns.contains(&tenant) {
+            self.turns.push_back(tenant);
+        }
+        match self.position_of(&entry.uid) {
+            Some(position) => Decision::Queued { position },
+            None => Decision::Admitted,
+        }
+    }
+
+    /// Admits as many waiting runs as the room (and free warm pods) allow, taking turns
+    /// between tenants. Returns the admitted runs, to be woken.
+    pub fn pump(&mut self, room: &mut Room, free_warm: &mut HashMap<String, usize>) -> Vec<Entry> {
+        let mut admitted = Vec::new();
+        let mut stalled = 0;
+        while stalled < self.turns.len() {
+            if self.caps.concurrent > 0 && self.holders.len() >= self.caps.concurrent {
+                break;
+            }
+            let Some(tenant) = self.turns.pop_front() else {
+                break;
+            };
+            let capped = self.caps.running_per_tenant > 0
+                && self.holding_of(&tenant) >= self.caps.running_per_tenant;
+            let head = self.lines.get(&tenant).and_then(|l| l.front()).cloned();
+            let Some(head) = head.filter(|_| !capped) else {
+                self.turns.push_back(tenant);
+                stalled += 1;
+                continue;
+            };
+            let warm = head
+                .pool
+                .as_ref()
+                .and_then(|p| free_warm.get_mut(p))
+                .filter(|n| **n > 0);
+            let reserved = if let Some(n) = warm {
+                *n -= 1;
+                false
+            } else if room.take(head.demand) {
+                true
+            } else {
+                self.turns.push_back(tenant);
+                stalled += 1;
+                continue;
+            };
+            stalled = 0;
+            let line = self.lines.get_mut(&tenant).expect("the tenant has a line");
+            line.pop_front();
+            if line.is_empty() {
+                self.lines.remove(&tenant);
+            } else {
+                self.turns.push_back(tenant.clone());
+            }
+            self.holders.insert(
+                head.uid.clone(),
+                Holder {
+                    tenant,
+                    demand: head.demand,
+                    reserved,
+                },
+            );
+            admitted.push(head);
+        }
+        admitted
+    }
+
+    /// Places in line (1 is next) of every waiting run, in the order turns would admit them.
+    pub fn positions(&self) -> Vec<(ObjectRef<CodeRun>, u32)> {
+        let mut out = Vec::with_capacity(self.waiting());
+        for tenant in &self.turns {
+            for (i, e) in self.lines[tenant].iter().enumerate() {
+                out.push((e.key.clone(), self.position(tenant, i)));
+            }
+        }
+        out
+    }
+
+    pub fn position_of(&self, uid: &str) -> Option<u32> {
+        self.turns.iter().find_map(|tenant| {
+            let i = self.lines[tenant].iter().position(|e| e.uid == uid)?;
+            Some(self.position(tenant, i))
+        })
+    }
+
+    /// The `i`th run of `tenant`'s line goes after the first `i` runs of every line, and
+    /// after the `i`th of the lines whose turn comes before its tenant's.
+    fn position(&self, tenant: &str, i: usize) -> u32 {
+        let mut before = 0usize;
+        for t in &self.turns {
+            let len = self.lines[t].len();
+            before += len.min(i);
+            if t == tenant {
+                break;
+            }
+            if len > i {
+                before += 1;
+            }
+        }
+        // Recount the lines after the tenant's turn: only their first `i` runs come first.
+        let after: usize = self
+            .turns
+            .iter()
+            .skip_while(|t| *t != tenant)
+            .skip(1)
+            .map(|t| self.lines[t].len().min(i))
+            .sum();
+        (before + after + 1) as u32
+    }
+}
+
+/// What the schedulable nodes can still hold, node by node (a run's pod must fit one node).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Room {
+    nodes: Vec<NodeRoom>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct NodeRoom {
+    cpu_millicores: i64,
+    memory_bytes: i64,
+    pods: i64,
+}
+
+impl NodeRoom {
+    fn fits(&self, d: Demand) -> bool {
+        self.pods >= 1
+            && self.cpu_millicores >= d.cpu_millicores as i64
+            && self.memory_bytes >= d.memory_bytes as i64
+    }
+
+    fn take(&mut self, d: Demand) {
+        self.pods -= 1;
+        self.cpu_millicores -= d.cpu_millicores as i64;
+        self.memory_bytes -= d.memory_bytes as i64;
+    }
+}
+
+/// A node pods may be scheduled on: ready, not cordoned, no taint runner pods do not
+/// tolerate (they tolerate none).
+pub fn schedulable(node: &Node) -> bool {
+    let spec = node.spec.clone().unwrap_or_default();
+    if spec.unschedulable == Some(true) {
+        return false;
+    }
+    if spec
+        .taints
+        .iter()
+        .flatten()
+        .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+    {
+        return false;
+    }
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// What a pod requests (what the scheduler counts): its containers' requests, or their limits
+/// where no request is given.
+pub fn pod_demand(pod: &Pod) -> Demand {
+    let mut d = Demand::default();
+    for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        let res = c.resources.clone().unwrap_or_default();
+        let get = |k: &str| {
+            res.requests
+                .as_ref()
+                .and_then(|r| r.get(k))
+                .or_else(|| res.limits.as_ref().and_then(|l| l.get(k)))
+                .and_then(|q| quantity_units(&q.0))
+                .unwrap_or(0)
+                .max(0) as u64
+        };
+        d.cpu_millicores += get("cpu");
+        d.memory_bytes += get("memory") / 1000;
+    }
+    d
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+impl Room {
+    /// The room left: allocatable of the schedulable nodes, less the requests of every pod
+    /// bound to them and (placed first-fit, as the scheduler would) of pods not bound yet
+    /// and of the `reserved` demands.
+    pub fn of_cluster<'a>(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+        reserved: impl IntoIterator<Item = Demand>,
+    ) -> Room {
+        let mut names = Vec::new();
+        let mut room = Room::default();
+        for node in nodes.into_iter().filter(|n| schedulable(n)) {
+            let alloc = node
+                .status
+                .as_ref()
+                .and_then(|s| s.allocatable.clone())
+                .unwrap_or_default();
+            let q = |k: &str| alloc.get(k).and_then(|q| quantity_units(&q.0)).unwrap_or(0);
+            names.push(node.metadata.name.clone().unwrap_or_default());
+            room.nodes.push(NodeRoom {
+                cpu_millicores: q("cpu") as i64,
+                memory_bytes: (q("memory") / 1000) as i64,
+                pods: (q("pods") / 1000) as i64,
+            });
+        }
+        let mut unbound = Vec::new();
+        for pod in pods.into_iter().filter(|p| !is_terminal(p)) {
+            let d = pod_demand(pod);
+            match pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
+                Some(node) => {
+                    if let Some(i) = names.iter().position(|n| n == node) {
+                        room.nodes[i].take(d);
+                    }
+                }
+                None => unbound.push(d),
+            }
+        }
+        for d in unbound.into_iter().chain(reserved) {
+            room.take(d);
+        }
+        room
+    }
+
+    /// Takes room for `d` on the first node that has it.
+    pub fn take(&mut self, d: Demand) -> bool {
+        match self.nodes.iter_mut().find(|n| n.fits(d)) {
+            Some(n) => {
+                n.take(d);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many pods of `d` would still fit.
+    pub fn how_many(&self, d: Demand) -> usize {
+        let mut copy = self.clone();
+        let mut n = 0;
+        while n < 10_000 && copy.take(d) {
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use std::collections::BTreeMap;
+
+    const SMALL: Demand = Demand {
+        cpu_millicores: 100,
+        memory_bytes: 100,
+    };
+
+    fn caps() -> Caps {
+        Caps {
+            running_per_tenant: 0,
+            queued_per_tenant: 1000,
+            concurrent: 0,
+        }
+    }
+
+    fn entry(tenant: &str, n: i64) -> Entry {
+        let name = format!("{tenant}-{n}");
+        Entry {
+            key: ObjectRef::new(&name).within("ns"),
+            uid: name,
+            tenant: tenant.into(),
+            demand: SMALL,
+            pool: None,
+            created: n,
+        }
+    }
+
+    /// Room for `n` small pods.
+    fn room(n: i64) -> Room {
+        Room {
+            nodes: vec![NodeRoom {
+                cpu_millicores: 100 * n,
+                memory_bytes: 100 * n,
+                pods: 1000,
+            }],
+        }
+    }
+
+    fn names(admitted: &[Entry]) -> Vec<String> {
+        admitted.iter().map(|e| e.uid.clone()).collect()
+    }
+
+    #[test]
+    fn tenants_take_turns_and_each_line_is_first_come_first_served() {
+        let mut q = Queue::new(caps());
+        for n in 0..5 {
+            q.request(entry("big", n));
+        }
+        q.request(entry("small", 10));
+        q.request(entry("small", 11));
+        let got = q.pump(&mut room(5), &mut HashMap::new());
+        assert_eq!(
+            names(&got),
+            ["big-0", "small-10", "big-1", "small-11", "big-2"]
+        );
+        assert_eq!(q.waiting(), 2);
+    }
+
+    #[test]
+    fn a_backlog_of_a_thousand_delays_another_tenants_run_by_one_turn() {
+        let mut q = Queue::new(caps());
+        for n in 0..1000 {
+            q.request(entry("big", n));
+        }
+        assert_eq!(
+            q.request(entry("small", 5000)),
+            Decision::Queued { position: 2 }
+        );
+        let got = q.pump(&mut room(2), &mut HashMap::new());
+        assert_eq!(names(&got), ["big-0", "small-5000"]);
+    }
+
+    #[test]
+    fn positions_follow_the_order_of_admission() {
+        let mut q = Queue::new(caps());
+        for n in 0..3 {
+            q.request(entry("a", n));
+        }
+        q.request(entry("b", 10));
+        let mut want: Vec<(String, u32)> = q
+            .positions()
+            .into_iter()
+            .map(|(k, p)| (k.name, p))
+            .collect();
+        want.sort_by_key(|(_, p)| *p);
+        let order: Vec<String> = want.into_iter().map(|(n, _)| n).collect();
+        let admitted = names(&q.pump(&mut room(10), &mut HashMap::new()));
+        assert_eq!(order, admitted);
+    }
+
+    #[test]
+    fn a_full_line_refuses_and_an_admitted_run_stays_admitted() {
+        let mut q = Queue::new(Caps {
+            queued_per_tenant: 2,
+            ..caps()
+        });
+        assert!(matches!(q.request(entry("a", 0)), Decision::Queued { .. }));
+        assert!(matches!(q.request(entry("a", 1)), Decision::Queued { .. }));
+        assert_eq!(q.request(entry("a", 2)), Decision::Full);
+        q.pump(&mut room(1), &mut HashMap::new());
+        assert_eq!(q.request(entry("a", 0)), Decision::Admitted);
+        assert!(matches!(
+            q.request(entry("a", 2)),
+            Decision::Queued { position: 2 }
+        ));
+    }
+
+    #[test]
+    fn caps_per_tenant_and_in_all_hold_back_runs_until_released() {
+        let mut q = Queue::new(Caps {
+            running_per_tenant: 1,
+            ..caps()
+        });
+        q.request(entry("a", 0));
+        q.request(entry("a", 1));
+        q.request(entry("b", 2));
+        assert_eq!(
+            names(&q.pump(&mut room(10), &mut HashMap::new())),
+            ["a-0", "b-2"]
+        );
+        assert!(q.pump(&mut room(10), &mut HashMap::new()).is_empty());
+        q.release("a-0");
+        assert_eq!(names(&q.pump(&mut room(10), &mut HashMap::new())), ["a-1"]);
+
+        let mut q = Queue::new(Caps {
+            concurrent: 1,
+            ..caps()
+        });
+        q.request(entry("a", 0));
+        q.request(entry("b", 1));
+        assert_eq!(q.pump(&mut room(10), &mut HashMap::new()).len(), 1);
+    }
+
+    #[test]
+    fn a_free_warm_pod_admits_without_room_and_is_used_once() {
+        let mut q = Queue::new(caps());
+        let mut e = entry("a", 0);
+        e.pool = Some("pool-python".into());
+        q.request(e);
+        let mut e = entry("a", 1);
+        e.pool = Some("pool-python".into());
+        q.request(e);
+        let mut warm = HashMap::from([("pool-python".to_string(), 1)]);
+        let got = q.pump(&mut room(0), &mut warm);
+        assert_eq!(names(&got), ["a-0"]);
+        assert_eq!(warm["pool-python"], 0);
+        assert_eq!(q.reservations().count(), 0, "a warm pod reserves nothing");
+    }
+
+    #[test]
+    fn an_admitted_run_reserves_room_until_its_pod_is_seen() {
+        let mut q = Queue::new(caps());
+        q.request(entry("a", 0));
+        q.pump(&mut room(1), &mut HashMap::new());
+        assert_eq!(q.reservations().collect::<Vec<_>>(), [SMALL]);
+        q.pod_seen("a-0");
+        assert_eq!(q.reservations().count(), 0);
+        assert_eq!(q.holding(), 1);
+        q.release("a-0");
+        assert_eq!(q.holding(), 0);
+    }
+
+    fn node(name: &str, cpu: &str, memory: &str, ready: bool) -> Node {
+        Node {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec::default()),
+            status: Some(NodeStatus {
+                allocatable: Some(BTreeMap::from([
+                    ("cpu".into(), Quantity(cpu.into())),
+                    ("memory".into(), Quantity(memory.into())),
+                    ("pods".into(), Quantity("110".into())),
+                ])),
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn pod_on(node: Option<&str>, cpu: &str, memory: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {
+                "requests": {"cpu": cpu, "memory": memory}}}]},
+            "status": {"phase": "Running"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn room_is_allocatable_less_every_pods_requests_on_ready_nodes() {
+        let nodes = [node("a", "2", "4Gi", true), node("b", "8", "64Gi", false)];
+        let run = Demand {
+            cpu_millicores: 100,
+            memory_bytes: 512 << 20,
+        };
+        assert_eq!(Room::of_cluster(&nodes, &[], []).how_many(run), 8);
+        let pods = [pod_on(Some("a"), "1", "1Gi"), pod_on(None, "100m", "512Mi")];
+        // 4 Gi - 1 Gi bound - 512 Mi pending = 2.5 Gi: 5 runs of 512 Mi.
+        let room = Room::of_cluster(&nodes, &pods, [run]);
+        assert_eq!(room.how_many(run), 4);
+        let mut cordoned = node("a", "2", "4Gi", true);
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        assert_eq!(Room::of_cluster(&[cordoned], &[], []).how_many(run), 0);
+    }
+}

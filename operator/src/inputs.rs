@@ -1,0 +1,180 @@
+//! A run's inputs, resolved before it gets a pod (so a bad one fails at once) and streamed
+//! to the pod's stdin as the job: the header, then the source, stdin and each input file,
+//! uploaded ones straight from object storage, never whole in memory.
+use base64::Engine;
+use codeinterp_crds::{CodeRun, EffectiveLimits, Reason};
+use codeinterp_store::Store;
+use futures::TryStreamExt;
+use runner_protocol::{InputFile, Job, PROTOCOL_VERSION};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Where an input file's bytes come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    Inline(Vec<u8>),
+    Stored { tenant: String, id: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    pub job: Job,
+    code: Vec<u8>,
+    stdin: Option<Vec<u8>>,
+    files: Vec<Source>,
+}
+
+/// Why the inputs cannot be given to the run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub message: String,
+}
+
+fn refuse(reason: Reason, message: String) -> Refusal {
+    Refusal { reason, message }
+}
+
+/// Checks every input and learns every size. `tenant` is whose uploaded files the run may
+/// read, `None` when it may read none (a run the REST API did not create).
+pub async fn resolve(
+    store: &Store,
+    run: &CodeRun,
+    limits: &EffectiveLimits,
+    tenant: Option<&str>,
+    max_input_bytes: u64,
+) -> Result<Inputs, Refusal> {
+    let mut files = Vec::new();
+    let mut sources = Vec::new();
+    for f in &run.spec.files {
+        let (bytes, source) = match (&f.content_base64, &f.file_id) {
+            (Some(b64), _) => {
+                let content = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| {
+                        refuse(
+                            Reason::InvalidInput,
+                            format!("input file {:?}: contentBase64 is not valid base64", f.name),
+                        )
+                    })?;
+                (content.len() as u64, Source::Inline(content))
+            }
+            (None, Some(id)) => {
+                let Some(tenant) = tenant else {
+                    return Err(refuse(
+                        Reason::InvalidInput,
+                        format!(
+                            "input file {:?}: fileId inputs are for runs created through the REST API",
+                            f.name
+                        ),
+                    ));
+                };
+                let meta = store
+                    .get_file_meta(tenant, id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        refuse(
+                            Reason::InvalidInput,
+                            format!("input file {:?}: no file {id:?}", f.name),
+                        )
+                    })?;
+                (
+                    meta.bytes,
+                    Source::Stored {
+                        tenant: tenant.to_string(),
+                        id: id.clone(),
+                    },
+                )
+            }
+            (None, None) => {
+                return Err(refuse(
+                    Reason::InvalidInput,
+                    format!("input file {:?} has no content", f.name),
+                ));
+            }
+        };
+        files.push(InputFile {
+            name: f.name.clone(),
+            bytes,
+        });
+        sources.push(source);
+    }
+    let total: u64 = files.iter().map(|f| f.bytes).sum();
+    let cap = max_input_bytes.min(limits.max_input_bytes());
+    if total > cap {
+        return Err(refuse(
+            Reason::InputsTooLarge,
+            format!(
+                "input files are {total} bytes; a run may be given at most {cap} (raise limits.disk_mb, up to the service's maximum)"
+            ),
+        ));
+    }
+    let code = run.spec.code.clone().into_bytes();
+    let stdin = run.spec.stdin.clone().map(String::into_bytes);
+    let job = Job {
+        v: PROTOCOL_VERSION,
+        language: run.spec.language,
+        args: run.spec.args.clone(),
+        limits: limits.clone(),
+        code_bytes: code.len() as u64,
+        stdin_bytes: stdin.as_ref().map(|s| s.len() as u64),
+        files,
+    };
+    let line = job.header_line();
+    Job::parse_header(&line[..line.len() - 1])
+        .map_err(|e| refuse(Reason::InvalidInput, e.to_string()))?;
+    Ok(Inputs {
+        job,
+        code,
+        stdin,
+        files: sources,
+    })
+}
+
+impl Inputs {
+    /// Writes the job to the pod's stdin. Uploaded files are copied from object storage as
+    /// they stream, and must be exactly the size their metadata said.
+    pub async fn write(
+        &self,
+        store: &Store,
+        out: &mut (impl AsyncWrite + Unpin),
+    ) -> std::io::Result<()> {
+        out.write_all(&self.job.header_line()).await?;
+        out.write_all(&self.code).await?;
+        if let Some(stdin) = &self.stdin {
+            out.write_all(stdin).await?;
+        }
+        for (file, source) in self.job.files.iter().zip(&self.files) {
+            match source {
+                Source::Inline(bytes) => out.write_all(bytes).await?,
+                Source::Stored { tenant, id } => {
+                    let mut stream = store
+                        .get_file_content(tenant, id)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    let mut sent = 0u64;
+                    while let Some(chunk) =
+                        stream.try_next().await.map_err(std::io::Error::other)?
+                    {
+                        sent += chunk.len() as u64;
+                        if sent > file.bytes {
+                            return Err(std::io::Error::other(format!(
+                                "input file {:?} grew past its size",
+                                file.name
+                            )));
+                        }
+                        out.write_all(&chunk).await?;
+                    }
+                    if sent != file.bytes {
+                        return Err(std::io::Error::other(format!(
+                            "input file {:?} is shorter than its size",
+                            file.name
+                        )));
+                    }
+                }
+            }
+        }
+        out.flush().await
+    }
+}
