@@ -1,17 +1,51 @@
 //! Bearer-token authentication. The middleware resolves a token to a [`Caller`] (or refuses
 //! a wrong one); handlers that need a tenant take `Caller` as an extractor, which answers
 //! 401 when no token was given. Requests without a token go on, because a signed download
-//! URL needs none.
-use axum::extract::{FromRequestParts, OptionalFromRequestParts, Request, State};
+//! URL needs none. Every failed attempt counts against the client's address: past its
+//! budget the address gets 429, whatever it sends, until the budget refills.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, OptionalFromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use crate::config::{ApiKey, token_digest};
+use crate::config::{ApiKey, Settings, token_digest};
 use crate::error::ApiError;
+use crate::ratelimit::retry_after_secs;
 use crate::state::AppState;
+
+/// The client's address: the connection's peer, or the last address of the trusted proxy's
+/// header when one is configured. Requests with neither (tests) are `0.0.0.0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+impl ClientAddr {
+    pub fn of(req: &Request, settings: &Settings) -> Self {
+        if let Some(header) = &settings.trusted_proxy_header
+            && let Some(addr) = req
+                .headers()
+                .get(header)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|a| a.trim().parse::<IpAddr>().ok())
+        {
+            return ClientAddr(addr);
+        }
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        // An IPv4 client of a dual-stack socket is the same client as over IPv4.
+        ClientAddr(match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        })
+    }
+}
 
 /// Who is calling: the tenant (the key's label) and which key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,31 +119,69 @@ fn incorrect_key() -> ApiError {
     }
 }
 
+/// A failed attempt: 401 (or whatever `refusal` is), or 429 once the address is over its
+/// budget of failures.
+pub fn failure(state: &AppState, addr: ClientAddr, refusal: ApiError) -> Response {
+    state.metrics.auth_failed();
+    match state.rate_limits.failed(addr.0) {
+        Some(wait) => ApiError::RateLimited {
+            retry_after_secs: retry_after_secs(wait),
+        }
+        .into_response(),
+        None => refusal.into_response(),
+    }
+}
+
 /// Middleware: resolves the bearer token, refuses a wrong or malformed one, and records
 /// the tenant on the request's span.
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let addr = ClientAddr::of(&req, &state.settings);
+    req.extensions_mut().insert(addr);
     let header = req
         .headers()
         .get(AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
-    match credentials(header) {
+    let credentials = credentials(header);
+    if credentials != Credentials::None
+        && let Some(wait) = state.rate_limits.blocked(addr.0)
+    {
+        // Over its budget of failures: no token is even looked at, so a right guess cannot
+        // be told from a wrong one.
+        return ApiError::RateLimited {
+            retry_after_secs: retry_after_secs(wait),
+        }
+        .into_response();
+    }
+    match credentials {
         Credentials::None => {}
         Credentials::Malformed => {
-            return ApiError::Unauthorized {
+            let refusal = ApiError::Unauthorized {
                 message: "The Authorization header must be 'Bearer <API key>'.".into(),
                 code: Some("invalid_api_key"),
-            }
-            .into_response();
+            };
+            return failure(&state, addr, refusal);
         }
         Credentials::Bearer(token) => match state.keys.authenticate(token) {
             Some(caller) => {
                 tracing::Span::current().record("tenant", caller.tenant.as_str());
                 req.extensions_mut().insert(caller);
             }
-            None => return incorrect_key().into_response(),
+            None => return failure(&state, addr, incorrect_key()),
         },
     }
     next.run(req).await
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientAddr>()
+            .copied()
+            .unwrap_or(ClientAddr(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {

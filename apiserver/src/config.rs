@@ -17,6 +17,9 @@ pub struct Config {
     /// Port to listen on (all interfaces).
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
+    /// Port of `/metrics` (Prometheus), apart from the API so it is not public with it.
+    #[arg(long, env = "METRICS_PORT", default_value_t = 9091)]
+    pub metrics_port: u16,
     /// Comma-separated `token:label:rps:burst`; the label is the tenant.
     #[arg(long, env = "API_KEYS", default_value = "", hide_env_values = true)]
     pub api_keys: String,
@@ -45,9 +48,8 @@ pub struct Config {
     /// the same `--shard` (e.g. one per storage backend).
     #[arg(long, env = "SHARD", value_parser = parse_shard)]
     pub shard: Option<String>,
-    /// Largest file accepted by `POST /v1/files`. Inputs reach a run through a Secret that
-    /// holds about 900 KiB in all, so larger files could not be given to a run anyway.
-    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 512 * 1024)]
+    /// Largest file accepted by `POST /v1/files` (streamed to object storage).
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub max_upload_bytes: u64,
     /// Lifetime of signed artifact URLs.
     #[arg(long, env = "URL_TTL_SECONDS", default_value_t = 3600)]
@@ -58,33 +60,44 @@ pub struct Config {
     /// Added to a run's timeout when waiting for it (queueing, pod start, storing results).
     #[arg(long, env = "WAIT_SLACK_SECONDS", default_value_t = 150)]
     pub wait_slack_seconds: u64,
-    /// Deadline for every other request.
+    /// Deadline for every other request (streams have none).
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     pub request_timeout_seconds: u64,
-    /// Ceilings on per-run limits; keep them equal to the operator's.
+    /// Ceilings on per-run limits; the chart gives the operator the same values.
     #[arg(long, env = "MAX_TIMEOUT_MS", default_value_t = 300_000)]
     pub max_timeout_ms: u64,
     #[arg(long, env = "MAX_MEMORY_MB", default_value_t = 4096)]
     pub max_memory_mb: u64,
-    /// Rate and burst shared by requests without a bearer token (signed downloads).
+    /// Most MiB of input files one run may be given.
+    #[arg(long, env = "MAX_INPUT_MB", default_value_t = 100)]
+    pub max_input_mb: u64,
+    /// Most runs of one tenant waiting for room: past it `POST /v1/runs` answers 429
+    /// `queue_full` (the operator is given the same value).
+    #[arg(long, env = "MAX_QUEUED_PER_TENANT", default_value_t = 1000)]
+    pub max_queued_per_tenant: usize,
+    /// Rate and burst of requests without a bearer token, per client address: signed
+    /// downloads, whose signature is checked first (a bad one costs a valid link nothing).
     #[arg(long, env = "ANONYMOUS_RPS", default_value_t = 20.0)]
     pub anonymous_rps: f64,
     #[arg(long, env = "ANONYMOUS_BURST", default_value_t = 40)]
     pub anonymous_burst: u32,
-    /// Runner hardening and images are the operator's to apply; the API server accepts
-    /// them so one environment can configure both, and reports them at start-up.
-    #[arg(long, env = "SECCOMP_PROFILE")]
-    pub seccomp_profile: Option<String>,
-    #[arg(long, env = "APPARMOR_PROFILE")]
-    pub apparmor_profile: Option<String>,
-    #[arg(long, env = "RUNNER_IMAGE_PYTHON")]
-    pub runner_image_python: Option<String>,
-    #[arg(long, env = "RUNNER_IMAGE_NODE")]
-    pub runner_image_node: Option<String>,
-    #[arg(long, env = "RUNNER_IMAGE_RUBY")]
-    pub runner_image_ruby: Option<String>,
-    #[arg(long, env = "RUNNER_IMAGE_PHP")]
-    pub runner_image_php: Option<String>,
+    /// Failed authentications (a wrong or missing token, a bad signature) allowed per client
+    /// address: rate and burst. Past them the address gets 429 for a while, whatever token
+    /// it sends, so keys cannot be guessed online.
+    #[arg(long, env = "AUTH_FAILURE_RPS", default_value_t = 1.0)]
+    pub auth_failure_rps: f64,
+    #[arg(long, env = "AUTH_FAILURE_BURST", default_value_t = 30)]
+    pub auth_failure_burst: u32,
+    /// A header carrying the client's address, set by a trusted proxy in front (e.g.
+    /// `x-forwarded-for`; its last address is used). Unset: the connection's peer address.
+    #[arg(long, env = "TRUSTED_PROXY_HEADER")]
+    pub trusted_proxy_header: Option<String>,
+    /// Memory for finished runs served from memory instead of object storage.
+    #[arg(long, env = "RUN_CACHE_MB", default_value_t = 64)]
+    pub run_cache_mb: u64,
+    /// Live output streams (`/events`) one tenant may hold open at once.
+    #[arg(long, env = "MAX_STREAMS_PER_TENANT", default_value_t = 32)]
+    pub max_streams_per_tenant: usize,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     pub print_openapi: bool,
@@ -101,16 +114,75 @@ pub struct Settings {
     pub wait_slack: Duration,
     pub request_timeout: Duration,
     pub maxima: Maxima,
+    pub max_queued_per_tenant: usize,
+    pub max_streams_per_tenant: usize,
+    pub trusted_proxy_header: Option<axum::http::HeaderName>,
 }
 
 impl Config {
-    pub fn settings(&self) -> Settings {
-        let mut maxima = Maxima::default();
-        maxima.max.timeout_ms = self.max_timeout_ms;
-        maxima.max.memory_mb = self.max_memory_mb;
-        maxima.defaults.timeout_ms = maxima.defaults.timeout_ms.min(maxima.max.timeout_ms);
-        maxima.defaults.memory_mb = maxima.defaults.memory_mb.min(maxima.max.memory_mb);
-        Settings {
+    pub fn maxima(&self) -> Maxima {
+        Maxima::with_ceilings(self.max_timeout_ms, self.max_memory_mb, self.max_input_mb)
+    }
+
+    /// The settings, or what is wrong with them (naming the setting).
+    pub fn settings(&self) -> Result<Settings, String> {
+        let rate = |name: &str, rps: f64| {
+            if rps.is_finite() && rps > 0.0 && rps <= 1_000_000.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} is {rps}; it must be a number above 0"))
+            }
+        };
+        rate("ANONYMOUS_RPS", self.anonymous_rps)?;
+        rate("AUTH_FAILURE_RPS", self.auth_failure_rps)?;
+        if self.anonymous_burst == 0 {
+            return Err("ANONYMOUS_BURST must be at least 1".into());
+        }
+        if self.auth_failure_burst == 0 {
+            return Err("AUTH_FAILURE_BURST must be at least 1".into());
+        }
+        if self.max_timeout_ms < 100 || self.max_timeout_ms > 600_000 {
+            return Err(format!(
+                "MAX_TIMEOUT_MS is {}; it must be from 100 to 600000",
+                self.max_timeout_ms
+            ));
+        }
+        if self.max_memory_mb < 32 || self.max_memory_mb > 8192 {
+            return Err(format!(
+                "MAX_MEMORY_MB is {}; it must be from 32 to 8192",
+                self.max_memory_mb
+            ));
+        }
+        if self.max_input_mb == 0 || self.max_input_mb > 1024 {
+            return Err(format!(
+                "MAX_INPUT_MB is {}; it must be from 1 to 1024",
+                self.max_input_mb
+            ));
+        }
+        if self.max_queued_per_tenant == 0 {
+            return Err("MAX_QUEUED_PER_TENANT must be at least 1".into());
+        }
+        if self.max_streams_per_tenant == 0 {
+            return Err("MAX_STREAMS_PER_TENANT must be at least 1".into());
+        }
+        if self.port == self.metrics_port {
+            return Err(format!(
+                "METRICS_PORT must differ from PORT ({})",
+                self.port
+            ));
+        }
+        let trusted_proxy_header = match self
+            .trusted_proxy_header
+            .as_deref()
+            .filter(|h| !h.is_empty())
+        {
+            None => None,
+            Some(h) => Some(
+                axum::http::HeaderName::try_from(h)
+                    .map_err(|_| format!("TRUSTED_PROXY_HEADER {h:?} is not a header name"))?,
+            ),
+        };
+        Ok(Settings {
             public_base_url: self.public_base_url.trim_end_matches('/').to_string(),
             namespace: self.sandbox_namespace.clone(),
             max_upload_bytes: self.max_upload_bytes,
@@ -118,8 +190,11 @@ impl Config {
             max_wait: Duration::from_secs(self.max_wait_seconds),
             wait_slack: Duration::from_secs(self.wait_slack_seconds),
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
-            maxima,
-        }
+            maxima: self.maxima(),
+            max_queued_per_tenant: self.max_queued_per_tenant,
+            max_streams_per_tenant: self.max_streams_per_tenant,
+            trusted_proxy_header,
+        })
     }
 }
 
@@ -172,13 +247,7 @@ pub fn parse_shard(shard: &str) -> Result<String, String> {
 
 /// A tenant label: a DNS label, so it fits a Kubernetes label value and a storage path.
 pub fn valid_label(label: &str) -> bool {
-    let bytes = label.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+    codeinterp_crds::is_api_tenant(label)
 }
 
 pub fn token_digest(token: &str) -> [u8; 32] {
@@ -309,11 +378,27 @@ mod tests {
     #[test]
     fn settings_follow_the_operator_maxima() {
         let cfg = Config::parse_from(["apiserver", "--max-timeout-ms", "10000"]);
-        let s = cfg.settings();
+        let s = cfg.settings().unwrap();
         assert_eq!(s.maxima.max.timeout_ms, 10_000);
         assert_eq!(s.maxima.defaults.timeout_ms, 10_000);
         assert_eq!(s.namespace, "codeinterp");
         assert_eq!(s.public_base_url, "http://localhost:8080");
+    }
+
+    #[test]
+    fn bad_settings_are_start_up_errors_naming_the_setting_not_panics() {
+        let check = |args: &[&str]| {
+            let mut all = vec!["apiserver"];
+            all.extend_from_slice(args);
+            Config::parse_from(all).settings().unwrap_err()
+        };
+        assert!(check(&["--anonymous-rps", "0"]).contains("ANONYMOUS_RPS"));
+        assert!(check(&["--anonymous-rps", "NaN"]).contains("ANONYMOUS_RPS"));
+        assert!(check(&["--anonymous-burst", "0"]).contains("ANONYMOUS_BURST"));
+        assert!(check(&["--auth-failure-rps=-1"]).contains("AUTH_FAILURE_RPS"));
+        assert!(check(&["--max-memory-mb", "1"]).contains("MAX_MEMORY_MB"));
+        assert!(check(&["--metrics-port", "8080"]).contains("METRICS_PORT"));
+        assert!(check(&["--trusted-proxy-header", "bad header"]).contains("TRUSTED_PROXY_HEADER"));
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("rate limit reached; retry after {retry_after_secs}s")]
     RateLimited { retry_after_secs: u64 },
+    #[error("{message}")]
+    QueueFull {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("the request took too long")]
     Timeout,
     #[error("{0}")]
@@ -104,7 +109,9 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::QueueFull { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -126,6 +133,7 @@ impl ApiError {
             }
             ApiError::UnsupportedMediaType(_) => ("invalid_request_error", None, None),
             ApiError::RateLimited { .. } => ("requests", None, Some("rate_limit_exceeded")),
+            ApiError::QueueFull { .. } => ("requests", None, Some("queue_full")),
             ApiError::Timeout => ("timeout", None, None),
             ApiError::Unavailable(_) => ("server_error", None, Some("unavailable")),
             ApiError::Internal(_) => ("server_error", None, None),
@@ -154,7 +162,11 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         let mut response = (status, Json(self.body())).into_response();
-        if let ApiError::RateLimited { retry_after_secs } = self {
+        if let ApiError::RateLimited { retry_after_secs }
+        | ApiError::QueueFull {
+            retry_after_secs, ..
+        } = self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

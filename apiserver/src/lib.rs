@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod finished;
 pub mod metrics;
 pub mod openapi;
 pub mod pagination;
@@ -17,3 +18,4 @@ pub mod run_request;
 pub mod serve;
 pub mod signing;
 pub mod state;
+pub mod streams;

@@ -45,6 +45,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_duration: HistogramFamily<RouteLabels>,
     rate_limited: Family<TenantLabels, Counter>,
+    auth_failures: Counter,
     run_latency: HistogramFamily<RunLabels>,
     registry: Arc<Registry>,
 }
@@ -79,6 +80,12 @@ impl Default for Metrics {
             "Requests refused with 429, by tenant",
             rate_limited.clone(),
         );
+        let auth_failures = Counter::default();
+        registry.register(
+            "auth_failures",
+            "Failed authentications (wrong or missing tokens, bad signatures)",
+            auth_failures.clone(),
+        );
         let run_latency = HistogramFamily::<RunLabels>::new_with_constructor(run_buckets);
         registry.register(
             "run_latency_seconds",
@@ -89,6 +96,7 @@ impl Default for Metrics {
             requests,
             request_duration,
             rate_limited,
+            auth_failures,
             run_latency,
             registry: Arc::new(registry),
         }
@@ -102,6 +110,10 @@ impl Metrics {
                 tenant: tenant.to_string(),
             })
             .inc();
+    }
+
+    pub fn auth_failed(&self) {
+        self.auth_failures.inc();
     }
 
     pub fn run_finished(&self, language: &str, status: &str, seconds: f64) {

@@ -8,7 +8,7 @@ use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{files, health, runs};
+use crate::routes::{events, files, health, runs};
 use crate::state::AppState;
 
 struct BearerAuth;
@@ -39,6 +39,7 @@ impl Modify for BearerAuth {
         runs::list_runs,
         runs::get_run,
         runs::cancel_run,
+        events::get_events,
         files::upload_file,
         files::list_files,
         files::get_file,
@@ -46,7 +47,6 @@ impl Modify for BearerAuth {
         files::file_content,
         health::healthz,
         health::readyz,
-        health::metrics,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -105,13 +105,23 @@ impl RunCache {
             .get(&ObjectRef::new(name).within(&self.namespace))
     }
 
-    /// A run, only if it belongs to the tenant.
+    /// A run, only if it carries the tenant's label (the caller checks that the REST API
+    /// bound it).
     pub fn get_for(&self, tenant: &str, name: &str) -> Option<Arc<CodeRun>> {
-        self.get(name).filter(|r| r.tenant() == tenant)
+        self.get(name).filter(|r| r.tenant_label() == Some(tenant))
     }
 
-    pub fn list_for(&self, tenant: &str) -> Vec<Arc<CodeRun>> {
-        self.reader.state_filter(|r| r.tenant() == tenant)
+    /// How many of the tenant's runs wait for room (their program has not started).
+    pub fn waiting_for(&self, tenant: &str) -> usize {
+        self.reader
+            .state()
+            .iter()
+            .filter(|r| {
+                r.tenant_label() == Some(tenant)
+                    && r.phase()
+                        .is_none_or(|p| p == codeinterp_crds::Phase::Queued)
+            })
+            .count()
     }
 
     /// Waits until the run is in the cache (a run just created reaches it a moment later),
@@ -305,8 +315,8 @@ mod tests {
         apply(&mut writer, &tx, watcher::Event::Apply(run("run-e", None)));
         assert!(cache.get_for("acme", "run-e").is_some());
         assert!(cache.get_for("beta", "run-e").is_none());
-        assert_eq!(cache.list_for("acme").len(), 1);
-        assert!(cache.list_for("beta").is_empty());
+        assert_eq!(cache.waiting_for("acme"), 1);
+        assert_eq!(cache.waiting_for("beta"), 0);
     }
 
     #[test]

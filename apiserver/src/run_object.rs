@@ -1,7 +1,11 @@
-//! The run object of the REST API, made from a CodeRun (while it exists) or from the final
-//! record in object storage (always, once the run has finished). Pure.
-use codeinterp_crds::{CodeRun, Phase};
-use codeinterp_store::{ArtifactRecord, RunRecord};
+//! The run object of the REST API (the wire schema), made from a CodeRun while it runs and
+//! from its stored record once it has finished: one conversion each. A finished run's answer
+//! is prepared once (its output escaped into JSON) and kept, so serving it again copies
+//! nothing but the freshly signed artifact URLs.
+use bytes::Bytes;
+use codeinterp_crds::{ArtifactRef, CodeRun, Phase};
+use codeinterp_store::RunRecord;
+use futures::stream;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -11,6 +15,7 @@ use crate::signing::Signer;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Accepted, waiting for its program to start (perhaps for room: see `queue_position`).
     Queued,
     Running,
     /// The program exited by itself, whatever its exit code.
@@ -21,31 +26,20 @@ pub enum RunStatus {
     Cancelled,
 }
 
-impl RunStatus {
-    pub fn from_phase(phase: Option<Phase>) -> Self {
+impl From<Phase> for RunStatus {
+    fn from(phase: Phase) -> Self {
         match phase {
-            None | Some(Phase::Queued) => RunStatus::Queued,
-            Some(Phase::Running) => RunStatus::Running,
-            Some(Phase::Completed) => RunStatus::Completed,
-            Some(Phase::TimedOut) => RunStatus::TimedOut,
-            Some(Phase::Failed) => RunStatus::Failed,
-            Some(Phase::Cancelled) => RunStatus::Cancelled,
+            Phase::Queued => RunStatus::Queued,
+            Phase::Running => RunStatus::Running,
+            Phase::Completed => RunStatus::Completed,
+            Phase::TimedOut => RunStatus::TimedOut,
+            Phase::Failed => RunStatus::Failed,
+            Phase::Cancelled => RunStatus::Cancelled,
         }
     }
+}
 
-    /// The records store the REST spelling; anything unknown is reported as failed rather
-    /// than hidden.
-    pub fn from_api(s: &str) -> Self {
-        match s {
-            "queued" => RunStatus::Queued,
-            "running" => RunStatus::Running,
-            "completed" => RunStatus::Completed,
-            "timed_out" => RunStatus::TimedOut,
-            "cancelled" => RunStatus::Cancelled,
-            _ => RunStatus::Failed,
-        }
-    }
-
+impl RunStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Queued => "queued",
@@ -69,6 +63,16 @@ pub struct RunUsage {
     pub memory_peak_bytes: u64,
 }
 
+impl From<&codeinterp_crds::Usage> for RunUsage {
+    fn from(u: &codeinterp_crds::Usage) -> Self {
+        RunUsage {
+            wall_ms: u.wall_ms,
+            cpu_ms: u.cpu_ms,
+            memory_peak_bytes: u.memory_peak_bytes,
+        }
+    }
+}
+
 /// An output file, with a signed URL that needs no bearer token until `expires_at`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Artifact {
@@ -83,13 +87,14 @@ pub struct Artifact {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RunErrorInfo {
-    /// e.g. `oom_killed`, `output_limit_exceeded`, `artifact_limit_exceeded`, `pod_failed`,
-    /// `image_pull_failed`, `cancelled`.
+    /// A reason code, e.g. `oom_killed`, `timed_out`, `disk_limit_exceeded`, `queue_full`
+    /// (the README lists them all).
     pub code: String,
     pub message: String,
 }
 
-/// A run. Timestamps are unix seconds.
+/// A run. Timestamps are unix seconds. In a list, `stdout` and `stderr` hold at most the
+/// first 4 KiB of each (retrieve the run for all of it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Run {
     pub id: String,
@@ -108,6 +113,9 @@ pub struct Run {
     pub stderr: String,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
+    /// While the run waits for room: its place in line (1 is next), refreshed as the line
+    /// moves. Null otherwise.
+    pub queue_position: Option<u32>,
     pub usage: RunUsage,
     pub artifacts: Vec<Artifact>,
     pub error: Option<RunErrorInfo>,
@@ -121,65 +129,68 @@ pub struct Links<'a> {
 }
 
 impl Links<'_> {
-    fn artifact(&self, id: &str, filename: &str, bytes: u64) -> Artifact {
+    pub fn artifact(&self, a: &ArtifactRef) -> Artifact {
         Artifact {
-            id: id.to_string(),
-            filename: filename.to_string(),
-            bytes,
-            url: self.signer.url(self.base_url, id, self.expires_at),
+            id: a.id.clone(),
+            filename: a.name.clone(),
+            bytes: a.bytes,
+            url: self.signer.url(self.base_url, &a.id, self.expires_at),
             expires_at: self.expires_at,
         }
     }
+
+    pub fn artifacts(&self, list: &[ArtifactRef]) -> Vec<Artifact> {
+        list.iter().map(|a| self.artifact(a)).collect()
+    }
 }
 
-/// The run as its final record tells it.
-pub fn from_record(rec: &RunRecord, links: &Links<'_>) -> Run {
+/// The run as its final record tells it, with its output (the whole of it, or the heads the
+/// record carries for a list).
+pub fn from_record(rec: &RunRecord, stdout: &[u8], stderr: &[u8], links: &Links<'_>) -> Run {
     Run {
         id: rec.id.clone(),
         object: "run".into(),
-        status: RunStatus::from_api(&rec.status),
-        language: rec.language.clone(),
+        status: rec.phase.into(),
+        language: rec.language.as_str().into(),
         created_at: rec.created_at,
         started_at: rec.started_at,
         completed_at: rec.completed_at,
         exit_code: rec.exit_code,
         signal: rec.signal,
-        stdout: rec.stdout.clone(),
-        stderr: rec.stderr.clone(),
+        stdout: String::from_utf8_lossy(stdout).into_owned(),
+        stderr: String::from_utf8_lossy(stderr).into_owned(),
         stdout_truncated: rec.stdout_truncated,
         stderr_truncated: rec.stderr_truncated,
-        usage: RunUsage {
-            wall_ms: rec.usage.wall_ms,
-            cpu_ms: rec.usage.cpu_ms,
-            memory_peak_bytes: rec.usage.memory_peak_bytes,
-        },
-        artifacts: rec
-            .artifacts
-            .iter()
-            .map(|a: &ArtifactRecord| links.artifact(&a.id, &a.filename, a.bytes))
-            .collect(),
+        queue_position: None,
+        usage: RunUsage::from(&rec.usage),
+        artifacts: links.artifacts(&rec.artifacts),
         error: rec.error.as_ref().map(|e| RunErrorInfo {
-            code: e.code.clone(),
+            code: e.code.as_str().into(),
             message: e.message.clone(),
         }),
     }
 }
 
-/// The run as the CodeRun tells it. A finished run with its record at hand is told by the
-/// record, which holds the whole of stdout and stderr (the status has a preview only).
-pub fn from_coderun(run: &CodeRun, record: Option<&RunRecord>, links: &Links<'_>) -> Run {
-    if let Some(rec) = record.filter(|_| run.is_finished()) {
-        return from_record(rec, links);
-    }
+/// A list item of a finished run: the heads its record carries.
+pub fn list_item(rec: &RunRecord, links: &Links<'_>) -> Run {
+    from_record(
+        rec,
+        rec.stdout_head.as_bytes(),
+        rec.stderr_head.as_bytes(),
+        links,
+    )
+}
+
+/// The run as the CodeRun's status tells it (a preview of the output).
+pub fn from_coderun(run: &CodeRun, links: &Links<'_>) -> Run {
     let status = run.status.clone().unwrap_or_default();
     let seconds = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
         t.as_ref().map(|t| t.0.as_second())
     };
-    let usage = status.usage.clone().unwrap_or_default();
     Run {
         id: run.metadata.name.clone().unwrap_or_default(),
         object: "run".into(),
-        status: RunStatus::from_phase(status.phase),
+        status: status.phase.unwrap_or(Phase::Queued).into(),
         language: run.spec.language.as_str().into(),
         created_at: seconds(&run.metadata.creation_timestamp).unwrap_or_default(),
         started_at: seconds(&status.started_at),
@@ -190,28 +201,89 @@ pub fn from_coderun(run: &CodeRun, record: Option<&RunRecord>, links: &Links<'_>
         stderr: status.stderr_preview.clone().unwrap_or_default(),
         stdout_truncated: status.stdout_truncated,
         stderr_truncated: status.stderr_truncated,
-        usage: RunUsage {
-            wall_ms: usage.wall_ms,
-            cpu_ms: usage.cpu_ms,
-            memory_peak_bytes: usage.memory_peak_bytes,
-        },
-        artifacts: status
-            .artifacts
-            .iter()
-            .map(|a| links.artifact(&a.id, &a.name, a.bytes))
-            .collect(),
-        error: status.reason.as_ref().map(|code| RunErrorInfo {
-            code: code.clone(),
+        queue_position: status
+            .queue_position
+            .filter(|_| status.phase.is_none_or(|p| p == Phase::Queued)),
+        usage: status
+            .usage
+            .as_ref()
+            .map(RunUsage::from)
+            .unwrap_or_default(),
+        artifacts: links.artifacts(&status.artifacts),
+        error: status.reason.map(|code| RunErrorInfo {
+            code: code.as_str().into(),
             message: status.message.clone().unwrap_or_default(),
         }),
+    }
+}
+
+/// A finished run's answer, serialized once: the JSON before the artifacts, the artifacts
+/// (whose URLs are signed afresh for each answer) and the JSON after them.
+#[derive(Debug)]
+pub struct Prepared {
+    head: Bytes,
+    artifacts: Vec<ArtifactRef>,
+    tail: Bytes,
+    pub language: String,
+    pub status: RunStatus,
+}
+
+const ARTIFACTS: &str = "\"artifacts\":[]";
+
+impl Prepared {
+    /// `run` must have no artifacts of its own: they are `artifacts`.
+    pub fn new(mut run: Run, artifacts: Vec<ArtifactRef>) -> Self {
+        run.artifacts.clear();
+        let json = serde_json::to_string(&run).expect("a run serializes");
+        // Inside a JSON string a quote is escaped, so this key can only be the field itself;
+        // it comes last but one.
+        let at = json.rfind(ARTIFACTS).expect("the artifacts field");
+        Prepared {
+            head: Bytes::copy_from_slice(&json.as_bytes()[..at + ARTIFACTS.len() - 1]),
+            tail: Bytes::copy_from_slice(&json.as_bytes()[at + ARTIFACTS.len() - 1..]),
+            artifacts,
+            language: run.language,
+            status: run.status,
+        }
+    }
+
+    /// Bytes held.
+    pub fn weight(&self) -> usize {
+        self.head.len() + self.tail.len() + self.artifacts.len() * 200
+    }
+
+    /// The answer's body chunks.
+    pub fn chunks(&self, links: &Links<'_>) -> Vec<Bytes> {
+        let list = serde_json::to_string(&links.artifacts(&self.artifacts)).expect("serializes");
+        // `list` is `[...]`: the head ends just before the `]` of an empty list... and the
+        // tail starts with it; put the items in between.
+        let items = &list[1..list.len() - 1];
+        vec![
+            self.head.clone(),
+            Bytes::from(items.to_string()),
+            self.tail.clone(),
+        ]
+    }
+
+    pub fn body(&self, links: &Links<'_>) -> axum::body::Body {
+        let chunks = self.chunks(links);
+        axum::body::Body::from_stream(stream::iter(
+            chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+        ))
+    }
+
+    /// The run as a value (for places that need the object, not the bytes).
+    pub fn to_run(&self, links: &Links<'_>) -> Run {
+        let bytes: Vec<u8> = self.chunks(links).concat();
+        serde_json::from_slice(&bytes).expect("a prepared run is valid JSON")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use codeinterp_crds::{ArtifactRef, CodeRunSpec, CodeRunStatus, Language, Usage};
-    use codeinterp_store::{RunError, RunUsage as StoredUsage};
+    use codeinterp_crds::{CodeRunSpec, CodeRunStatus, Language, Reason, Usage};
+    use codeinterp_store::{RECORD_VERSION, RunError};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
     use pretty_assertions::assert_eq;
@@ -251,23 +323,79 @@ mod tests {
         run
     }
 
+    fn artifact() -> ArtifactRef {
+        ArtifactRef {
+            id: "file-2".into(),
+            name: "out/a.csv".into(),
+            bytes: 7,
+            sha256: "y".into(),
+        }
+    }
+
+    fn record() -> RunRecord {
+        RunRecord {
+            v: RECORD_VERSION,
+            id: "run-abc".into(),
+            uid: "u".into(),
+            tenant: "acme".into(),
+            namespace: "codeinterp".into(),
+            phase: Phase::TimedOut,
+            language: Language::Node,
+            created_at: 100,
+            started_at: Some(101),
+            completed_at: Some(104),
+            exit_code: None,
+            signal: Some(9),
+            stdout_head: "the whole".into(),
+            stderr_head: "err".into(),
+            stdout_bytes: 16,
+            stderr_bytes: 3,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            usage: Usage {
+                wall_ms: 3000,
+                cpu_ms: 2900,
+                memory_peak_bytes: 1 << 20,
+            },
+            artifacts: vec![artifact()],
+            error: Some(RunError {
+                code: Reason::TimedOut,
+                message: "the program ran past its timeout".into(),
+            }),
+            start_mode: None,
+        }
+    }
+
     #[test]
     fn a_new_coderun_is_a_queued_run_with_nothing_yet() {
         let s = signer();
-        let run = from_coderun(&coderun(None), None, &links(&s));
-        assert_eq!(run.id, "run-abc");
-        assert_eq!(run.object, "run");
-        assert_eq!(run.status, RunStatus::Queued);
-        assert_eq!(run.language, "node");
-        assert_eq!(run.created_at, 100);
-        assert_eq!(run.started_at, None);
-        assert_eq!(run.exit_code, None);
-        assert_eq!(run.error, None);
-        assert_eq!(run.usage, RunUsage::default());
-        assert!(run.artifacts.is_empty());
+        let run = from_coderun(&coderun(None), &links(&s));
+        assert_eq!(
+            (run.id.as_str(), run.status, run.language.as_str()),
+            ("run-abc", RunStatus::Queued, "node")
+        );
+        assert_eq!(
+            (run.created_at, run.started_at, run.exit_code),
+            (100, None, None)
+        );
+        assert!(run.artifacts.is_empty() && run.error.is_none());
         let json = serde_json::to_value(&run).unwrap();
         assert_eq!(json["status"], "queued");
-        assert!(json["error"].is_null());
+        assert!(json["error"].is_null() && json["queue_position"].is_null());
+    }
+
+    #[test]
+    fn a_waiting_coderun_shows_its_place_in_line() {
+        let s = signer();
+        let status = CodeRunStatus {
+            phase: Some(Phase::Queued),
+            queue_position: Some(7),
+            ..Default::default()
+        };
+        assert_eq!(
+            from_coderun(&coderun(Some(status)), &links(&s)).queue_position,
+            Some(7)
+        );
     }
 
     #[test]
@@ -275,7 +403,7 @@ mod tests {
         let s = signer();
         let status = CodeRunStatus {
             phase: Some(Phase::Failed),
-            reason: Some("oom_killed".into()),
+            reason: Some(Reason::OomKilled),
             message: Some("out of memory".into()),
             exit_code: Some(137),
             signal: Some(9),
@@ -288,141 +416,72 @@ mod tests {
             completed_at: Some(time(102)),
             stdout_preview: Some("partial".into()),
             stdout_truncated: true,
-            artifacts: vec![ArtifactRef {
-                id: "file-1".into(),
-                name: "plot.png".into(),
-                bytes: 10,
-                sha256: "x".into(),
-            }],
+            artifacts: vec![artifact()],
             ..Default::default()
         };
-        let run = from_coderun(&coderun(Some(status)), None, &links(&s));
+        let run = from_coderun(&coderun(Some(status)), &links(&s));
         assert_eq!(run.status, RunStatus::Failed);
-        assert_eq!(run.started_at, Some(101));
-        assert_eq!(run.completed_at, Some(102));
-        assert_eq!(run.exit_code, Some(137));
-        assert_eq!(run.signal, Some(9));
+        assert_eq!((run.started_at, run.completed_at), (Some(101), Some(102)));
+        assert_eq!((run.exit_code, run.signal), (Some(137), Some(9)));
         assert_eq!(run.stdout, "partial");
         assert!(run.stdout_truncated);
         assert_eq!(run.usage.wall_ms, 5);
-        assert_eq!(
-            run.error,
-            Some(RunErrorInfo {
-                code: "oom_killed".into(),
-                message: "out of memory".into()
-            })
-        );
-        assert_eq!(run.artifacts[0].filename, "plot.png");
-        assert_eq!(run.artifacts[0].expires_at, 2000);
-        assert_eq!(run.artifacts[0].url, s.url("http://api", "file-1", 2000));
-    }
-
-    fn record() -> RunRecord {
-        RunRecord {
-            id: "run-abc".into(),
-            tenant: "acme".into(),
-            namespace: "codeinterp".into(),
-            status: "timed_out".into(),
-            language: "node".into(),
-            created_at: 100,
-            started_at: Some(101),
-            completed_at: Some(104),
-            exit_code: None,
-            signal: Some(9),
-            stdout: "the whole output".into(),
-            stderr: "err".into(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            usage: StoredUsage {
-                wall_ms: 3000,
-                cpu_ms: 2900,
-                memory_peak_bytes: 1 << 20,
-            },
-            artifacts: vec![ArtifactRecord {
-                id: "file-2".into(),
-                filename: "out/a.csv".into(),
-                bytes: 7,
-                sha256: "y".into(),
-            }],
-            error: Some(RunError {
-                code: "timed_out".into(),
-                message: "the program ran for more than 3000 ms".into(),
-            }),
-        }
+        assert_eq!(run.error.unwrap().code, "oom_killed");
+        assert_eq!(run.artifacts[0].filename, "out/a.csv");
+        assert_eq!(run.artifacts[0].url, s.url("http://api", "file-2", 2000));
     }
 
     #[test]
-    fn a_stored_record_alone_answers_for_a_collected_run() {
+    fn a_stored_record_and_its_output_answer_for_a_finished_run() {
         let s = signer();
-        let run = from_record(&record(), &links(&s));
+        let run = from_record(&record(), b"the whole output", b"err", &links(&s));
         let json = serde_json::to_value(&run).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
-                "id": "run-abc",
-                "object": "run",
-                "status": "timed_out",
-                "language": "node",
-                "created_at": 100,
-                "started_at": 101,
-                "completed_at": 104,
-                "exit_code": null,
-                "signal": 9,
-                "stdout": "the whole output",
-                "stderr": "err",
-                "stdout_truncated": false,
-                "stderr_truncated": false,
+                "id": "run-abc", "object": "run", "status": "timed_out", "language": "node",
+                "created_at": 100, "started_at": 101, "completed_at": 104,
+                "exit_code": null, "signal": 9,
+                "stdout": "the whole output", "stderr": "err",
+                "stdout_truncated": false, "stderr_truncated": false,
+                "queue_position": null,
                 "usage": {"wall_ms": 3000, "cpu_ms": 2900, "memory_peak_bytes": 1048576},
-                "artifacts": [{
-                    "id": "file-2",
-                    "filename": "out/a.csv",
-                    "bytes": 7,
-                    "url": s.url("http://api", "file-2", 2000),
-                    "expires_at": 2000
-                }],
-                "error": {"code": "timed_out", "message": "the program ran for more than 3000 ms"}
+                "artifacts": [{"id": "file-2", "filename": "out/a.csv", "bytes": 7,
+                    "url": s.url("http://api", "file-2", 2000), "expires_at": 2000}],
+                "error": {"code": "timed_out", "message": "the program ran past its timeout"}
             })
         );
+        assert_eq!(list_item(&record(), &links(&s)).stdout, "the whole");
     }
 
     #[test]
-    fn a_finished_coderun_takes_stdout_in_full_from_its_record() {
+    fn a_prepared_answer_is_the_run_serialized_with_fresh_links() {
         let s = signer();
-        let status = CodeRunStatus {
-            phase: Some(Phase::TimedOut),
-            stdout_preview: Some("the wh".into()),
-            ..Default::default()
-        };
-        let run = from_coderun(&coderun(Some(status)), Some(&record()), &links(&s));
-        assert_eq!(run.stdout, "the whole output");
-        assert_eq!(run.status, RunStatus::TimedOut);
-    }
-
-    #[test]
-    fn a_running_coderun_ignores_a_stale_record() {
-        let s = signer();
-        let status = CodeRunStatus {
-            phase: Some(Phase::Running),
-            ..Default::default()
-        };
-        let run = from_coderun(&coderun(Some(status)), Some(&record()), &links(&s));
-        assert_eq!(run.status, RunStatus::Running);
-        assert_eq!(run.stdout, "");
+        let tricky = "\"artifacts\":[] \u{1} \\ \u{89}";
+        let mut run = from_record(&record(), tricky.as_bytes(), b"", &links(&s));
+        let prepared = Prepared::new(run.clone(), record().artifacts);
+        for expires in [2000, 3000] {
+            let l = Links {
+                signer: &s,
+                base_url: "http://api",
+                expires_at: expires,
+            };
+            run.artifacts = l.artifacts(&record().artifacts);
+            let body = prepared.chunks(&l).concat();
+            let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(got, serde_json::to_value(&run).unwrap());
+            assert_eq!(prepared.to_run(&l), run);
+        }
+        let none = Prepared::new(run.clone(), vec![]);
+        let got: Run = serde_json::from_slice(&none.chunks(&links(&s)).concat()).unwrap();
+        assert!(got.artifacts.is_empty());
     }
 
     #[test]
     fn every_phase_has_its_rest_spelling() {
-        for phase in [
-            Phase::Queued,
-            Phase::Running,
-            Phase::Completed,
-            Phase::TimedOut,
-            Phase::Failed,
-            Phase::Cancelled,
-        ] {
-            let status = RunStatus::from_phase(Some(phase));
+        for phase in Phase::ALL {
+            let status = RunStatus::from(phase);
             assert_eq!(status.as_str(), phase.as_api_status());
-            assert_eq!(RunStatus::from_api(phase.as_api_status()), status);
             assert_eq!(status.is_terminal(), phase.is_terminal());
             assert_eq!(
                 serde_json::to_value(status).unwrap(),

@@ -4,21 +4,17 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use codeinterp_crds::{
-    CodeRun, Language, Limits, MAX_CODE_BYTES, MAX_INLINE_INPUT_BYTES, MAX_STDIN_BYTES, Maxima,
-};
+use codeinterp_crds::{CodeRun, Language, Limits, MAX_CODE_BYTES, MAX_STDIN_BYTES, Maxima};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
-/// Most command-line arguments, input files and bytes per argument (the CRD's bounds).
+/// Most command-line arguments, input files and characters per argument (the CRD's bounds).
 pub const MAX_ARGS: usize = 64;
 pub const MAX_ARG_BYTES: usize = 4096;
 pub const MAX_FILES: usize = 16;
-/// Room kept in the inputs Secret for the job description and key names.
-pub const JOB_OVERHEAD_BYTES: u64 = 8 * 1024;
 
 /// The languages a run may use.
 #[derive(Serialize, ToSchema)]
@@ -36,17 +32,22 @@ pub enum LanguageName {
 pub struct CreateRunRequest {
     #[schema(value_type = LanguageName)]
     pub language: String,
-    /// The program's source (at most 256 KiB).
+    /// The program's source (1 to 262144 characters).
+    #[schema(min_length = 1, max_length = 262144)]
     pub code: String,
-    /// Standard input (at most 256 KiB).
+    /// Standard input (at most 262144 characters).
     #[serde(default)]
+    #[schema(max_length = 262144)]
     pub stdin: Option<String>,
-    /// Command-line arguments (at most 64).
+    /// Command-line arguments (at most 64, each at most 4096 characters).
     #[serde(default)]
+    #[schema(schema_with = args_schema)]
     pub args: Option<Vec<String>>,
     /// Ids of uploaded files (`file-...`) placed in the working directory under their
-    /// filenames (at most 16).
+    /// filenames (at most 16, no id twice). Their bytes together must fit the run's
+    /// `disk_mb` and the service's input limit (100 MiB by default).
     #[serde(default)]
+    #[schema(schema_with = files_schema)]
     pub files: Option<Vec<String>>,
     #[serde(default)]
     pub limits: Option<RunLimits>,
@@ -54,30 +55,82 @@ pub struct CreateRunRequest {
     /// comes at once, with status `queued`.
     #[serde(default)]
     pub wait: Option<bool>,
+    /// Answer with the run's events as they happen (`text/event-stream`) instead of the run.
+    #[serde(default)]
+    pub stream: Option<bool>,
 }
 
-/// Limits for one run; unset ones take the service's defaults, and values above its maxima
-/// are refused.
+/// The pattern of a file id.
+pub const FILE_ID_PATTERN: &str = r"^file-[A-Za-z0-9_-]{1,59}$";
+
+fn args_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_ARG_BYTES)),
+        )
+        .max_items(Some(MAX_ARGS))
+        .description(Some(
+            "Command-line arguments (at most 64, each at most 4096 characters).",
+        ))
+        .build()
+}
+
+fn files_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(FILE_ID_PATTERN))
+                .max_length(Some(64)),
+        )
+        .max_items(Some(MAX_FILES))
+        .unique_items(true)
+        .description(Some(
+            "Ids of uploaded files (`file-...`) placed in the working directory under their filenames (at most 16, no id twice). Together they must fit the run's `disk_mb` and the service's input limit (100 MiB by default).",
+        ))
+        .build()
+}
+
+/// Limits for one run; unset ones take the service's defaults, and values outside the
+/// ranges are refused. The maxima given are the defaults of a deployment; an operator of
+/// the service may set lower ones for time and memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunLimits {
-    /// Wall-clock limit from the moment the program starts.
+    /// Wall-clock limit from the moment the program starts (default 30000).
+    #[schema(minimum = 100, maximum = 300000)]
     pub timeout_ms: Option<u64>,
-    /// Memory of the sandbox.
+    /// Memory of the program and everything it starts (default 512).
+    #[schema(minimum = 32, maximum = 4096)]
     pub memory_mb: Option<u64>,
-    /// CPU time the program may use.
+    /// CPU time the program may use (default 30000).
+    #[schema(minimum = 100, maximum = 300000)]
     pub cpu_ms: Option<u64>,
-    /// CPU share while it runs.
+    /// CPU share while it runs (default 1000).
+    #[schema(minimum = 100, maximum = 2000)]
     pub cpu_millicores: Option<u64>,
-    /// Bytes kept of stdout, and of stderr, each.
+    /// Bytes kept of stdout, and of stderr, each (default 262144).
+    #[schema(minimum = 1, maximum = 1048576)]
     pub max_output_bytes: Option<u64>,
-    /// Output files collected from /work/outputs.
+    /// Output files collected from /work/outputs (default 32).
+    #[schema(minimum = 0, maximum = 64)]
     pub max_artifacts: Option<u32>,
+    /// Largest output file kept (default 4194304).
+    #[schema(minimum = 0, maximum = 4194304)]
     pub max_artifact_bytes: Option<u64>,
+    /// Output files' bytes together (default 4194304).
+    #[schema(minimum = 0, maximum = 4194304)]
     pub max_artifact_total_bytes: Option<u64>,
-    /// Processes and threads at once.
+    /// Processes and threads at once (default 128).
+    #[schema(minimum = 8, maximum = 512)]
     pub max_processes: Option<u64>,
-    /// Size of the writable /work (and of /tmp).
+    /// Size of the writable /work, and separately of /tmp, in MiB: writes past it fail with
+    /// ENOSPC (default 64).
+    #[schema(minimum = 1, maximum = 1024)]
     pub disk_mb: Option<u64>,
 }
 
@@ -108,6 +161,7 @@ pub struct ValidRun {
     pub file_ids: Vec<String>,
     pub limits: Limits,
     pub wait: bool,
+    pub stream: bool,
 }
 
 /// The CRD's lower bounds on each limit (camelCase name -> minimum), read from the schema
@@ -176,10 +230,15 @@ fn snake_of(camel: &str) -> String {
 
 fn too_long(param: &str, len: usize, max: usize) -> ApiError {
     ApiError::invalid_with_code(
-        format!("{param} is {len} bytes; the maximum is {max}"),
+        format!("{param} is {len} characters; the maximum is {max}"),
         param.to_string(),
         "too_large",
     )
+}
+
+/// Lengths are counted in characters, as JSON Schema's `maxLength` (and the CRD's) count.
+fn chars(s: &str) -> usize {
+    s.chars().count()
 }
 
 /// Every check that needs no storage, in the order a client would fix them.
@@ -193,13 +252,13 @@ pub fn validate(req: CreateRunRequest, maxima: &Maxima) -> Result<ValidRun, ApiE
             "code".to_string(),
         ));
     }
-    if req.code.len() > MAX_CODE_BYTES {
-        return Err(too_long("code", req.code.len(), MAX_CODE_BYTES));
+    if chars(&req.code) > MAX_CODE_BYTES {
+        return Err(too_long("code", chars(&req.code), MAX_CODE_BYTES));
     }
     if let Some(stdin) = &req.stdin
-        && stdin.len() > MAX_STDIN_BYTES
+        && chars(stdin) > MAX_STDIN_BYTES
     {
-        return Err(too_long("stdin", stdin.len(), MAX_STDIN_BYTES));
+        return Err(too_long("stdin", chars(stdin), MAX_STDIN_BYTES));
     }
     let args = req.args.unwrap_or_default();
     if args.len() > MAX_ARGS {
@@ -211,9 +270,9 @@ pub fn validate(req: CreateRunRequest, maxima: &Maxima) -> Result<ValidRun, ApiE
     if let Some((i, a)) = args
         .iter()
         .enumerate()
-        .find(|(_, a)| a.len() > MAX_ARG_BYTES)
+        .find(|(_, a)| chars(a) > MAX_ARG_BYTES)
     {
-        return Err(too_long(&format!("args[{i}]"), a.len(), MAX_ARG_BYTES));
+        return Err(too_long(&format!("args[{i}]"), chars(a), MAX_ARG_BYTES));
     }
     let file_ids = req.files.unwrap_or_default();
     if file_ids.len() > MAX_FILES {
@@ -226,6 +285,13 @@ pub fn validate(req: CreateRunRequest, maxima: &Maxima) -> Result<ValidRun, ApiE
         ));
     }
     for (i, id) in file_ids.iter().enumerate() {
+        if !valid_file_id(id) {
+            return Err(ApiError::invalid_with_code(
+                format!("{id:?} is not a file id"),
+                format!("files[{i}]"),
+                "file_not_found",
+            ));
+        }
         if file_ids[..i].contains(id) {
             return Err(ApiError::invalid(
                 format!("file {id} is given twice"),
@@ -242,21 +308,45 @@ pub fn validate(req: CreateRunRequest, maxima: &Maxima) -> Result<ValidRun, ApiE
         file_ids,
         limits,
         wait: req.wait.unwrap_or(true),
+        stream: req.stream.unwrap_or(false),
     })
 }
 
-/// Code, stdin and input files reach the pod in one Secret; refuse what it cannot carry.
-pub fn check_input_size(run: &ValidRun, file_bytes: &[u64]) -> Result<(), ApiError> {
-    let total = run.code.len() as u64
-        + run.stdin.as_ref().map_or(0, |s| s.len() as u64)
-        + run.args.iter().map(|a| a.len() as u64).sum::<u64>()
-        + file_bytes.iter().sum::<u64>()
-        + JOB_OVERHEAD_BYTES;
-    if total > MAX_INLINE_INPUT_BYTES as u64 {
-        return Err(ApiError::invalid_with_code(
+/// A file id as the API makes them (`file-` and letters, digits, `_` or `-`).
+pub fn valid_file_id(id: &str) -> bool {
+    id.strip_prefix("file-").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.len() <= 59
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
+}
+
+/// Input files go to the run's `/work`: together they must fit it, and the service's cap.
+pub fn check_input_size(
+    run: &ValidRun,
+    file_bytes: &[u64],
+    maxima: &Maxima,
+) -> Result<(), ApiError> {
+    let total: u64 = file_bytes.iter().sum();
+    let limits = run.limits.clamp(maxima);
+    let disk = limits.max_input_bytes();
+    let cap = maxima.max_input_bytes.min(disk);
+    if total > cap {
+        let message = if total > maxima.max_input_bytes {
             format!(
-                "code, stdin, args and input files together are {total} bytes (with {JOB_OVERHEAD_BYTES} for the job description); a run can be given at most {MAX_INLINE_INPUT_BYTES} bytes. Larger inputs are not supported yet."
-            ),
+                "input files together are {total} bytes; a run may be given at most {} bytes",
+                maxima.max_input_bytes
+            )
+        } else {
+            format!(
+                "input files together are {total} bytes, more than /work holds ({} MiB): raise limits.disk_mb",
+                limits.disk_mb
+            )
+        };
+        return Err(ApiError::invalid_with_code(
+            message,
             "files".to_string(),
             "inputs_too_large",
         ));
@@ -429,14 +519,28 @@ mod tests {
     }
 
     #[test]
-    fn inputs_a_secret_cannot_carry_are_refused_as_not_supported_yet() {
+    fn inputs_must_fit_the_runs_disk_and_the_services_cap() {
+        let m = Maxima::default();
         let run = request(r#"{"language": "python", "code": "x", "wait": false}"#).unwrap();
         assert!(!run.wait);
-        assert!(check_input_size(&run, &[400 * 1024, 400 * 1024]).is_ok());
-        let e = check_input_size(&run, &[500 * 1024, 500 * 1024]).unwrap_err();
+        assert!(check_input_size(&run, &[30 << 20, 30 << 20], &m).is_ok());
+        let e = check_input_size(&run, &[40 << 20, 40 << 20], &m).unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert_eq!(e.body().error.code.as_deref(), Some("inputs_too_large"));
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        assert!(e.to_string().contains("disk_mb"), "{e}");
+        let big =
+            request(r#"{"language": "python", "code": "x", "limits": {"disk_mb": 1024}}"#).unwrap();
+        assert!(check_input_size(&big, &[90 << 20], &m).is_ok());
+        let e = check_input_size(&big, &[101 << 20], &m).unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+    }
+
+    #[test]
+    fn lengths_are_counted_in_characters_as_the_schema_counts_them() {
+        let code = "é".repeat(MAX_CODE_BYTES);
+        assert!(request(&format!(r#"{{"language": "python", "code": "{code}"}}"#)).is_ok());
+        let e = request(r#"{"language": "python", "code": "x", "files": ["../x"]}"#).unwrap_err();
+        assert_eq!(param(&e).as_deref(), Some("files[0]"));
     }
 
     #[test]

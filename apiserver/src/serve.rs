@@ -9,12 +9,15 @@ use codeinterp_store::Store;
 use kube::Client;
 
 use crate::auth::Keys;
-use crate::config::{Config, parse_api_keys};
+use crate::config::{Config, Settings, parse_api_keys};
+use crate::finished::FinishedRuns;
 use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimits, quota};
+use crate::routes::health::Readiness;
 use crate::run_cache::RunCache;
 use crate::signing::Signer;
-use crate::state::AppState;
+use crate::state::{AppState, BINDINGS_CACHED};
+use crate::streams::StreamSlots;
 
 fn signer(cfg: &Config) -> anyhow::Result<Signer> {
     match cfg.signing_key.as_deref().filter(|k| !k.is_empty()) {
@@ -34,60 +37,89 @@ fn signer(cfg: &Config) -> anyhow::Result<Signer> {
     }
 }
 
-pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+/// Everything the handlers share, from the settings.
+pub fn state(
+    cfg: &Config,
+    settings: Settings,
+    store: Store,
+    kube: Client,
+    runs: RunCache,
+) -> anyhow::Result<AppState> {
     let keys = parse_api_keys(&cfg.api_keys)?;
-    let signer = signer(&cfg)?;
-    let anonymous = quota(
-        cfg.anonymous_rps,
-        NonZeroU32::new(cfg.anonymous_burst).context("ANONYMOUS_BURST must be at least 1")?,
-    );
-    anyhow::ensure!(
-        cfg.anonymous_rps.is_finite() && cfg.anonymous_rps > 0.0,
-        "ANONYMOUS_RPS must be above 0"
-    );
+    let signer = signer(cfg)?;
+    let nonzero = |n: u32| NonZeroU32::new(n).expect("checked by the settings");
+    let anonymous = quota(cfg.anonymous_rps, nonzero(cfg.anonymous_burst));
+    let failures = quota(cfg.auth_failure_rps, nonzero(cfg.auth_failure_burst));
+    Ok(AppState {
+        rate_limits: Arc::new(RateLimits::new(&keys, anonymous, failures)),
+        keys: Arc::new(Keys::new(keys)),
+        finished: Arc::new(FinishedRuns::new(
+            cfg.run_cache_mb.saturating_mul(1024 * 1024),
+        )),
+        bindings: Arc::new(quick_cache::sync::Cache::new(BINDINGS_CACHED)),
+        readiness: Arc::new(Readiness::default()),
+        streams: Arc::new(StreamSlots::new(settings.max_streams_per_tenant)),
+        settings: Arc::new(settings),
+        signer: Arc::new(signer),
+        store,
+        kube,
+        runs,
+        metrics: Metrics::default(),
+    })
+}
+
+async fn bind(port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        // Hosts without IPv6.
+        Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("binding port {port}")),
+    }
+}
+
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let settings = cfg.settings().map_err(anyhow::Error::msg)?;
+    parse_api_keys(&cfg.api_keys)?;
     let store = Store::open(&cfg.storage_url).context("opening object storage")?;
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let settings = cfg.settings();
     let runs = RunCache::start(client.clone(), &settings.namespace, cfg.shard.as_deref());
+    let state = state(&cfg, settings, store, client, runs)?;
     tracing::info!(
         port = cfg.port,
-        namespace = %settings.namespace,
+        metrics_port = cfg.metrics_port,
+        namespace = %state.settings.namespace,
         shard = cfg.shard.as_deref().unwrap_or("(none)"),
-        tenants = keys.len(),
-        public_base_url = %settings.public_base_url,
-        seccomp_profile = cfg.seccomp_profile.as_deref().unwrap_or("(operator default)"),
-        apparmor_profile = cfg.apparmor_profile.as_deref().unwrap_or("(operator default)"),
-        runner_image_python = cfg.runner_image_python.as_deref().unwrap_or("(operator default)"),
-        runner_image_node = cfg.runner_image_node.as_deref().unwrap_or("(operator default)"),
-        runner_image_ruby = cfg.runner_image_ruby.as_deref().unwrap_or("(operator default)"),
-        runner_image_php = cfg.runner_image_php.as_deref().unwrap_or("(operator default)"),
+        tenants = state.keys.all().len(),
+        public_base_url = %state.settings.public_base_url,
         "apiserver starting"
     );
-    let state = AppState {
-        rate_limits: Arc::new(RateLimits::new(&keys, anonymous)),
-        keys: Arc::new(Keys::new(keys)),
-        settings: Arc::new(settings),
-        signer: Arc::new(signer),
-        store,
-        kube: client,
-        runs,
-        metrics: Metrics::default(),
-    };
-    let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, cfg.port));
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        // Hosts without IPv6.
-        Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", cfg.port))
-            .await
-            .with_context(|| format!("binding port {}", cfg.port))?,
-    };
+    let metrics_listener = bind(cfg.metrics_port).await?;
+    let metrics_app = crate::routes::health::metrics_app(state.metrics.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(metrics_listener, metrics_app).await {
+            tracing::warn!(error = %e, "metrics server stopped");
+        }
+    });
+    let limits = state.rate_limits.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            limits.housekeeping();
+        }
+    });
+    let listener = bind(cfg.port).await?;
     tracing::info!(address = %listener.local_addr()?, "listening");
-    axum::serve(listener, crate::routes::app(state))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving")?;
+    axum::serve(
+        listener,
+        crate::routes::app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await
+    .context("serving")?;
     tracing::info!("apiserver stopped");
     Ok(())
 }

@@ -8,6 +8,7 @@ use kube::{Api, Client};
 
 use crate::auth::Keys;
 use crate::config::Settings;
+use crate::finished::FinishedRuns;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::run_cache::RunCache;
@@ -24,7 +25,18 @@ pub struct AppState {
     pub kube: Client,
     pub runs: RunCache,
     pub metrics: Metrics,
+    /// Finished runs, answered from memory.
+    pub finished: Arc<FinishedRuns>,
+    /// Run ids bound to the UID of the CodeRun created under them.
+    pub bindings: Arc<quick_cache::sync::Cache<(String, String), String>>,
+    /// The last readiness answer, reused for a moment.
+    pub readiness: Arc<crate::routes::health::Readiness>,
+    /// Open event streams per tenant.
+    pub streams: Arc<crate::streams::StreamSlots>,
 }
+
+/// Run ids whose binding is remembered.
+pub const BINDINGS_CACHED: usize = 100_000;
 
 pub fn now_unix() -> i64 {
     SystemTime::now()

@@ -35,7 +35,6 @@ fn the_document_describes_every_route_of_the_contract() {
         ("/v1/files/{id}/content", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
-        ("/metrics", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -57,10 +56,64 @@ fn the_document_describes_every_route_of_the_contract() {
         "stderr",
         "stdout_truncated",
         "stderr_truncated",
+        "queue_position",
         "usage",
         "artifacts",
         "error",
     ] {
         assert!(run.get(field).is_some(), "Run.{field} is missing");
     }
+}
+
+/// The ranges the document gives each limit are the ones the server enforces: the CRD's
+/// minima (the schema the Kubernetes API checks) and the service's default maxima.
+#[test]
+fn the_documented_limit_ranges_are_the_enforced_ones() {
+    use kube::CustomResourceExt;
+    let doc: serde_json::Value =
+        serde_json::from_str(&codeinterp_apiserver::openapi::document()).unwrap();
+    let documented = doc["components"]["schemas"]["RunLimits"]["properties"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let crd = serde_json::to_value(codeinterp_crds::CodeRun::crd()).unwrap();
+    let crd_limits = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["limits"]["properties"];
+    let maxima = serde_json::to_value(codeinterp_crds::Maxima::default().max).unwrap();
+    assert_eq!(documented.len(), 10);
+    for (snake, schema) in &documented {
+        let camel: String = snake
+            .split('_')
+            .enumerate()
+            .map(|(i, w)| {
+                if i == 0 {
+                    w.to_string()
+                } else {
+                    w[..1].to_uppercase() + &w[1..]
+                }
+            })
+            .collect();
+        let min = schema["minimum"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{snake} has no minimum"));
+        let max = schema["maximum"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{snake} has no maximum"));
+        assert_eq!(
+            min,
+            crd_limits[&camel]["minimum"].as_f64().unwrap(),
+            "{snake} minimum"
+        );
+        assert_eq!(max, maxima[&camel].as_f64().unwrap(), "{snake} maximum");
+    }
+    let request = &doc["components"]["schemas"]["CreateRunRequest"]["properties"];
+    assert_eq!(request["code"]["maxLength"], 262144);
+    assert_eq!(request["code"]["minLength"], 1);
+    assert_eq!(request["args"]["maxItems"], 64);
+    assert_eq!(request["files"]["maxItems"], 16);
+    let languages = &doc["components"]["schemas"]["LanguageName"]["enum"];
+    assert_eq!(
+        languages,
+        &serde_json::json!(["python", "node", "ruby", "php"])
+    );
 }

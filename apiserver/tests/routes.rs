@@ -2,21 +2,19 @@
 //! `oneshot`: auth, errors, rate limits, files, signed URLs, and runs answered from their
 //! stored records. The kube client points nowhere and the run cache is never filled; runs
 //! against a real cluster are tested in the `e2e` crate.
-use std::num::NonZeroU32;
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
-use codeinterp_apiserver::auth::Keys;
-use codeinterp_apiserver::config::{Config, parse_api_keys};
+use codeinterp_apiserver::config::Config;
 use codeinterp_apiserver::metrics::Metrics;
-use codeinterp_apiserver::ratelimit::{RateLimits, quota};
 use codeinterp_apiserver::run_cache::RunCache;
 use codeinterp_apiserver::signing::Signer;
-use codeinterp_apiserver::state::{AppState, now_unix};
-use codeinterp_store::{ArtifactRecord, FileMeta, RunRecord, RunUsage, Store};
+use codeinterp_apiserver::state::now_unix;
+use codeinterp_crds::{ArtifactRef, Language, Phase, Usage};
+use codeinterp_store::{
+    FileMeta, HEAD_BYTES, OutputStream, RECORD_VERSION, RunBinding, RunRecord, Store, head,
+};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -30,52 +28,50 @@ struct Harness {
     app: Router,
     store: Store,
     signer: Signer,
+    metrics: Metrics,
     _dir: tempfile::TempDir,
 }
 
-fn harness_with(max_upload: &str) -> Harness {
+fn harness_with(args: &[&str]) -> Harness {
     use clap::Parser;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().to_str().unwrap()).unwrap();
-    let keys = parse_api_keys(&format!(
-        "{ACME}:acme:100:100,{BETA}:beta:100:100,{SLOW}:slow:0.01:2"
-    ))
-    .unwrap();
-    let cfg = Config::parse_from([
+    let keys = format!("{ACME}:acme:100:100,{BETA}:beta:100:100,{SLOW}:slow:0.01:2");
+    let key = String::from_utf8(KEY.to_vec()).unwrap();
+    let mut all = vec![
         "apiserver",
-        "--max-upload-bytes",
-        max_upload,
+        "--api-keys",
+        &keys,
+        "--signing-key",
+        &key,
         "--public-base-url",
         "http://api.test",
         "--sandbox-namespace",
         "codeinterp-test",
-    ]);
+    ];
+    all.extend_from_slice(args);
+    let cfg = Config::parse_from(all);
     let kube =
         kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    let signer = Signer::new(KEY, None).unwrap();
-    let state = AppState {
-        rate_limits: Arc::new(RateLimits::new(
-            &keys,
-            quota(100.0, NonZeroU32::new(100).unwrap()),
-        )),
-        keys: Arc::new(Keys::new(keys)),
-        settings: Arc::new(cfg.settings()),
-        signer: Arc::new(signer.clone()),
-        store: store.clone(),
+    let state = codeinterp_apiserver::serve::state(
+        &cfg,
+        cfg.settings().unwrap(),
+        store.clone(),
         kube,
-        runs: RunCache::detached("codeinterp-test"),
-        metrics: Metrics::default(),
-    };
+        RunCache::detached("codeinterp-test"),
+    )
+    .unwrap();
     Harness {
+        metrics: state.metrics.clone(),
         app: codeinterp_apiserver::routes::app(state),
         store,
-        signer,
+        signer: Signer::new(KEY, None).unwrap(),
         _dir: dir,
     }
 }
 
 fn harness() -> Harness {
-    harness_with("1024")
+    harness_with(&["--max-upload-bytes", "1024"])
 }
 
 struct Answer {
@@ -179,32 +175,61 @@ impl Harness {
         .await
     }
 
+    /// A finished run as the operator stores it, bound to its id as the API binds it.
     async fn stored_run(&self, id: &str, tenant: &str, created_at: i64) -> RunRecord {
+        let stdout = "2\n".repeat(3000);
+        let uid = format!("uid-{id}");
         let rec = RunRecord {
+            v: RECORD_VERSION,
             id: id.into(),
+            uid: uid.clone(),
             tenant: tenant.into(),
             namespace: "codeinterp-test".into(),
-            status: "completed".into(),
-            language: "python".into(),
+            phase: Phase::Completed,
+            language: Language::Python,
             created_at,
             started_at: Some(created_at + 1),
             completed_at: Some(created_at + 2),
             exit_code: Some(0),
             signal: None,
-            stdout: "2\n".repeat(3000),
-            stderr: String::new(),
+            stdout_head: head(stdout.as_bytes(), HEAD_BYTES),
+            stderr_head: String::new(),
+            stdout_bytes: stdout.len() as u64,
+            stderr_bytes: 0,
             stdout_truncated: false,
             stderr_truncated: false,
-            usage: RunUsage {
+            usage: Usage {
                 wall_ms: 20,
                 cpu_ms: 15,
                 memory_peak_bytes: 9_000_000,
             },
             artifacts: vec![],
             error: None,
+            start_mode: None,
         };
+        self.store
+            .put_output(
+                tenant,
+                "codeinterp-test",
+                &uid,
+                OutputStream::Stdout,
+                Bytes::from(stdout),
+            )
+            .await
+            .unwrap();
         self.store.put_run(&rec).await.unwrap();
+        let binding = RunBinding {
+            uid,
+            namespace: "codeinterp-test".into(),
+            created_ms: created_at * 1000,
+            legacy: false,
+        };
+        self.store.bind_run(tenant, id, &binding).await.unwrap();
         rec
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.encode()
     }
 }
 
@@ -479,7 +504,7 @@ async fn a_file_round_trips_through_the_openai_files_api() {
 
 #[tokio::test]
 async fn an_upload_over_the_cap_is_413_and_leaves_nothing() {
-    let h = harness_with("1024");
+    let h = harness_with(&["--max-upload-bytes", "1024"]);
     let a = h
         .upload(ACME, "big.bin", &[7u8; 4096], Some("assistants"))
         .await;
@@ -516,15 +541,16 @@ async fn artifact_run(h: &Harness) -> String {
         purpose: "assistants_output".into(),
         sha256: String::new(),
         run_id: Some("run-art".into()),
+        content_type: None,
     };
     h.store
         .put_file(&meta, Bytes::from_static(b"hello"))
         .await
         .unwrap();
     let mut rec = h.stored_run("run-art", "acme", 1000).await;
-    rec.artifacts = vec![ArtifactRecord {
+    rec.artifacts = vec![ArtifactRef {
         id: "file-artifact1".into(),
-        filename: "out.txt".into(),
+        name: "out.txt".into(),
         bytes: 5,
         sha256: String::new(),
     }];
@@ -602,7 +628,7 @@ async fn over_the_rate_limit_answers_429_with_retry_after() {
     assert!((1..=100).contains(&retry), "{retry}");
     // Other keys are not affected.
     assert_eq!(h.get("/v1/files", Some(ACME)).await.status, StatusCode::OK);
-    let metrics = String::from_utf8(h.get("/metrics", None).await.body.to_vec()).unwrap();
+    let metrics = h.metrics_text();
     assert!(
         metrics.contains("rate_limited_requests_total{tenant=\"slow\"} 1"),
         "{metrics}"
@@ -667,7 +693,7 @@ async fn metrics_count_requests_by_route_template() {
     let h = harness();
     h.stored_run("run-m1", "acme", 1000).await;
     h.get("/v1/runs/run-m1", Some(ACME)).await;
-    let metrics = String::from_utf8(h.get("/metrics", None).await.body.to_vec()).unwrap();
+    let metrics = h.metrics_text();
     assert!(
         metrics.contains(
             "codeinterp_apiserver_http_requests_total{method=\"GET\",route=\"/v1/runs/{id}\",status=\"200\"} 1"
@@ -694,4 +720,118 @@ async fn the_openapi_document_is_served() {
     let a = h.get("/openapi.json", None).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.json()["paths"]["/v1/runs"].is_object());
+}
+
+#[tokio::test]
+async fn metrics_are_not_served_on_the_api_port() {
+    let h = harness();
+    h.get("/metrics", None).await.error(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn wrong_tokens_are_throttled_per_client_and_then_even_a_right_one_waits() {
+    let h = harness_with(&["--auth-failure-rps", "0.01", "--auth-failure-burst", "5"]);
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(h.get("/v1/files", Some(&format!("guess-{i}"))).await.status);
+    }
+    assert_eq!(&statuses[..5], &[StatusCode::UNAUTHORIZED; 5]);
+    assert!(
+        statuses[5..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    // Over the budget the answer does not tell a right token from a wrong one.
+    let a = h.get("/v1/files", Some(ACME)).await;
+    a.error(StatusCode::TOO_MANY_REQUESTS);
+    assert!(a.headers.contains_key(header::RETRY_AFTER));
+    // A valid signed link is not held back by the failures.
+    let path = {
+        let meta = FileMeta {
+            id: "file-signed1".into(),
+            tenant: "acme".into(),
+            bytes: 2,
+            created_at: 1,
+            filename: "s.txt".into(),
+            purpose: "assistants_output".into(),
+            sha256: String::new(),
+            run_id: None,
+            content_type: None,
+        };
+        h.store
+            .put_file(&meta, Bytes::from_static(b"ok"))
+            .await
+            .unwrap();
+        let expires = now_unix() + 60;
+        format!(
+            "/v1/files/file-signed1/content?expires={expires}&signature={}",
+            h.signer.sign("file-signed1", expires)
+        )
+    };
+    assert_eq!(h.get(&path, None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_signatures_costs_a_valid_link_nothing() {
+    let h = harness_with(&["--anonymous-rps", "0.01", "--anonymous-burst", "3"]);
+    let path = artifact_run(&h).await;
+    for _ in 0..50 {
+        let a = h
+            .get(
+                "/v1/files/file-artifact1/content?expires=9999999999&signature=00",
+                None,
+            )
+            .await;
+        assert!(
+            a.status == StatusCode::FORBIDDEN || a.status == StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            a.status
+        );
+    }
+    // The anonymous bucket (3) was not touched by the junk: three valid downloads pass.
+    for _ in 0..3 {
+        assert_eq!(h.get(&path, None).await.status, StatusCode::OK);
+    }
+    h.get(&path, None)
+        .await
+        .error(StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_run_recorded_in_the_first_layout_is_still_read_by_id() {
+    let h = harness();
+    let dir = h._dir.path().join("tenants/acme/runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let legacy = r#"{"id":"run-v1","tenant":"acme","namespace":"codeinterp","status":"completed","language":"python","created_at":100,"started_at":101,"completed_at":102,"exit_code":0,"signal":null,"stdout":"old output","stderr":"","stdout_truncated":false,"stderr_truncated":false,"usage":{"wall_ms":1,"cpu_ms":1,"memory_peak_bytes":1},"artifacts":[],"error":null}"#;
+    std::fs::write(dir.join("run-v1.json"), legacy).unwrap();
+    let run = h.get("/v1/runs/run-v1", Some(ACME)).await.json();
+    assert_eq!(
+        (run["status"].as_str(), run["stdout"].as_str()),
+        (Some("completed"), Some("old output"))
+    );
+    let list = h.get("/v1/runs", Some(ACME)).await.json();
+    assert_eq!(list["data"][0]["id"], "run-v1");
+    h.get("/v1/runs/run-v1", Some(BETA))
+        .await
+        .error(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_record_not_bound_to_its_id_is_not_served() {
+    // A record another CodeRun of the same name stored (another namespace, a forged run):
+    // without the API's binding of the id to its UID, it answers for nothing.
+    let h = harness();
+    let rec = h.stored_run("run-real", "acme", 1000).await;
+    let mut forged = rec.clone();
+    forged.uid = "uid-forged".into();
+    forged.id = "run-forged".into();
+    h.store.put_run(&forged).await.unwrap();
+    h.get("/v1/runs/run-forged", Some(ACME))
+        .await
+        .error(StatusCode::NOT_FOUND);
+    assert_eq!(
+        h.get("/v1/runs/run-real", Some(ACME)).await.status,
+        StatusCode::OK
+    );
 }

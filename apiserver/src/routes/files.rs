@@ -9,16 +9,16 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use codeinterp_store::{FileMeta, StoreError, UploadError};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, ClientAddr};
 use crate::error::{ApiError, ApiQuery, ErrorBody};
+use crate::ratelimit::retry_after_secs;
 use crate::signing::SignatureError;
 use crate::state::{AppState, now_unix};
 
-const OVER_BODY_LIMIT: &str = "the request body is over its size limit";
 /// Room for the multipart framing and the `purpose` field around the file.
 const MULTIPART_OVERHEAD: usize = 64 * 1024;
 
@@ -207,25 +207,20 @@ async fn upload_file(
                         ApiError::invalid("the file part needs a filename", "file".to_string())
                     })?;
                     let id = new_file_id();
-                    let chunks = field
-                        .map_err(|e| {
-                            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                                OVER_BODY_LIMIT.to_string()
-                            } else {
-                                e.body_text()
-                            }
-                        })
-                        .boxed();
+                    let chunks = field.boxed();
                     let upload = state.store.put_file_stream(tenant, &id, chunks, max).await;
                     match upload? {
                         Ok((bytes, sha256)) => stored = Some((id, filename, bytes, sha256)),
                         Err(UploadError::TooLarge(max)) => return Err(too_large(max)),
-                        Err(UploadError::Body(e)) if e == OVER_BODY_LIMIT => {
+                        // The body limit (the multipart framing around the cap) cut it.
+                        Err(UploadError::Body(e))
+                            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+                        {
                             return Err(too_large(max));
                         }
                         Err(UploadError::Body(e)) => {
                             return Err(ApiError::invalid(
-                                format!("upload failed: {e}"),
+                                format!("upload failed: {}", e.body_text()),
                                 "file".to_string(),
                             ));
                         }
@@ -297,6 +292,8 @@ async fn upload_file(
         purpose,
         sha256,
         run_id: None,
+        // Uploads are never served for display, whatever they hold.
+        content_type: None,
     };
     state.store.put_file_meta(&meta).await?;
     Ok(Json(meta.into()))
@@ -431,6 +428,8 @@ pub struct SignedQuery {
 /// Download a file
 ///
 /// With a bearer token, or with the `expires` and `signature` of a signed URL (no token).
+/// A signed URL's signature is checked before anything else: a bad one costs a valid link
+/// nothing. Valid signed downloads are limited per client address.
 #[utoipa::path(
     get,
     path = "/v1/files/{id}/content",
@@ -447,20 +446,20 @@ pub struct SignedQuery {
 async fn file_content(
     State(state): State<AppState>,
     caller: Option<Caller>,
+    addr: ClientAddr,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<SignedQuery>,
 ) -> Result<Response, ApiError> {
-    let tenant = if query.expires.is_some() || query.signature.is_some() {
+    let tenant = if caller.is_none() && (query.expires.is_some() || query.signature.is_some()) {
         let (Some(expires), Some(signature)) = (query.expires, query.signature.as_deref()) else {
-            return Err(ApiError::Forbidden {
+            let refusal = ApiError::Forbidden {
                 message: "A signed URL needs both expires and signature.".into(),
                 code: "invalid_signature",
-            });
+            };
+            return Ok(crate::auth::failure(&state, addr, refusal));
         };
-        state
-            .signer
-            .verify(&id, expires, signature, now_unix())
-            .map_err(|e| ApiError::Forbidden {
+        if let Err(e) = state.signer.verify(&id, expires, signature, now_unix()) {
+            let refusal = ApiError::Forbidden {
                 message: match e {
                     SignatureError::Expired => "This link has expired.".into(),
                     SignatureError::Invalid => "This link's signature is not valid.".into(),
@@ -469,7 +468,14 @@ async fn file_content(
                     SignatureError::Expired => "url_expired",
                     SignatureError::Invalid => "invalid_signature",
                 },
-            })?;
+            };
+            return Ok(crate::auth::failure(&state, addr, refusal));
+        }
+        if let Err(wait) = state.rate_limits.check_anonymous(addr.0) {
+            return Err(ApiError::RateLimited {
+                retry_after_secs: retry_after_secs(wait),
+            });
+        }
         state
             .store
             .file_tenant(&id)
@@ -492,14 +498,33 @@ async fn file_content(
     };
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
+    // A run's image (judged from its bytes when it was stored) is shown inline; anything else
+    // is only ever bytes to download, never a page of this origin.
+    let image: Option<&'static str> = match meta.content_type.as_deref() {
+        Some("image/png") => Some("image/png"),
+        Some("image/jpeg") => Some("image/jpeg"),
+        Some("image/gif") => Some("image/gif"),
+        Some("image/webp") => Some("image/webp"),
+        Some("image/svg+xml") => Some("image/svg+xml"),
+        _ => None,
+    };
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
+        HeaderValue::from_static(image.unwrap_or("application/octet-stream")),
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.bytes));
-    if let Ok(v) = HeaderValue::from_str(&content_disposition(&meta.filename)) {
+    let disposition = match image {
+        Some(_) => content_disposition(&meta.filename).replacen("attachment", "inline", 1),
+        None => content_disposition(&meta.filename),
+    };
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
+    // An SVG may carry script: opened on its own, it runs none and reaches nothing.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; sandbox"),
+    );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -588,6 +613,7 @@ mod tests {
             purpose: "assistants".into(),
             sha256: "x".into(),
             run_id: None,
+            content_type: None,
         };
         let json = serde_json::to_value(FileObject::from(meta)).unwrap();
         assert_eq!(

@@ -1,5 +1,6 @@
 //! Every route of the API, and the middleware around them, in one place.
 pub mod admin;
+pub mod events;
 pub mod files;
 pub mod health;
 pub mod runs;

@@ -1,24 +1,28 @@
 //! `/v1/runs`: create a run (and by default wait for it), read one, list them, cancel one.
-//! Reads come from the reflector cache and, once a CodeRun is gone, from its stored record.
-use std::collections::{BTreeMap, HashMap};
+//! A live run is read from the reflector cache; a finished one from its stored record,
+//! prepared once and kept in memory. A run is the tenant's only if the REST API bound its id
+//! to that CodeRun's UID when it created it: no other CodeRun of the same name answers.
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use codeinterp_crds::{CodeRun, CodeRunSpec, InputFile, SHARD_LABEL, TENANT_LABEL};
-use codeinterp_store::{RunRecord, StoreError};
-use kube::api::{Patch, PatchParams, PostParams};
+use codeinterp_store::{RunBinding, RunRecord, StoreError};
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde::Deserialize;
 use tokio::time::Instant;
 use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
-use crate::pagination::{Page, check_limit, paginate};
-use crate::run_object::{Run, from_coderun, from_record};
+use crate::pagination::{Page, check_limit};
+use crate::run_object::{Prepared, Run, from_coderun, list_item};
 use crate::run_request::{
     CreateRunRequest, ValidRun, check_idempotency_key, check_input_size, idempotent_run_name,
     input_file_name, random_run_name, validate, wait_budget,
@@ -29,40 +33,135 @@ use crate::state::AppState;
 pub const MANAGER: &str = "codeinterp-apiserver";
 /// How long a new CodeRun may take to reach the cache before the API answers without it.
 const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
+/// What a client told its queue is full should wait before trying again.
+const QUEUE_FULL_RETRY_SECS: u64 = 10;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/runs", post(create_run).get(list_runs))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
+        .route(
+            "/v1/runs/{id}/events",
+            get(crate::routes::events::get_events),
+        )
 }
 
-/// The stored record of a run of the tenant; ids that cannot be a run are simply not found.
-async fn stored_run(
+/// A run as answered: live (from its CodeRun), or finished (prepared from its record).
+pub enum Answer {
+    Live(Box<Run>),
+    Done(Arc<Prepared>),
+}
+
+impl Answer {
+    pub fn status(&self) -> crate::run_object::RunStatus {
+        match self {
+            Answer::Live(run) => run.status,
+            Answer::Done(p) => p.status,
+        }
+    }
+
+    pub fn language(&self) -> &str {
+        match self {
+            Answer::Live(run) => &run.language,
+            Answer::Done(p) => &p.language,
+        }
+    }
+
+    pub fn into_response(self, state: &AppState) -> Response {
+        match self {
+            Answer::Live(run) => Json(*run).into_response(),
+            Answer::Done(prepared) => {
+                let mut response = prepared.body(&state.links()).into_response();
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+        }
+    }
+
+    pub fn into_run(self, state: &AppState) -> Run {
+        match self {
+            Answer::Live(run) => *run,
+            Answer::Done(prepared) => prepared.to_run(&state.links()),
+        }
+    }
+}
+
+/// Whether the REST API bound this id of the tenant to this CodeRun.
+async fn is_bound(state: &AppState, tenant: &str, id: &str, uid: &str) -> Result<bool, ApiError> {
+    if let Some(bound) = state.bindings.get(&(tenant.to_string(), id.to_string())) {
+        return Ok(bound == uid);
+    }
+    match state.store.binding(tenant, id).await? {
+        Some(b) => {
+            state
+                .bindings
+                .insert((tenant.to_string(), id.to_string()), b.uid.clone());
+            Ok(b.uid == uid)
+        }
+        None => Ok(false),
+    }
+}
+
+/// The tenant's live CodeRun of this id, if the REST API created it.
+async fn live_run(
     state: &AppState,
     tenant: &str,
     id: &str,
-) -> Result<Option<RunRecord>, ApiError> {
-    match state.store.get_run(tenant, id).await {
-        Ok(rec) => Ok(rec),
-        Err(StoreError::Name(_)) => Ok(None),
+) -> Result<Option<Arc<CodeRun>>, ApiError> {
+    let Some(run) = state.runs.get_for(tenant, id) else {
+        return Ok(None);
+    };
+    let uid = run.uid().unwrap_or_default();
+    Ok(is_bound(state, tenant, id, &uid).await?.then_some(run))
+}
+
+async fn prepare(
+    state: &AppState,
+    tenant: &str,
+    rec: &RunRecord,
+) -> Result<Arc<Prepared>, ApiError> {
+    Ok(state
+        .finished
+        .load(&state.store, tenant, rec, &state.links())
+        .await?)
+}
+
+/// The run of the tenant with this id, as the API answers it; `None` if it has none.
+pub async fn answer(state: &AppState, tenant: &str, id: &str) -> Result<Option<Answer>, ApiError> {
+    if let Some(done) = state.finished.get(tenant, id) {
+        return Ok(Some(Answer::Done(done)));
+    }
+    if let Some(run) = live_run(state, tenant, id).await? {
+        return answer_for(state, tenant, &run).await.map(Some);
+    }
+    match state.store.get_run_by_id(tenant, id).await {
+        Ok(Some(rec)) => Ok(Some(Answer::Done(prepare(state, tenant, &rec).await?))),
+        Ok(None) | Err(StoreError::Name(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
-/// A CodeRun as the API shows it; a finished one is told by its record. While storage
-/// cannot be read, the status (with its output preview) still answers.
-async fn present(state: &AppState, tenant: &str, run: &CodeRun) -> Run {
-    let record = if run.is_finished() {
-        let id = run.metadata.name.clone().unwrap_or_default();
-        stored_run(state, tenant, &id).await.unwrap_or_else(|e| {
-            tracing::warn!(run = %id, error = %e, "reading the run record; answering from the status");
-            None
-        })
-    } else {
-        None
-    };
-    from_coderun(run, record.as_ref(), &state.links())
+/// A CodeRun of the tenant as the API answers it; a finished one by its record, while
+/// storage cannot be read by its status (with its output preview).
+async fn answer_for(state: &AppState, tenant: &str, run: &CodeRun) -> Result<Answer, ApiError> {
+    if run.is_finished() {
+        let (ns, uid) = (
+            run.namespace().unwrap_or_default(),
+            run.uid().unwrap_or_default(),
+        );
+        match state.store.get_run(tenant, &ns, &uid).await {
+            Ok(Some(rec)) => return Ok(Answer::Done(prepare(state, tenant, &rec).await?)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(run = %run.name_any(), error = %e, "reading the run record; answering from the status")
+            }
+        }
+    }
+    Ok(Answer::Live(Box::new(from_coderun(run, &state.links()))))
 }
 
 fn coderun(
@@ -132,8 +231,8 @@ async fn input_files(
     Ok((files, sizes))
 }
 
-/// Creates the CodeRun. With an idempotency key its name is fixed, and a CodeRun that
-/// already has it is the run to return.
+/// Creates the CodeRun and binds its id to it. With an idempotency key the name is fixed,
+/// and a CodeRun that already has it is the run to return.
 async fn create(
     state: &AppState,
     tenant: &str,
@@ -157,11 +256,14 @@ async fn create(
             files.clone(),
         );
         match api.create(&params, &object).await {
-            Ok(created) => return Ok(Arc::new(created)),
+            Ok(created) => {
+                bind(state, tenant, &created).await?;
+                return Ok(Arc::new(created));
+            }
             Err(kube::Error::Api(s)) if s.is_already_exists() && fixed_name.is_some() => {
                 let deadline = Instant::now() + CACHE_CATCH_UP;
                 return match state.runs.wait_for_arrival(&name, deadline).await {
-                    Some(existing) if existing.tenant() == tenant => Ok(existing),
+                    Some(existing) if existing.tenant_label() == Some(tenant) => Ok(existing),
                     Some(_) => Err(ApiError::Conflict(
                         "this Idempotency-Key names a run of another tenant".into(),
                     )),
@@ -178,10 +280,45 @@ async fn create(
     Err(ApiError::Internal("no free run name after 3 tries".into()))
 }
 
+/// Binds the run's id to the CodeRun just created. A run that cannot be bound is deleted:
+/// the client is told to retry rather than given a run it could never read back.
+async fn bind(state: &AppState, tenant: &str, created: &CodeRun) -> Result<(), ApiError> {
+    let id = created.name_any();
+    let uid = created.uid().unwrap_or_default();
+    let binding = RunBinding {
+        uid: uid.clone(),
+        namespace: created.namespace().unwrap_or_default(),
+        created_ms: created
+            .creation_timestamp()
+            .map(|t| t.0.as_millisecond())
+            .unwrap_or_default(),
+        legacy: false,
+    };
+    match state.store.bind_run(tenant, &id, &binding).await {
+        Ok(_) => {
+            state.bindings.insert((tenant.to_string(), id), uid);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(run = %id, error = %e, "binding the run's id; deleting the run");
+            let _ = state
+                .coderuns()
+                .delete(&id, &DeleteParams::background())
+                .await;
+            Err(ApiError::Unavailable(
+                "the run could not be recorded; try again shortly".into(),
+            ))
+        }
+    }
+}
+
 /// Create a run
 ///
 /// Validates the request, creates a CodeRun and, unless `wait` is false, waits for the run
-/// to finish (up to its timeout plus slack) and returns it with its output.
+/// to finish (up to its timeout plus slack) and returns it with its output. With `"stream":
+/// true` the answer is the run's events as they happen (`text/event-stream`, as
+/// `GET /v1/runs/{id}/events`). A tenant with as many runs waiting for room as it may have
+/// gets 429 `queue_full`.
 #[utoipa::path(
     post,
     path = "/v1/runs",
@@ -191,10 +328,12 @@ async fn create(
         description = "Repeating a request with the same key returns the run the first one created")),
     responses(
         (status = 200, description = "The run: finished, or as far as it got within the wait", body = Run),
+        (status = 200, description = "With `stream`: the run's events", content_type = "text/event-stream", body = crate::routes::events::RunEvent),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 415, description = "Not a JSON body", body = ErrorBody),
+        (status = 429, description = "Rate limited, or the tenant's queue is full (`queue_full`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -203,12 +342,12 @@ async fn create_run(
     caller: Caller,
     headers: HeaderMap,
     ApiJson(request): ApiJson<CreateRunRequest>,
-) -> Result<Json<Run>, ApiError> {
+) -> Result<Response, ApiError> {
     let received = Instant::now();
     let tenant = caller.tenant.as_str();
     let run = validate(request, &state.settings.maxima)?;
     let (files, sizes) = input_files(&state, tenant, &run).await?;
-    check_input_size(&run, &sizes)?;
+    check_input_size(&run, &sizes, &state.settings.maxima)?;
 
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -220,14 +359,31 @@ async fn create_run(
     };
     if let Some(name) = &key
         && state.runs.get_for(tenant, name).is_none()
-        && let Some(rec) = stored_run(&state, tenant, name).await?
+        && let Some(done) = answer(&state, tenant, name).await?
     {
         // The first run finished and its CodeRun was collected: its record is the answer.
-        return Ok(Json(from_record(&rec, &state.links())));
+        return Ok(done.into_response(&state));
+    }
+    let waiting = state.runs.waiting_for(tenant);
+    if key.is_none() && waiting >= state.settings.max_queued_per_tenant {
+        return Err(ApiError::QueueFull {
+            message: format!(
+                "You already have {waiting} runs waiting for room, the most allowed. Retry when some have started."
+            ),
+            retry_after_secs: QUEUE_FULL_RETRY_SECS,
+        });
     }
 
     let created = create(&state, tenant, key.as_deref(), &run, files).await?;
-    let name = created.metadata.name.clone().unwrap_or_default();
+    let name = created.name_any();
+    if run.stream {
+        // The run is bound to its id: its events can be read from the start.
+        let _ = state
+            .runs
+            .wait_for_arrival(&name, Instant::now() + CACHE_CATCH_UP)
+            .await;
+        return crate::routes::events::stream_response(&state, tenant, &name, &headers);
+    }
     // Answer only once the cache knows the run, so a GET right after finds it.
     let mut current = state
         .runs
@@ -249,27 +405,28 @@ async fn create_run(
             Some(latest) => current = latest,
             // Finished and already collected: the record is all that is left.
             None => {
-                if let Some(rec) = stored_run(&state, tenant, &name).await? {
-                    let answer = from_record(&rec, &state.links());
-                    state.metrics.run_finished(
-                        &answer.language,
-                        answer.status.as_str(),
-                        received.elapsed().as_secs_f64(),
-                    );
-                    return Ok(Json(answer));
+                if let Some(done) = answer(&state, tenant, &name).await? {
+                    finished(&state, &done, received);
+                    return Ok(done.into_response(&state));
                 }
             }
         }
     }
-    let answer = present(&state, tenant, &current).await;
-    if run.wait && answer.status.is_terminal() {
+    let reply = answer_for(&state, tenant, &current).await?;
+    if run.wait {
+        finished(&state, &reply, received);
+    }
+    Ok(reply.into_response(&state))
+}
+
+fn finished(state: &AppState, answer: &Answer, received: Instant) {
+    if answer.status().is_terminal() {
         state.metrics.run_finished(
-            &answer.language,
-            answer.status.as_str(),
+            answer.language(),
+            answer.status().as_str(),
             received.elapsed().as_secs_f64(),
         );
     }
-    Ok(Json(answer))
 }
 
 /// Retrieve a run
@@ -277,7 +434,7 @@ async fn create_run(
     get,
     path = "/v1/runs/{id}",
     tag = "runs",
-    params(("id" = String, Path, description = "The run's id")),
+    params(("id" = String, Path, description = "The run's id", max_length = 63)),
     responses(
         (status = 200, body = Run),
         (status = 404, description = "No such run for this API key", body = ErrorBody),
@@ -288,12 +445,9 @@ async fn get_run(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Run>, ApiError> {
-    if let Some(run) = state.runs.get_for(&caller.tenant, &id) {
-        return Ok(Json(present(&state, &caller.tenant, &run).await));
-    }
-    match stored_run(&state, &caller.tenant, &id).await? {
-        Some(rec) => Ok(Json(from_record(&rec, &state.links()))),
+) -> Result<Response, ApiError> {
+    match answer(&state, &caller.tenant, &id).await? {
+        Some(a) => Ok(a.into_response(&state)),
         None => Err(ApiError::not_found("run", &id)),
     }
 }
@@ -302,14 +456,17 @@ async fn get_run(
 #[into_params(parameter_in = Query)]
 pub struct ListRunsQuery {
     /// How many runs, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// The id of the last run of the previous page.
+    #[param(max_length = 63)]
     after: Option<String>,
 }
 
 /// List runs
 ///
-/// The caller's runs, newest first.
+/// The caller's runs, newest first. A list item carries at most the first 4 KiB of the
+/// run's stdout and stderr; retrieve the run for all of it.
 #[utoipa::path(
     get,
     path = "/v1/runs",
@@ -328,32 +485,43 @@ async fn list_runs(
 ) -> Result<Json<Page<Run>>, ApiError> {
     let limit = check_limit(query.limit)?;
     let tenant = caller.tenant.as_str();
-    let links = state.links();
-    let mut records: HashMap<String, RunRecord> = state
+    let Some(page) = state
         .store
-        .list_runs(tenant)
+        .list_run_ids(tenant, query.after.as_deref(), limit)
         .await?
-        .into_iter()
-        .map(|r| (r.id.clone(), r))
-        .collect();
-    let mut runs: Vec<Run> = state
-        .runs
-        .list_for(tenant)
-        .iter()
-        .map(|cr| {
-            let id = cr.metadata.name.clone().unwrap_or_default();
-            let record = records.remove(&id);
-            from_coderun(cr, record.as_ref(), &links)
-        })
-        .collect();
-    runs.extend(records.values().map(|r| from_record(r, &links)));
-    runs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-    Ok(Json(paginate(
-        runs,
-        |r| r.id.as_str(),
-        limit,
-        query.after.as_deref(),
-    )?))
+    else {
+        let cursor = query.after.unwrap_or_default();
+        return Err(ApiError::invalid(
+            format!("after is {cursor:?}, which is not an id in this list"),
+            "after".to_string(),
+        ));
+    };
+    let links = state.links();
+    let mut data = Vec::with_capacity(page.ids.len());
+    for id in &page.ids {
+        if let Some(run) = live_run(&state, tenant, id).await?
+            && !run.is_finished()
+        {
+            data.push(from_coderun(&run, &links));
+            continue;
+        }
+        match state.store.get_run_by_id(tenant, id).await? {
+            Some(rec) => data.push(list_item(&rec, &links)),
+            // Finished but not stored yet, or collected before it could be: its status.
+            None => {
+                if let Some(run) = live_run(&state, tenant, id).await? {
+                    data.push(from_coderun(&run, &links));
+                }
+            }
+        }
+    }
+    Ok(Json(Page {
+        object: "list",
+        first_id: data.first().map(|r| r.id.clone()),
+        last_id: data.last().map(|r| r.id.clone()),
+        has_more: page.has_more,
+        data,
+    }))
 }
 
 /// Cancel a run
@@ -364,7 +532,7 @@ async fn list_runs(
     post,
     path = "/v1/runs/{id}/cancel",
     tag = "runs",
-    params(("id" = String, Path, description = "The run's id")),
+    params(("id" = String, Path, description = "The run's id", max_length = 63)),
     responses(
         (status = 200, body = Run),
         (status = 404, description = "No such run for this API key", body = ErrorBody),
@@ -375,12 +543,12 @@ async fn cancel_run(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Run>, ApiError> {
+) -> Result<Response, ApiError> {
     let tenant = caller.tenant.as_str();
-    if let Some(run) = state.runs.get_for(tenant, &id) {
-        if run.is_finished() || run.cancel_requested() {
-            return Ok(Json(present(&state, tenant, &run).await));
-        }
+    if let Some(run) = live_run(&state, tenant, &id).await?
+        && !run.is_finished()
+        && !run.cancel_requested()
+    {
         let patch = serde_json::json!({"spec": {"cancel": true}});
         let params = PatchParams {
             field_manager: Some(MANAGER.into()),
@@ -391,14 +559,18 @@ async fn cancel_run(
             .patch(&id, &params, &Patch::Merge(&patch))
             .await
         {
-            Ok(patched) => return Ok(Json(present(&state, tenant, &patched).await)),
+            Ok(patched) => {
+                return Ok(answer_for(&state, tenant, &patched)
+                    .await?
+                    .into_response(&state));
+            }
             // Collected between the look and the patch: the record answers.
             Err(kube::Error::Api(s)) if s.is_not_found() => {}
             Err(e) => return Err(e.into()),
         }
     }
-    match stored_run(&state, tenant, &id).await? {
-        Some(rec) => Ok(Json(from_record(&rec, &state.links()))),
+    match answer(&state, tenant, &id).await? {
+        Some(a) => Ok(a.into_response(&state)),
         None => Err(ApiError::not_found("run", &id)),
     }
 }
@@ -417,6 +589,7 @@ mod tests {
             file_ids: vec![],
             limits: Limits::default(),
             wait: true,
+            stream: false,
         }
     }
 
