@@ -38,13 +38,13 @@ pub fn python_print(name: &str) -> serde_json::Value {
 /// second later, which would flatter the platform.
 pub async fn run_python_print(pods: &Api<Pod>, name: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    pods.create(&PostParams::default(), &e2e::pod(python_print(name)))
+    pods.create(&PostParams::default(), &testkit::pod(python_print(name)))
         .await?;
     let ended = tokio::time::timeout(WITHIN, await_condition(pods.clone(), name, container_ended))
         .await
         .with_context(|| format!("raw pod {name} did not end within {WITHIN:?}"))??
         .context("raw pod disappeared")?;
-    let log = e2e::pod_log(pods, name).await?;
+    let log = testkit::pod_log(pods, name).await?;
     let took = started.elapsed();
     let exit = terminated(&ended).map(|t| t.exit_code);
     if exit != Some(0) || log != "2\n" {

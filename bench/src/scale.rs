@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use codeinterp_crds::{CodeRun, Language, Limits, Phase};
-use codeinterp_store::{CLUSTER_TENANT, Store};
+use codeinterp_store::{OutputStream, Store};
 use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, PostParams};
@@ -96,7 +96,7 @@ pub async fn run(args: &Args, client: &Client) -> anyhow::Result<ScaleReport> {
 async fn measure(
     args: &Args,
     client: &Client,
-    ns: &e2e::TestNamespace,
+    ns: &testkit::TestNamespace,
 ) -> anyhow::Result<ScaleReport> {
     let n = args.scale_runs;
     let runs = ns.runs();
@@ -119,7 +119,7 @@ async fn measure(
                 ..Default::default()
             };
             async move {
-                let mut spec = e2e::spec(Language::Python, PROGRAM);
+                let mut spec = testkit::spec(Language::Python, PROGRAM);
                 spec.limits = limits;
                 let made = runs
                     .create(&PostParams::default(), &CodeRun::new(&name, spec))
@@ -208,7 +208,7 @@ async fn measure(
             completed_ok += 1;
         }
     }
-    let records_ok = records_ok(&args.storage_dir(), &ns.name, &created).await?;
+    let records_ok = records_ok(client, &args.storage_dir(), &ns.name, &created).await?;
     let events = pod_created_events(client, &ns.name).await?;
     let (mut pods_per_run, mut pod_created_events) = (Counts::default(), Counts::default());
     let mut duplicated = 0;
@@ -255,17 +255,37 @@ async fn measure(
 }
 
 /// Records in object storage that say the run completed with the expected output.
-async fn records_ok(storage: &Path, namespace: &str, names: &[String]) -> anyhow::Result<usize> {
+async fn records_ok(
+    client: &Client,
+    storage: &Path,
+    namespace: &str,
+    names: &[String],
+) -> anyhow::Result<usize> {
     let store = Store::open(&storage.to_string_lossy()).context("opening object storage")?;
     let store = &store;
+    let runs: Api<CodeRun> = Api::namespaced(client.clone(), namespace);
+    let uids: HashMap<String, String> = runs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|r| Some((r.metadata.name?, r.metadata.uid?)))
+        .collect();
+    let uids = &uids;
+    let tenant = format!("{}{namespace}", codeinterp_crds::NAMESPACE_TENANT_PREFIX);
+    let tenant = &tenant;
     let oks: Vec<bool> = futures::stream::iter(names)
         .map(|name| async move {
-            matches!(
-                store.get_run(CLUSTER_TENANT, name).await,
-                Ok(Some(rec)) if rec.status == "completed"
-                    && rec.stdout == EXPECTED
-                    && rec.namespace == namespace
-            )
+            let Some(uid) = uids.get(name) else {
+                return false;
+            };
+            let Ok(Some(rec)) = store.get_run(tenant, namespace, uid).await else {
+                return false;
+            };
+            let out = store.get_output(&rec, OutputStream::Stdout).await.ok();
+            rec.phase == codeinterp_crds::Phase::Completed
+                && out.as_deref() == Some(EXPECTED.as_bytes())
+                && rec.namespace == namespace
         })
         .buffer_unordered(32)
         .collect()

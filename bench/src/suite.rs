@@ -23,7 +23,7 @@ pub struct Env {
     /// Where the raw pods and the wrapper pods run.
     pub pods_namespace: String,
     /// Kept alive for as long as the namespace is used: dropping it deletes the namespace.
-    _pods_ns: e2e::TestNamespace,
+    _pods_ns: testkit::TestNamespace,
 }
 
 impl Env {
@@ -149,10 +149,10 @@ async fn connect(args: &Args) -> anyhow::Result<Env> {
 pub async fn new_namespace(
     client: &Client,
     prefix: &'static str,
-) -> anyhow::Result<e2e::TestNamespace> {
+) -> anyhow::Result<testkit::TestNamespace> {
     let client = client.clone();
     // The e2e helper panics when the cluster refuses; a benchmark reports it instead.
-    tokio::spawn(async move { e2e::TestNamespace::new(&client, prefix).await })
+    tokio::spawn(async move { testkit::TestNamespace::new(&client, prefix).await })
         .await
         .map_err(|e| {
             let why = e

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use runner_protocol::{Job, JobLimits, Language, RecordLimits, parse_record};
+use runner_protocol::{EffectiveLimits, Job, Language, PROTOCOL_VERSION, parse_record};
 use serde::Serialize;
 use serde_json::json;
 
@@ -19,14 +19,14 @@ const PROGRAM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// wrapped record between markers so the caller can check the wrapper really ran the program.
 const SCRIPT: &str = r#"set -u
 mkdir -p "$JOB_DIR" "$WORK_DIR"
-printf '%s' "$JOB_JSON" >"$JOB_DIR/job.json"
+printf '%s\n%s' "$JOB_HEADER" "$SOURCE" >/tmp/job-on-stdin
 printf '%s' "$SOURCE" >"$JOB_DIR/$SOURCE_KEY"
 cd "$WORK_DIR"
 bare() { env -i $BARE_ENV $BARE_CMD </dev/null >/dev/null 2>&1; }
-wrapped() { CI_RUNNER_JOB_DIR="$JOB_DIR" CI_RUNNER_WORK_DIR="$WORK_DIR" ci-runner </dev/null >/dev/null 2>&1; }
+wrapped() { rm -rf "$WORK_DIR"/outputs; CI_RUNNER_JOB_DIR="$JOB_DIR" CI_RUNNER_WORK_DIR="$WORK_DIR" ci-runner </tmp/job-on-stdin >/dev/null 2>&1; }
 bare; echo "bare-exit $?"
 echo record-begin
-CI_RUNNER_JOB_DIR="$JOB_DIR" CI_RUNNER_WORK_DIR="$WORK_DIR" ci-runner </dev/null
+CI_RUNNER_JOB_DIR="$JOB_DIR" CI_RUNNER_WORK_DIR="$WORK_DIR" ci-runner </tmp/job-on-stdin
 echo "record-end $?"
 for _ in 1 2 3; do bare; wrapped; done
 for _ in $(seq "$RUNS"); do
@@ -98,24 +98,30 @@ fn program_env(language: Language) -> String {
     env
 }
 
+fn limits() -> EffectiveLimits {
+    EffectiveLimits {
+        timeout_ms: 30_000,
+        memory_mb: 512,
+        cpu_ms: 30_000,
+        cpu_millicores: 1000,
+        max_output_bytes: 1 << 20,
+        max_artifacts: 10,
+        max_artifact_bytes: 1 << 20,
+        max_artifact_total_bytes: 1 << 20,
+        max_processes: 256,
+        disk_mb: 16,
+    }
+}
+
 fn job(language: Language) -> Job {
     Job {
+        v: PROTOCOL_VERSION,
         language,
-        source_key: language.source_file().into(),
-        stdin_key: None,
         args: Vec::new(),
+        limits: limits(),
+        code_bytes: no_op(language).len() as u64,
+        stdin_bytes: None,
         files: Vec::new(),
-        limits: JobLimits {
-            timeout_ms: 30_000,
-            cpu_ms: 30_000,
-            max_output_bytes: 1 << 20,
-            max_artifacts: 10,
-            max_artifact_bytes: 1 << 20,
-            max_artifact_total_bytes: 1 << 20,
-            max_file_bytes: 1 << 20,
-            max_open_files: 256,
-            max_processes: 256,
-        },
     }
 }
 
@@ -124,7 +130,7 @@ fn manifest(name: &str, language: Language, runs: usize) -> anyhow::Result<serde
     let env = [
         ("JOB_DIR", JOB_DIR.to_string()),
         ("WORK_DIR", WORK_DIR.to_string()),
-        ("JOB_JSON", serde_json::to_string(&job(language))?),
+        ("JOB_HEADER", serde_json::to_string(&job(language))?),
         ("SOURCE", no_op(language).to_string()),
         ("SOURCE_KEY", language.source_file().to_string()),
         ("BARE_ENV", program_env(language)),
@@ -140,7 +146,7 @@ fn manifest(name: &str, language: Language, runs: usize) -> anyhow::Result<serde
             "terminationGracePeriodSeconds": 0,
             "containers": [{
                 "name": "main",
-                "image": e2e::runner_image(language.as_str()),
+                "image": testkit::runner_image(language.as_str()),
                 "imagePullPolicy": "Never",
                 "command": ["bash", "-c", SCRIPT],
                 "env": env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
@@ -160,9 +166,9 @@ async fn measure(
     let pods = env.pods();
     let name = format!("wrapper-{}", language.as_str());
     let within = Duration::from_secs(120 + runs as u64 * 2);
-    let ended = e2e::run_pod_to_end(&pods, manifest(&name, language, runs)?, within).await;
+    let ended = testkit::run_pod_to_end(&pods, manifest(&name, language, runs)?, within).await;
     let log = match ended {
-        Ok(_) => e2e::pod_log(&pods, &name).await,
+        Ok(_) => testkit::pod_log(&pods, &name).await,
         Err(e) => Err(e),
     };
     crate::raw_pod::delete_in_background(&pods, &name);
@@ -181,13 +187,7 @@ fn parse_log(log: &str) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
         .take_while(|l| !l.starts_with("record-end"))
         .map(|l| format!("{l}\n"))
         .collect();
-    let limits = RecordLimits {
-        max_output_bytes: 1 << 20,
-        max_artifacts: 10,
-        max_artifact_bytes: 1 << 20,
-        max_artifact_total_bytes: 1 << 20,
-    };
-    let rec = parse_record(record.as_bytes(), limits)
+    let rec = parse_record(record.as_bytes(), &limits())
         .map_err(|e| anyhow::anyhow!("the wrapper's record is invalid: {e}"))?;
     let exit = rec.exit.as_ref().and_then(|e| e.exit_code);
     if !(rec.complete && exit == Some(0)) {

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::rest::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
+use testkit::rest::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 

@@ -6,13 +6,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use codeinterp_crds::{CodeRun, Language, Phase, SHARD_LABEL};
-use e2e::*;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use testkit::*;
 
 fn repo() -> std::path::PathBuf {
     std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

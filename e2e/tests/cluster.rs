@@ -2,10 +2,10 @@
 //! through the API, and NetworkPolicy, seccomp, memory limits and deadlines are enforced.
 use std::time::Duration;
 
-use e2e::*;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::PostParams;
 use serde_json::json;
+use testkit::*;
 
 const PY: &str = "python";
 

@@ -3,10 +3,10 @@
 use std::time::{Duration, Instant};
 
 use codeinterp_crds::{CodeRun, Language, Phase};
-use e2e::*;
 use futures::future::join_all;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use testkit::*;
 
 const LANGS: [Language; 4] = [
     Language::Python,
@@ -159,7 +159,7 @@ async fn a_timeout_ends_the_run_as_timed_out_close_to_its_limit() {
         let st = run.status.as_ref().unwrap();
         assert_eq!(st.phase, Some(Phase::TimedOut), "{}", describe(&run));
         assert_eq!(
-            st.reason.as_deref(),
+            st.reason.map(|r| r.as_str()),
             Some("timed_out"),
             "{}",
             describe(&run)
@@ -198,7 +198,7 @@ async fn a_memory_bomb_fails_the_run_as_oom_killed() {
         let st = run.status.as_ref().unwrap();
         assert_eq!(st.phase, Some(Phase::Failed), "{}", describe(&run));
         assert_eq!(
-            st.reason.as_deref(),
+            st.reason.map(|r| r.as_str()),
             Some("oom_killed"),
             "{}",
             describe(&run)
@@ -248,7 +248,10 @@ async fn files_written_to_outputs_are_stored_with_their_bytes_and_sha256() {
                 "sub/b.bin" => binary.clone(),
                 other => panic!("unexpected artifact {other}"),
             };
-            let stored = store.get_file_bytes("_cluster", &a.id).await.unwrap();
+            let stored = store
+                .get_file_bytes(&format!("_ns-{}", ns.name), &a.id)
+                .await
+                .unwrap();
             assert_eq!(
                 stored.as_ref(),
                 &expected[..],
@@ -260,11 +263,15 @@ async fn files_written_to_outputs_are_stored_with_their_bytes_and_sha256() {
             assert_eq!(a.sha256, hex::encode(Sha256::digest(&expected)));
         }
         let record = store
-            .get_run("_cluster", &kube::ResourceExt::name_any(&run))
+            .get_run(
+                &format!("_ns-{}", ns.name),
+                &ns.name,
+                run.metadata.uid.as_deref().unwrap(),
+            )
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(record.status, "completed");
+        assert_eq!(record.phase, Phase::Completed);
         assert_eq!(record.artifacts.len(), 2);
     }
 }

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use codeinterp_crds::{CodeRun, Language, Phase};
-use e2e::*;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
+use testkit::*;
 
 fn status_of(run: &CodeRun) -> &codeinterp_crds::CodeRunStatus {
     run.status.as_ref().expect("status")
@@ -88,14 +88,20 @@ async fn a_finished_run_is_garbage_collected_after_its_ttl_and_its_record_stays(
         "its pod is gone too"
     );
     let store = codeinterp_store::Store::open(run_dir().join("storage").to_str().unwrap()).unwrap();
+    let tenant = format!("_ns-{}", ns.name);
+    let uid = run.metadata.uid.clone().unwrap();
     let record = store
-        .get_run("_cluster", "short-lived")
+        .get_run(&tenant, &ns.name, &uid)
         .await
         .unwrap()
         .expect("record kept");
+    let stdout = store
+        .get_output(&record, codeinterp_store::OutputStream::Stdout)
+        .await
+        .unwrap();
     assert_eq!(
-        (record.status.as_str(), record.stdout.as_str()),
-        ("completed", "kept\n")
+        (record.phase, &stdout[..]),
+        (Phase::Completed, &b"kept\n"[..])
     );
 }
 
@@ -120,7 +126,7 @@ async fn a_pod_the_cluster_refuses_fails_the_run_with_the_reason_instead_of_hang
     .unwrap();
     let st = status_of(&run);
     assert_eq!(st.phase, Some(Phase::Failed));
-    assert_eq!(st.reason.as_deref(), Some("pod_rejected"));
+    assert_eq!(st.reason.map(|r| r.as_str()), Some("pod_rejected"));
     assert!(
         st.message
             .as_deref()

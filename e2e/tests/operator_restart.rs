@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use codeinterp_crds::{CodeRun, Language, Phase};
-use e2e::*;
 use kube::api::PostParams;
+use testkit::*;
 
 #[tokio::test]
 async fn the_operator_restarting_mid_run_neither_loses_nor_repeats_the_run() {

@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use codeinterp_crds::{CodeRun, TENANT_LABEL};
-use e2e::client;
-use e2e::rest::*;
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::wait::await_condition;
 use serde_json::{Value, json};
+use testkit::client;
+use testkit::rest::*;
 
 const RUN_WITHIN: Duration = Duration::from_secs(90);
 
@@ -463,7 +463,7 @@ async fn the_same_idempotency_key_twice_returns_one_run_and_creates_one_coderun(
     let key = Key::fresh("e2e-idem");
     let server = ApiServer::start(&Key::api_keys(&[&key]), &[]).await;
     let api = server.api(&key.token);
-    let idem = format!("retry-{}", e2e::random_suffix());
+    let idem = format!("retry-{}", testkit::random_suffix());
     let request = || {
         api.request(reqwest::Method::POST, "/v1/runs")
             .header("Idempotency-Key", &idem)
@@ -481,7 +481,7 @@ async fn the_same_idempotency_key_twice_returns_one_run_and_creates_one_coderun(
 async fn another_tenant_with_the_same_idempotency_key_gets_a_run_of_its_own() {
     let (ka, kb) = (Key::fresh("e2e-idem-a"), Key::fresh("e2e-idem-b"));
     let server = ApiServer::start(&Key::api_keys(&[&ka, &kb]), &[]).await;
-    let idem = format!("shared-{}", e2e::random_suffix());
+    let idem = format!("shared-{}", testkit::random_suffix());
     let create = |token: &str, code: &str| {
         let api = server.api(token);
         let req = api
@@ -537,7 +537,11 @@ async fn a_signed_url_moved_to_another_file_id_is_refused() {
 
 /// A signing key of the test's own, so it can sign URLs as the server would.
 fn test_signing_key() -> String {
-    format!("e2e-key-{}-{}", e2e::random_suffix(), e2e::random_suffix())
+    format!(
+        "e2e-key-{}-{}",
+        testkit::random_suffix(),
+        testkit::random_suffix()
+    )
 }
 
 #[tokio::test]

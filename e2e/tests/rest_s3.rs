@@ -3,9 +3,9 @@
 //! there, real runner pods on the cluster. What a client sees must be what it sees with
 //! local storage, and the objects must really be in the S3 server (and not on disk where
 //! the main stack keeps its results).
-use e2e::random_suffix;
-use e2e::rest::*;
 use serde_json::json;
+use testkit::random_suffix;
+use testkit::rest::*;
 
 /// An S3 server, and an operator and an API server of a fresh shard storing in it. Dropping
 /// it ends all three, and deletes the shard's CodeRuns (no operator would collect them).
@@ -53,7 +53,7 @@ impl S3Stack {
 
 impl Drop for S3Stack {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(e2e::kubectl())
+        let _ = std::process::Command::new(testkit::kubectl())
             .args([
                 "delete",
                 "coderuns",

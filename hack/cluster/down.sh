@@ -19,9 +19,6 @@ stop_pid() { # NAME: TERM, then KILL after a grace period
   rm -f "$f"
 }
 
-# Host processes of an older `make up` layout, if any (the chart's pods go with the cluster).
-"$REPO_ROOT/hack/stack/down.sh"
-
 # Control plane and node agents first, so nothing restarts the containers we stop next.
 for c in kube-router kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver; do
   stop_pid "$c"

@@ -20,9 +20,66 @@ pid_alive() { # NAME: its pid file names a live process running our binary
 
 kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
-# What the running cluster was started from: a changed pinned version, config file or
-# script means a restart.
-config_key() { cat "$CLUSTER_DIR"/versions.env "$CLUSTER_DIR"/config/* "$CLUSTER_DIR"/up.sh | sha256sum | cut -c1-16; }
+# The configuration the cluster runs with, rendered: config files with this host's values
+# filled in, and every component's command line. A change to any of it (or to a pinned
+# version) restarts the cluster; a change to a comment in this script does not.
+RENDERED=$(mktemp -d)
+trap 'rm -rf "$RENDERED"' EXIT
+envsubst_file() { sed -e "s#@RUN_DIR@#$RUN_DIR#g" -e "s#@RUNC@#$RUNC_BIN/runc#g" \
+  -e "s#@SOCK@#$CONTAINERD_SOCK#g" -e "s#@POD_CIDR@#$POD_CIDR#g" -e "s#@NODE_IP@#$NODE_IP#g" \
+  -e "s#@PKI@#$PKI_DIR#g" -e "s#@DNS_IP@#$DNS_SVC_IP#g" "$1" | grep -v '^\s*#' >"$2"; }
+for f in containerd.toml 10-bridge.conflist kubelet.yaml kube-proxy.yaml; do
+  envsubst_file "$CLUSTER_DIR/config/$f" "$RENDERED/$f"
+done
+
+ETCD_ARGS=(--name codeinterp --data-dir "$RUN_DIR/etcd"
+  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379
+  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380
+  --initial-cluster codeinterp=http://127.0.0.1:2380 --quota-backend-bytes 4294967296
+  --unsafe-no-fsync)
+APISERVER_ARGS=(--advertise-address "$NODE_IP" --bind-address 0.0.0.0 --secure-port "$API_PORT"
+  --etcd-servers http://127.0.0.1:2379
+  --service-cluster-ip-range "$SERVICE_CIDR"
+  --client-ca-file "$PKI_DIR/ca.crt"
+  --tls-cert-file "$PKI_DIR/apiserver.crt" --tls-private-key-file "$PKI_DIR/apiserver.key"
+  --kubelet-client-certificate "$PKI_DIR/apiserver-kubelet-client.crt"
+  --kubelet-client-key "$PKI_DIR/apiserver-kubelet-client.key"
+  --kubelet-certificate-authority "$PKI_DIR/ca.crt"
+  --kubelet-preferred-address-types InternalIP,Hostname
+  --service-account-issuer https://kubernetes.default.svc.cluster.local
+  --service-account-key-file "$PKI_DIR/sa.pub"
+  --service-account-signing-key-file "$PKI_DIR/sa.key"
+  --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction
+  --allow-privileged=true --profiling=false --v=1)
+CONTROLLER_MANAGER_ARGS=(--kubeconfig "$PKI_DIR/controller-manager.kubeconfig"
+  --authentication-kubeconfig "$PKI_DIR/controller-manager.kubeconfig"
+  --authorization-kubeconfig "$PKI_DIR/controller-manager.kubeconfig"
+  --bind-address 127.0.0.1 --leader-elect=false
+  --service-account-private-key-file "$PKI_DIR/sa.key" --root-ca-file "$PKI_DIR/ca.crt"
+  --cluster-signing-cert-file "$PKI_DIR/ca.crt" --cluster-signing-key-file "$PKI_DIR/ca.key"
+  --use-service-account-credentials --allocate-node-cidrs --cluster-cidr 10.244.0.0/16
+  --node-cidr-mask-size 24 --service-cluster-ip-range "$SERVICE_CIDR" --v=1)
+SCHEDULER_ARGS=(--kubeconfig "$PKI_DIR/scheduler.kubeconfig"
+  --authentication-kubeconfig "$PKI_DIR/scheduler.kubeconfig"
+  --authorization-kubeconfig "$PKI_DIR/scheduler.kubeconfig"
+  --bind-address 127.0.0.1 --leader-elect=false --v=1)
+KUBELET_ARGS=(--config "$RUN_DIR/config/kubelet.yaml"
+  --kubeconfig "$PKI_DIR/kubelet-client.kubeconfig" --hostname-override "$NODE_NAME"
+  --node-ip "$NODE_IP" --root-dir "$RUN_DIR/kubelet" --v=1)
+KUBE_PROXY_ARGS=(--config "$RUN_DIR/config/kube-proxy.yaml" --hostname-override "$NODE_NAME")
+# NetworkPolicy enforcement: kube-router's firewall only (pod routing is the bridge CNI's,
+# services are kube-proxy's).
+KUBE_ROUTER_ARGS=(--kubeconfig "$PKI_DIR/kube-router.kubeconfig"
+  --hostname-override "$NODE_NAME" --run-firewall=true --run-router=false
+  --run-service-proxy=false --metrics-port 0 --health-port 20245 --v=1)
+
+config_key() {
+  {
+    cat "$CLUSTER_DIR/versions.env" "$RENDERED"/*
+    declare -p ETCD_ARGS APISERVER_ARGS CONTROLLER_MANAGER_ARGS SCHEDULER_ARGS KUBELET_ARGS \
+      KUBE_PROXY_ARGS KUBE_ROUTER_ARGS
+  } | sha256sum | cut -c1-16
+}
 
 healthy() {
   local c
@@ -63,68 +120,27 @@ else
   sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 \
     net.bridge.bridge-nf-call-ip6tables=1 fs.inotify.max_user_instances=1024 >/dev/null
 
-  envsubst_file() { sed -e "s#@RUN_DIR@#$RUN_DIR#g" -e "s#@RUNC@#$RUNC_BIN/runc#g" \
-    -e "s#@SOCK@#$CONTAINERD_SOCK#g" -e "s#@POD_CIDR@#$POD_CIDR#g" -e "s#@NODE_IP@#$NODE_IP#g" \
-    -e "s#@PKI@#$PKI_DIR#g" -e "s#@DNS_IP@#$DNS_SVC_IP#g" "$1" >"$2"; }
-  envsubst_file "$CLUSTER_DIR/config/containerd.toml" "$RUN_DIR/config/containerd.toml"
-  envsubst_file "$CLUSTER_DIR/config/10-bridge.conflist" "$RUN_DIR/cni/net.d/10-bridge.conflist"
-  envsubst_file "$CLUSTER_DIR/config/kubelet.yaml" "$RUN_DIR/config/kubelet.yaml"
-  envsubst_file "$CLUSTER_DIR/config/kube-proxy.yaml" "$RUN_DIR/config/kube-proxy.yaml"
+  cp "$RENDERED/containerd.toml" "$RENDERED/kubelet.yaml" "$RENDERED/kube-proxy.yaml" "$RUN_DIR/config/"
+  cp "$RENDERED/10-bridge.conflist" "$RUN_DIR/cni/net.d/"
 
   PATH="$CONTAINERD_BIN:$RUNC_BIN:$PATH" start containerd "$CONTAINERD_BIN/containerd" \
     --config "$RUN_DIR/config/containerd.toml"
-  start etcd "$ETCD_BIN/etcd" --name codeinterp --data-dir "$RUN_DIR/etcd" \
-    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-    --initial-cluster codeinterp=http://127.0.0.1:2380 --quota-backend-bytes 4294967296 \
-    --unsafe-no-fsync
+  start etcd "$ETCD_BIN/etcd" "${ETCD_ARGS[@]}"
   wait_for etcd 60 "$ETCD_BIN/etcdctl" --endpoints http://127.0.0.1:2379 endpoint health
   wait_for containerd 60 test -S "$CONTAINERD_SOCK"
   "$REPO_ROOT/hack/images/pause.sh"
 
-  start kube-apiserver "$K8S_BIN/kube-apiserver" \
-    --advertise-address "$NODE_IP" --bind-address 0.0.0.0 --secure-port "$API_PORT" \
-    --etcd-servers http://127.0.0.1:2379 \
-    --service-cluster-ip-range "$SERVICE_CIDR" \
-    --client-ca-file "$PKI_DIR/ca.crt" \
-    --tls-cert-file "$PKI_DIR/apiserver.crt" --tls-private-key-file "$PKI_DIR/apiserver.key" \
-    --kubelet-client-certificate "$PKI_DIR/apiserver-kubelet-client.crt" \
-    --kubelet-client-key "$PKI_DIR/apiserver-kubelet-client.key" \
-    --kubelet-certificate-authority "$PKI_DIR/ca.crt" \
-    --kubelet-preferred-address-types InternalIP,Hostname \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$PKI_DIR/sa.pub" \
-    --service-account-signing-key-file "$PKI_DIR/sa.key" \
-    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
-    --allow-privileged=true --profiling=false --v=1
+  start kube-apiserver "$K8S_BIN/kube-apiserver" "${APISERVER_ARGS[@]}"
   wait_for kube-apiserver 120 kubectl_admin get --raw /readyz
 
-  start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
-    --kubeconfig "$PKI_DIR/controller-manager.kubeconfig" \
-    --authentication-kubeconfig "$PKI_DIR/controller-manager.kubeconfig" \
-    --authorization-kubeconfig "$PKI_DIR/controller-manager.kubeconfig" \
-    --bind-address 127.0.0.1 --leader-elect=false \
-    --service-account-private-key-file "$PKI_DIR/sa.key" --root-ca-file "$PKI_DIR/ca.crt" \
-    --cluster-signing-cert-file "$PKI_DIR/ca.crt" --cluster-signing-key-file "$PKI_DIR/ca.key" \
-    --use-service-account-credentials --allocate-node-cidrs --cluster-cidr 10.244.0.0/16 \
-    --node-cidr-mask-size 24 --service-cluster-ip-range "$SERVICE_CIDR" --v=1
-  start kube-scheduler "$K8S_BIN/kube-scheduler" \
-    --kubeconfig "$PKI_DIR/scheduler.kubeconfig" \
-    --authentication-kubeconfig "$PKI_DIR/scheduler.kubeconfig" \
-    --authorization-kubeconfig "$PKI_DIR/scheduler.kubeconfig" \
-    --bind-address 127.0.0.1 --leader-elect=false --v=1
-  start kubelet "$K8S_BIN/kubelet" --config "$RUN_DIR/config/kubelet.yaml" \
-    --kubeconfig "$PKI_DIR/kubelet-client.kubeconfig" --hostname-override "$NODE_NAME" \
-    --node-ip "$NODE_IP" --root-dir "$RUN_DIR/kubelet" --v=1
-  start kube-proxy "$K8S_BIN/kube-proxy" --config "$RUN_DIR/config/kube-proxy.yaml" \
-    --hostname-override "$NODE_NAME"
+  start kube-controller-manager "$K8S_BIN/kube-controller-manager" "${CONTROLLER_MANAGER_ARGS[@]}"
+  start kube-scheduler "$K8S_BIN/kube-scheduler" "${SCHEDULER_ARGS[@]}"
+  start kubelet "$K8S_BIN/kubelet" "${KUBELET_ARGS[@]}"
+  start kube-proxy "$K8S_BIN/kube-proxy" "${KUBE_PROXY_ARGS[@]}"
   wait_for "node $NODE_NAME Ready" 180 bash -c \
     "'$K8S_BIN/kubectl' --kubeconfig '$KUBECONFIG_ADMIN' get node '$NODE_NAME' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -q True"
-  # NetworkPolicy enforcement: kube-router's firewall only (pod routing is the bridge CNI's,
-  # services are kube-proxy's). It needs the Node object, so it starts after registration.
-  start kube-router "$KUBE_ROUTER_BIN/kube-router" --kubeconfig "$PKI_DIR/kube-router.kubeconfig" \
-    --hostname-override "$NODE_NAME" --run-firewall=true --run-router=false \
-    --run-service-proxy=false --metrics-port 0 --health-port 20245 --v=1
+  # kube-router needs the Node object, so it starts after registration.
+  start kube-router "$KUBE_ROUTER_BIN/kube-router" "${KUBE_ROUTER_ARGS[@]}"
   wait_for kube-router 60 curl -sf http://127.0.0.1:20245/healthz
   wait_for "default service account" 60 kubectl_admin get serviceaccount default -n default
 fi

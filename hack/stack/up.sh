@@ -10,9 +10,6 @@ STORAGE_DIR="$RUN_DIR/storage"
 helm() { "$HELM_BIN/helm" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
-# Host processes of an earlier layout (before the chart) must not linger.
-"$(dirname "$0")/down.sh"
-
 # The pods run as UID 65532 and share this directory (single node). A default ACL keeps
 # everything created in it writable for them, whoever creates it (tests and tools on the
 # host run as root).
@@ -31,17 +28,6 @@ if [[ "$(cat "$RUN_DIR/stack-key" 2>/dev/null)" == "$chart_key" ]] &&
 fi
 
 log "installing the chart (release $RELEASE in $RELEASE_NAMESPACE)"
-# A sandbox namespace (and the operator's deny-all policy in it) made before the chart
-# managed them are adopted rather than refused.
-adopt() {
-  kubectl_admin label "$@" app.kubernetes.io/managed-by=Helm --overwrite >/dev/null 2>&1 || return 0
-  kubectl_admin annotate "$@" meta.helm.sh/release-name="$RELEASE" \
-    meta.helm.sh/release-namespace="$RELEASE_NAMESPACE" --overwrite >/dev/null
-}
-if ! helm status "$RELEASE" -n "$RELEASE_NAMESPACE" >/dev/null 2>&1; then
-  adopt namespace codeinterp
-  adopt -n codeinterp networkpolicy codeinterp-runner-deny-all
-fi
 # Helm installs a CRD only on first install; keep it current on upgrades too.
 kubectl_admin apply --server-side --force-conflicts -f "$REPO_ROOT/charts/codeinterp/crds/coderun.yaml" >/dev/null
 helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/codeinterp" -n "$RELEASE_NAMESPACE" --create-namespace \

@@ -52,9 +52,22 @@ envFrom:
 - {name: RUNNER_IMAGE_NODE, value: {{ .Values.images.runners.node | quote }}}
 - {name: RUNNER_IMAGE_RUBY, value: {{ .Values.images.runners.ruby | quote }}}
 - {name: RUNNER_IMAGE_PHP, value: {{ .Values.images.runners.php | quote }}}
-- {name: MAX_TIMEOUT_MS, value: {{ .Values.operator.maxTimeoutMs | quote }}}
-- {name: MAX_MEMORY_MB, value: {{ .Values.operator.maxMemoryMb | quote }}}
+{{- end }}
+{{- /* What both the operator and the REST API must agree on, from one set of values. */ -}}
+{{- define "codeinterp.sharedEnv" -}}
+- {name: SANDBOX_NAMESPACE, value: {{ include "codeinterp.sandbox" . | quote }}}
+- {name: MAX_TIMEOUT_MS, value: {{ .Values.limits.maxTimeoutMs | int64 | quote }}}
+- {name: MAX_MEMORY_MB, value: {{ .Values.limits.maxMemoryMb | int64 | quote }}}
+- {name: MAX_INPUT_MB, value: {{ .Values.limits.maxInputMb | int64 | quote }}}
+- {name: MAX_QUEUED_PER_TENANT, value: {{ .Values.admission.maxQueuedPerTenant | int64 | quote }}}
 {{- with .Values.operator.shard }}
 - {name: SHARD, value: {{ . | quote }}}
 {{- end }}
+{{- end }}
+{{- define "codeinterp.warmPools" -}}
+{{- $pools := list -}}
+{{- range .Values.warmPools -}}
+{{- $pools = append $pools (printf "%s:%v:%v:%v=%v" .language (.memoryMb | default "") (.cpuMillicores | default "") (.diskMb | default "") .size) -}}
+{{- end -}}
+{{- join "," $pools -}}
 {{- end }}
