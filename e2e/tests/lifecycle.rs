@@ -233,10 +233,10 @@ async fn the_operator_exports_run_metrics() {
     )
     .await
     .unwrap();
-    // Scraped through the API server's service proxy, as Prometheus in the cluster would.
-    let path = format!(
-        "/api/v1/namespaces/{OPERATOR_NAMESPACE}/services/codeinterp-operator:metrics/proxy/metrics"
-    );
+    // Scraped from the active replica through the API server's proxy, as Prometheus in the
+    // cluster would scrape each pod.
+    let leader = stack_pod(&client, "operator").await;
+    let path = format!("/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods/{leader}:9090/proxy/metrics");
     let body = client
         .request_text(http::Request::get(path).body(vec![]).unwrap())
         .await
@@ -247,4 +247,6 @@ async fn the_operator_exports_run_metrics() {
     );
     assert!(body.contains("codeinterp_operator_run_duration_seconds_bucket"));
     assert!(body.contains("codeinterp_operator_queue_duration_seconds_count"));
+    assert!(body.contains("codeinterp_operator_leader 1"));
+    assert!(body.contains("codeinterp_operator_pool_idle_pods"));
 }

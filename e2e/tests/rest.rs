@@ -344,9 +344,14 @@ async fn metrics_count_requests_by_route_in_prometheus_text() {
     api.get("/v1/runs/run-nosuchrun0000000000")
         .await
         .openai_error(404);
-    let metrics = api.anonymous().get("/metrics").await;
-    assert_eq!(metrics.status, 200);
-    let text = metrics.text();
+    // Metrics are served on their own port, not the API's.
+    api.anonymous().get("/metrics").await.openai_error(404);
+    let text = reqwest::get("http://127.0.0.1:9091/metrics")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         text.contains(
             "codeinterp_apiserver_http_requests_total{method=\"GET\",route=\"/v1/runs/{id}\",status=\"404\"}"
@@ -371,9 +376,9 @@ async fn the_openapi_document_describes_every_endpoint() {
         "/v1/files",
         "/v1/files/{id}",
         "/v1/files/{id}/content",
+        "/v1/runs/{id}/events",
         "/healthz",
         "/readyz",
-        "/metrics",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is missing");
     }
@@ -674,7 +679,16 @@ async fn limits_out_of_range_are_refused_and_named() {
 
 #[tokio::test]
 async fn an_upload_over_the_size_limit_is_refused_in_openai_shape() {
-    let reply = Api::main().upload("big.bin", vec![b'x'; 600 * 1024]).await;
+    let key = Key::fresh("upload");
+    let server = ApiServer::start(
+        &Key::api_keys(&[&key]),
+        &[("MAX_UPLOAD_BYTES", (512 * 1024).to_string())],
+    )
+    .await;
+    let reply = server
+        .api(&key.token)
+        .upload("big.bin", vec![b'x'; 600 * 1024])
+        .await;
     assert!(
         reply.status == 413 || reply.status == 400,
         "{} {}",

@@ -28,8 +28,10 @@ pub struct Entry {
     pub demand: Demand,
     /// The warm pool whose pods fit the run, if any.
     pub pool: Option<String>,
-    /// Creation time (seconds) and name: the order within a tenant's line.
+    /// Creation time (seconds), then the resourceVersion it was first seen with (etcd's
+    /// revision: within one second, the order of creation): the order within a line.
     pub created: i64,
+    pub revision: u64,
 }
 
 /// The answer to a run asking for room.
@@ -176,9 +178,10 @@ impl Queue {
             }
             return Decision::Full;
         }
+        let order = |e: &Entry| (e.created, e.revision, e.key.name.clone());
         let at = line
             .iter()
-            .position(|e| (e.created, &e.key.name) > (entry.created, &entry.key.name))
+            .position(|e| order(e) > order(&entry))
             .unwrap_or(line.len());
         let tenant = entry.tenant.clone();
         line.insert(at, entry.clone());
@@ -462,6 +465,7 @@ mod tests {
             demand: SMALL,
             pool: None,
             created: n,
+            revision: 0,
         }
     }
 
@@ -494,6 +498,25 @@ mod tests {
             ["big-0", "small-10", "big-1", "small-11", "big-2"]
         );
         assert_eq!(q.waiting(), 2);
+    }
+
+    #[test]
+    fn runs_of_the_same_second_keep_the_order_they_were_made_in() {
+        let mut q = Queue::new(caps());
+        let mut late = entry("a", 0);
+        late.key = ObjectRef::new("run-aaa").within("ns");
+        late.uid = "late".into();
+        late.revision = 20;
+        let mut early = entry("a", 0);
+        early.key = ObjectRef::new("run-zzz").within("ns");
+        early.uid = "early".into();
+        early.revision = 10;
+        q.request(late);
+        q.request(early);
+        assert_eq!(
+            names(&q.pump(&mut room(2), &mut HashMap::new())),
+            ["early", "late"]
+        );
     }
 
     #[test]

@@ -176,6 +176,10 @@ impl Context {
                 .creation_timestamp()
                 .map(|t| t.0.as_second())
                 .unwrap_or_default(),
+            revision: run
+                .resource_version()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u64::MAX),
         }
     }
 

@@ -331,3 +331,131 @@ pub async fn wait_phase(runs: &Api<CodeRun>, name: &str, phase: codeinterp_crds:
     .unwrap()
     .unwrap()
 }
+
+/// The host process of a pod's first container whose command is `comm` (single-node
+/// cluster: the container's processes are this host's), found by the container's id in
+/// the processes' cgroups.
+pub async fn pod_process(client: &Client, ns: &str, pod: &str, comm: &str) -> Option<u32> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let p = pods.get_opt(pod).await.ok()??;
+    let id = p
+        .status?
+        .container_statuses?
+        .first()?
+        .container_id
+        .clone()?;
+    let id = id.rsplit("://").next()?.to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&id))
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == comm)
+        })
+}
+
+/// A `kB` field of /proc/<pid>/status, in KiB: `VmRSS:` (now), `VmHWM:` (peak).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The pod of the stack's component (`apiserver` or `operator`): for the operator, the
+/// replica holding the lease.
+pub async fn stack_pod(client: &Client, component: &str) -> String {
+    if component == "operator" {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+        let lease = leases
+            .get("codeinterp-operator")
+            .await
+            .expect("the operator's lease");
+        return lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .expect("a leader holds the lease");
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let list = pods
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("app.kubernetes.io/component={component}")),
+        )
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .map(|p| p.name_any())
+        .unwrap_or_else(|| panic!("no running {component} pod"))
+}
+
+/// Restarts of a pod's containers so far.
+pub async fn restarts(client: &Client, ns: &str, pod: &str) -> i32 {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.get(pod)
+        .await
+        .ok()
+        .and_then(|p| p.status?.container_statuses)
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0)
+}
+
+/// Runs kubectl of the cluster's version; returns (success, stdout+stderr).
+pub fn kubectl_run(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(kubectl())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Waits until the sandbox namespace has an idle, running warm pool pod.
+pub async fn wait_for_idle_pool_pod(within: Duration) -> bool {
+    let client = client().await;
+    let pods: Api<Pod> = Api::namespaced(client, rest::SANDBOX_NAMESPACE);
+    eventually_async(within, || async {
+        pods.list(
+            &kube::api::ListParams::default().labels("codeinterp.dev/pool,!codeinterp.dev/run-uid"),
+        )
+        .await
+        .map(|l| {
+            l.items.iter().any(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .is_some_and(|cs| cs.iter().all(|c| c.ready))
+            })
+        })
+        .unwrap_or(false)
+    })
+    .await
+}

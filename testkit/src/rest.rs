@@ -433,7 +433,12 @@ impl Drop for Process {
 pub fn service_command(program: &Path, env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(program);
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let kubeconfig = std::env::var("KUBECONFIG").unwrap_or_else(|_| format!("{home}/.kube/config"));
+    let kubeconfig = env
+        .iter()
+        .find(|(k, _)| *k == "KUBECONFIG")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("KUBECONFIG").ok())
+        .unwrap_or_else(|| format!("{home}/.kube/config"));
     cmd.env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", &home)
@@ -443,6 +448,56 @@ pub fn service_command(program: &Path, env: &[(&str, String)]) -> Command {
         cmd.env(k, v);
     }
     cmd
+}
+
+/// A kubeconfig that acts as the REST API's ServiceAccount (a short-lived token), written
+/// once per test process.
+pub async fn rest_api_kubeconfig() -> PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    static PATH: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+    PATH.get_or_init(|| async {
+        let client = crate::client().await;
+        let sas: kube::Api<ServiceAccount> =
+            kube::Api::namespaced(client, crate::OPERATOR_NAMESPACE);
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3 * 3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token = sas
+            .create_token_request("codeinterp-apiserver", &Default::default(), &request)
+            .await
+            .expect("a token of the REST API's ServiceAccount")
+            .status
+            .expect("a token")
+            .token;
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let admin: serde_yaml::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(format!("{home}/.kube/config")).expect("the admin kubeconfig"),
+        )
+        .unwrap();
+        let cluster = admin["clusters"][0]["cluster"].clone();
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": serde_json::to_value(&cluster).unwrap()}],
+            "users": [{"name": "rest-api", "user": {"token": token}}],
+            "contexts": [{"name": "rest-api", "context": {"cluster": "local", "user": "rest-api",
+                "namespace": SANDBOX_NAMESPACE}}],
+            "current-context": "rest-api",
+        });
+        let path = std::env::temp_dir().join(format!(
+            "codeinterp-e2e-rest-api-{}.kubeconfig",
+            std::process::id()
+        ));
+        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+        path
+    })
+    .await
+    .clone()
 }
 
 async fn answers_ok(url: &str) -> bool {
@@ -457,6 +512,8 @@ async fn answers_ok(url: &str) -> bool {
 /// An API server of this test's own (the release binary), on a loopback port, ready.
 pub struct ApiServer {
     pub base: String,
+    /// Its Prometheus endpoint (on a port of its own).
+    pub metrics: String,
     pub process: Process,
 }
 
@@ -469,8 +526,14 @@ impl ApiServer {
 
     pub async fn start_on(port: u16, api_keys: &str, env: &[(&str, String)]) -> Self {
         let base = format!("http://127.0.0.1:{port}");
+        let metrics_port = free_port();
+        // As the chart's API server: its ServiceAccount (the tenant label and fileId inputs
+        // are its alone to give), not the cluster admin.
+        let kubeconfig = rest_api_kubeconfig().await;
         let mut all: Vec<(&str, String)> = vec![
+            ("KUBECONFIG", kubeconfig.display().to_string()),
             ("PORT", port.to_string()),
+            ("METRICS_PORT", metrics_port.to_string()),
             ("API_KEYS", api_keys.to_string()),
             ("STORAGE_URL", main_storage().display().to_string()),
             ("SANDBOX_NAMESPACE", SANDBOX_NAMESPACE.to_string()),
@@ -486,7 +549,11 @@ impl ApiServer {
         process
             .wait_ready(Duration::from_secs(30), || answers_ok(&readyz))
             .await;
-        ApiServer { base, process }
+        ApiServer {
+            base,
+            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            process,
+        }
     }
 
     pub fn api(&self, token: &str) -> Api {
@@ -567,15 +634,154 @@ pub async fn start_operator(shard: &str, env: &[(&str, String)]) -> Process {
         ("SHARD", shard.to_string()),
         ("METRICS_ADDR", metrics.clone()),
         ("SECCOMP_PROFILE", "codeinterp/runner.json".into()),
+        // A lease of its own: the chart's operators elect among themselves.
+        ("LEASE_NAME", format!("e2e-operator-{shard}")),
+        ("LEASE_NAMESPACE", crate::OPERATOR_NAMESPACE.into()),
+        ("LEASE_DURATION_SECONDS", "4".into()),
     ];
     all.extend(env.iter().cloned());
     let mut process = Process::spawn(
         "operator",
         service_command(&release_binary("operator"), &all),
     );
-    let healthz = format!("http://{metrics}/healthz");
+    // Healthy first, then leading (a fresh lease is free at once).
+    let leading = format!("http://{metrics}/metrics");
     process
-        .wait_ready(Duration::from_secs(30), || answers_ok(&healthz))
+        .wait_ready(Duration::from_secs(30), || async {
+            match reqwest::get(&leading).await {
+                Ok(r) => r
+                    .text()
+                    .await
+                    .is_ok_and(|t| t.contains("codeinterp_operator_leader 1")),
+                Err(_) => false,
+            }
+        })
         .await;
     process
+}
+
+/// One server-sent event, and when it arrived.
+#[derive(Clone, Debug)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: String,
+    pub data: Value,
+    pub at: Instant,
+}
+
+impl SseEvent {
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.event.as_str(),
+            "run.completed" | "run.failed" | "run.timed_out" | "run.cancelled"
+        )
+    }
+}
+
+/// A `text/event-stream` answer, read as it arrives (only as fast as the test reads it).
+pub struct Events {
+    pub status: u16,
+    response: Option<reqwest::Response>,
+    buf: Vec<u8>,
+    pub error: Option<Value>,
+}
+
+impl Events {
+    async fn from(res: reqwest::Response) -> Events {
+        let status = res.status().as_u16();
+        if status != 200 {
+            let body = res.bytes().await.unwrap_or_default();
+            return Events {
+                status,
+                response: None,
+                buf: Vec::new(),
+                error: serde_json::from_slice(&body).ok(),
+            };
+        }
+        Events {
+            status,
+            response: Some(res),
+            buf: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// The next event; `None` when the stream ends. Keep-alive comments are skipped.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block);
+                let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim_start().to_string();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim_start().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if event.is_empty() && data.is_empty() {
+                    continue; // a comment (keep-alive)
+                }
+                return Some(SseEvent {
+                    event,
+                    id,
+                    data: serde_json::from_str(&data).unwrap_or(Value::Null),
+                    at: Instant::now(),
+                });
+            }
+            let chunk = self.response.as_mut()?.chunk().await.ok()??;
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Every event up to and including the terminal one.
+    pub async fn to_end(&mut self, within: Duration) -> Vec<SseEvent> {
+        let mut all = Vec::new();
+        let read = async {
+            while let Some(e) = self.next().await {
+                let done = e.is_terminal();
+                all.push(e);
+                if done {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, read).await;
+        all
+    }
+}
+
+/// The output the deltas of `events` carry, per stream.
+pub fn streamed_output(events: &[SseEvent], stream: &str) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "run.output.delta" && e.data["stream"] == stream)
+        .map(|e| e.data["delta"].as_str().unwrap_or_default())
+        .collect()
+}
+
+impl Api {
+    /// `GET /v1/runs/{id}/events`, resuming after `last_event_id` if given.
+    pub async fn events(&self, id: &str, last_event_id: Option<&str>) -> Events {
+        let mut req = self
+            .request(reqwest::Method::GET, &format!("/v1/runs/{id}/events"))
+            .timeout(Duration::from_secs(3600));
+        if let Some(last) = last_event_id {
+            req = req.header("last-event-id", last);
+        }
+        Events::from(req.send().await.expect("the API answers")).await
+    }
+
+    /// `POST /v1/runs` with `"stream": true`.
+    pub async fn stream_run(&self, mut body: Value) -> Events {
+        body["stream"] = Value::Bool(true);
+        let req = self
+            .request(reqwest::Method::POST, "/v1/runs")
+            .timeout(Duration::from_secs(3600))
+            .json(&body);
+        Events::from(req.send().await.expect("the API answers")).await
+    }
 }

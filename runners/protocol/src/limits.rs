@@ -31,13 +31,14 @@ pub struct EffectiveLimits {
 pub const MAX_OPEN_FILES: u64 = 256;
 
 impl EffectiveLimits {
-    /// RLIMIT_FSIZE: no single file may grow past the size of the volume it would be on.
+    /// RLIMIT_FSIZE, a backstop a little over the volumes' size: a file in `/work` or `/tmp`
+    /// meets the volume's own cap first (ENOSPC, reported as the disk limit), never this.
     pub fn max_file_bytes(&self) -> u64 {
-        self.disk_mb.saturating_mul(1024 * 1024)
+        self.disk_mb.saturating_add(1).saturating_mul(1024 * 1024)
     }
 
     /// Bytes one run may hand over as input files: what fits in `/work`.
     pub fn max_input_bytes(&self) -> u64 {
-        self.max_file_bytes()
+        self.disk_mb.saturating_mul(1024 * 1024)
     }
 }

@@ -186,7 +186,7 @@ mod tests {
         assert_eq!((l.cpu_soft_secs, l.cpu_hard_secs), (1, 2));
         assert_eq!(
             (l.file_bytes, l.open_files, l.processes),
-            (2 << 20, MAX_OPEN_FILES, 30)
+            (3 << 20, MAX_OPEN_FILES, 30)
         );
     }
 }

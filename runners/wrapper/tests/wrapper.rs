@@ -486,7 +486,7 @@ fn the_cpu_budget_stops_a_busy_program() {
 fn writing_past_the_file_size_limit_is_reported() {
     // Python ignores SIGXFSZ (the write fails instead); restore the default to see the kill.
     let run = python(
-        "import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_DFL)\nopen('big', 'wb').write(b'x' * (2 << 20))\n",
+        "import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_DFL)\nopen('big', 'wb').write(b'x' * (3 << 20))\n",
     )
     .limits(|l| l.disk_mb = 1)
     .run();
