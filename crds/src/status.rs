@@ -44,6 +44,23 @@ impl Phase {
         !matches!(self, Phase::Queued | Phase::Running)
     }
 
+    /// The phases a run may move to from this one; a final phase moves nowhere. (A run can
+    /// end straight from Queued: cancelled, timed out in line, its pod stuck, or a short
+    /// program whose Running status was never written.)
+    pub fn successors(self) -> &'static [Phase] {
+        use Phase::*;
+        match self {
+            Queued => &[Running, Completed, TimedOut, Failed, Cancelled],
+            Running => &[Completed, TimedOut, Failed, Cancelled],
+            Completed | TimedOut | Failed | Cancelled => &[],
+        }
+    }
+
+    /// Whether a run in `self` may be written as `next` (staying put is allowed).
+    pub fn may_become(self, next: Phase) -> bool {
+        self == next || self.successors().contains(&next)
+    }
+
     /// The REST API's spelling (`status`).
     pub fn as_api_status(self) -> &'static str {
         match self {

@@ -45,6 +45,12 @@ pub async fn write_status_once(
             return Ok((current, false));
         }
         let status = build(current.status.clone().unwrap_or_default());
+        // Phases only move forward (a late Queued write never undoes a Running one).
+        if let (Some(from), Some(to)) = (current.phase(), status.phase)
+            && !from.may_become(to)
+        {
+            return Ok((current, false));
+        }
         match status::write(&api, &current, &status).await {
             Ok(updated) => return Ok((updated, true)),
             Err(Error::Conflict) => match api.get_opt(&current.name_any()).await? {
