@@ -45,7 +45,7 @@ reasons! {
     DeadlineExceeded = "deadline_exceeded" => TimedOut, "The pod's backstop deadline ended it before the wrapper's own clock could.";
     OomKilled = "oom_killed" => Failed, "The program ran out of memory (`memory_mb`).";
     CpuLimitExceeded = "cpu_limit_exceeded" => Failed, "The program used up its CPU time (`cpu_ms`).";
-    OutputLimitExceeded = "output_limit_exceeded" => Failed, "The program wrote a single file past the size limit (RLIMIT_FSIZE, `disk_mb`).";
+    OutputLimitExceeded = "output_limit_exceeded" => Failed, "The program grew a single file past RLIMIT_FSIZE (a backstop just over `disk_mb`).";
     DiskLimitExceeded = "disk_limit_exceeded" => Failed, "`/work` or `/tmp` was full (`disk_mb`) and the program failed.";
     ArtifactLimitExceeded = "artifact_limit_exceeded" => Failed, "Output files over `max_artifacts`, `max_artifact_bytes` or `max_artifact_total_bytes` were left out.";
     RunnerError = "runner_error" => Failed, "The wrapper could not run the program (no interpreter, a broken job).";
