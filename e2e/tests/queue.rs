@@ -3,7 +3,7 @@
 //! pod, a run that waits too long fails with its own reason.
 use std::time::Duration;
 
-use codeinterp_crds::{CodeRun, RUN_UID_LABEL};
+use codeinterp_crds::{CodeRun, RUN_UID_LABEL, SHARD_LABEL};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use serde_json::json;
@@ -25,6 +25,8 @@ async fn a_full_queue_is_429_a_cancelled_queued_run_gets_no_pod_and_a_long_wait_
         ],
     )
     .await;
+    // Whatever happens, the shard's runs go with the test (no other operator serves them).
+    let _runs = DeleteRunsOnDrop(format!("{SHARD_LABEL}={shard}"));
     let key = Key::fresh("queue");
     let server = ApiServer::start(
         &Key::api_keys(&[&key]),

@@ -10,7 +10,7 @@ use testkit::rest::*;
 /// An S3 server, and an operator and an API server of a fresh shard storing in it. Dropping
 /// it ends all three, and deletes the shard's CodeRuns (no operator would collect them).
 struct S3Stack {
-    shard: String,
+    _runs: testkit::DeleteRunsOnDrop,
     key: Key,
     api: ApiServer,
     operator: Process,
@@ -28,7 +28,7 @@ impl S3Stack {
         env.push(("SHARD", shard.clone()));
         let api = ApiServer::start(&Key::api_keys(&[&key]), &env).await;
         S3Stack {
-            shard,
+            _runs: testkit::DeleteRunsOnDrop(format!("{}={shard}", codeinterp_crds::SHARD_LABEL)),
             key,
             api,
             operator,
@@ -48,26 +48,6 @@ impl S3Stack {
             self.operator.log_tail(),
             self.s3.process.log_tail()
         )
-    }
-}
-
-impl Drop for S3Stack {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(testkit::kubectl())
-            .args([
-                "delete",
-                "coderuns",
-                "--wait=false",
-                "-n",
-                SANDBOX_NAMESPACE,
-            ])
-            .arg(format!(
-                "--selector={}={}",
-                codeinterp_crds::SHARD_LABEL,
-                self.shard
-            ))
-            .stdout(std::process::Stdio::null())
-            .status();
     }
 }
 
@@ -95,9 +75,23 @@ async fn a_run_on_the_s3_shard_keeps_its_record_and_artifact_in_s3_and_serves_th
     let artifact_id = artifact["id"].as_str().unwrap();
 
     let tenant = &stack.key.tenant;
-    let record = stack
-        .s3
-        .object_path(&format!("tenants/{tenant}/runs/{run_id}.json"));
+    // Stored by the CodeRun's UID (the id is bound to it beside), its output as raw bytes.
+    let runs: kube::Api<codeinterp_crds::CodeRun> =
+        kube::Api::namespaced(testkit::client().await, SANDBOX_NAMESPACE);
+    let uid = runs.get(run_id).await.unwrap().metadata.uid.unwrap();
+    let dir = format!("tenants/{tenant}/runs/{SANDBOX_NAMESPACE}/{uid}");
+    assert!(
+        stack
+            .s3
+            .object_path(&format!("tenants/{tenant}/run-ids/{run_id}.json"))
+            .is_file(),
+        "the run id is bound in S3"
+    );
+    assert_eq!(
+        std::fs::read(stack.s3.object_path(&format!("{dir}/stdout"))).unwrap(),
+        b"made table\n"
+    );
+    let record = stack.s3.object_path(&format!("{dir}/record.json"));
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&record).unwrap_or_else(|e| {
             panic!(
@@ -107,7 +101,7 @@ async fn a_run_on_the_s3_shard_keeps_its_record_and_artifact_in_s3_and_serves_th
             )
         }))
         .unwrap();
-    assert_eq!(record["stdout"], "made table\n");
+    assert_eq!(record["stdout_head"], "made table\n");
     let content = stack
         .s3
         .object_path(&format!("tenants/{tenant}/files/{artifact_id}/content"));

@@ -8,7 +8,7 @@ use anyhow::Context;
 use codeinterp_crds::{CodeRun, CodeRunSpec, Language, Limits};
 use futures::AsyncReadExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DeleteParams, LogParams, PostParams};
+use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition};
 use kube::{Api, Client, ResourceExt};
 use rand::Rng;
@@ -84,15 +84,59 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let api: Api<Namespace> = Api::all(self.client.clone());
         let name = self.name.clone();
-        // Best effort; the runtime may already be shutting down.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = api.delete(&name, &DeleteParams::background()).await;
-            });
-        }
+        clean_up(move |client| async move {
+            let api: Api<Namespace> = Api::all(client);
+            let _ = api.delete(&name, &DeleteParams::background()).await;
+        });
     }
+}
+
+/// Deletes every CodeRun matching a label selector, in every namespace, when dropped: for
+/// runs a test leaves where no namespace of its own takes them away (a shard of its own in
+/// the sandbox namespace, served by an operator that stops with the test).
+pub struct DeleteRunsOnDrop(pub String);
+
+impl Drop for DeleteRunsOnDrop {
+    fn drop(&mut self) {
+        let selector = self.0.clone();
+        clean_up(move |client| async move {
+            let api: Api<CodeRun> = Api::all(client);
+            let Ok(list) = api.list(&ListParams::default().labels(&selector)).await else {
+                return;
+            };
+            for run in list.items {
+                let ns = run.namespace().unwrap_or_default();
+                let _ = Api::<CodeRun>::namespaced(api.clone().into_client(), &ns)
+                    .delete(&run.name_any(), &DeleteParams::background())
+                    .await;
+            }
+        });
+    }
+}
+
+/// Runs a clean-up to its end from a thread, runtime and client of its own: a task spawned
+/// on the test's runtime is dropped unrun when the test returns, and the test's client may
+/// need that runtime to make progress.
+fn clean_up<F, Fut>(f: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok(client) = Client::try_default().await {
+                let _ = tokio::time::timeout(Duration::from_secs(20), f(client)).await;
+            }
+        });
+    })
+    .join();
 }
 
 /// A pod from JSON (tests read better with the manifest inline).
