@@ -25,6 +25,13 @@ pub struct PoolLabels {
     pub pool: String,
 }
 
+/// A write to the Kubernetes API: its verb and what it wrote (`pods`, `coderuns/status`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub verb: String,
+    pub resource: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: String,
@@ -46,6 +53,7 @@ pub struct Metrics {
     pub pool_idle: Family<PoolLabels, Gauge>,
     pub pool_created: Family<PoolLabels, Counter>,
     pub is_leader: Gauge,
+    pub kube_writes: Family<WriteLabels, Counter>,
     pub registry: Arc<Registry>,
 }
 
@@ -114,6 +122,12 @@ impl Default for Metrics {
             "1 while this replica is the active one",
             is_leader.clone(),
         );
+        let kube_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "kube_writes",
+            "Requests this process sent to the Kubernetes API that write (POST, PUT, PATCH, DELETE), by verb and resource",
+            kube_writes.clone(),
+        );
         Metrics {
             runs,
             run_duration,
@@ -126,16 +140,105 @@ impl Default for Metrics {
             pool_idle,
             pool_created,
             is_leader,
+            kube_writes,
             registry: Arc::new(registry),
         }
     }
 }
 
 impl Metrics {
+    /// Counts a request to the Kubernetes API when it writes.
+    pub fn count_request(&self, method: &http::Method, path: &str) {
+        let verb = match *method {
+            http::Method::POST => "create",
+            http::Method::PUT => "update",
+            http::Method::PATCH => "patch",
+            http::Method::DELETE => "delete",
+            _ => return,
+        };
+        self.kube_writes
+            .get_or_create(&WriteLabels {
+                verb: verb.to_string(),
+                resource: resource_of(path),
+            })
+            .inc();
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("metrics encode");
         out
+    }
+}
+
+/// The resource (and subresource) a Kubernetes API path names:
+/// `/api/v1/namespaces/ns/pods/p/attach` is `pods/attach`, `/apis/g/v/namespaces/ns/coderuns`
+/// is `coderuns`, `/api/v1/nodes/n` is `nodes`.
+pub fn resource_of(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or_default();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Past `api/<version>` or `apis/<group>/<version>`.
+    let rest = match parts.first() {
+        Some(&"api") => parts.get(2..),
+        Some(&"apis") => parts.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    let rest = match rest {
+        ["namespaces", _ns, tail @ ..] if !tail.is_empty() => tail,
+        other => other,
+    };
+    match rest {
+        [] => "unknown".to_string(),
+        [resource] | [resource, _] => (*resource).to_string(),
+        [resource, _, sub, ..] => format!("{resource}/{sub}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_names_its_resource_and_subresource() {
+        for (path, want) in [
+            ("/api/v1/namespaces/ns/pods", "pods"),
+            ("/api/v1/namespaces/ns/pods/p", "pods"),
+            (
+                "/api/v1/namespaces/ns/pods/p/attach?stdin=true",
+                "pods/attach",
+            ),
+            (
+                "/apis/codeinterp.dev/v1alpha1/namespaces/ns/coderuns/r/status",
+                "coderuns/status",
+            ),
+            ("/apis/events.k8s.io/v1/namespaces/ns/events", "events"),
+            ("/api/v1/namespaces/ns", "namespaces"),
+            ("/api/v1/nodes/n", "nodes"),
+            (
+                "/apis/coordination.k8s.io/v1/namespaces/s/leases/l",
+                "leases",
+            ),
+            ("/version", "unknown"),
+        ] {
+            assert_eq!(resource_of(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn only_writes_are_counted() {
+        let m = Metrics::default();
+        m.count_request(&http::Method::GET, "/api/v1/namespaces/ns/pods");
+        m.count_request(&http::Method::POST, "/api/v1/namespaces/ns/pods");
+        m.count_request(&http::Method::POST, "/api/v1/namespaces/ns/pods");
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"codeinterp_operator_kube_writes_total{verb="create",resource="pods"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains(r#"verb="get""#), "{text}");
     }
 }

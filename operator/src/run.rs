@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -75,11 +75,22 @@ fn notifications(notify: Arc<Notify>) -> impl futures::Stream<Item = ()> + Send 
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     cfg.check().map_err(anyhow::Error::msg)?;
-    let client = Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API")?;
-    let store = Store::open(&cfg.storage_url).context("opening object storage")?;
     let metrics = Metrics::default();
+    // Every write is counted (by verb and resource), so API cost per run can be measured.
+    let counted = metrics.clone();
+    let counting =
+        tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+            counted.count_request(req.method(), req.uri().path());
+            req
+        });
+    let kube_config = kube::Config::infer()
+        .await
+        .context("finding the Kubernetes API's address and credentials")?;
+    let client = kube::client::ClientBuilder::try_from(kube_config)
+        .context("connecting to the Kubernetes API")?
+        .with_layer(&counting)
+        .build();
+    let store = Store::open(&cfg.storage_url).context("opening object storage")?;
 
     let served = metrics.clone();
     let metrics_app = Router::new()
