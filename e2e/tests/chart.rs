@@ -327,3 +327,68 @@ fn the_charts_crd_and_seccomp_profile_are_the_generated_ones() {
         "run `make crd` to copy policies/seccomp/runner.json into the chart"
     );
 }
+
+/// The environment of a rendered Deployment's only container, by name.
+fn deployment_env(rendered: &str, component: &str) -> std::collections::BTreeMap<String, String> {
+    let doc = rendered
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
+        .find(|d| {
+            d["kind"] == "Deployment"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(component))
+        })
+        .unwrap_or_else(|| panic!("no {component} Deployment rendered"));
+    doc["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn one_value_feeds_both_components_what_they_must_agree_on() {
+    // Values chosen to be unlike any default, and large enough that a template printing
+    // numbers as floats would show it.
+    let rendered = helm(&[
+        "template",
+        "t",
+        "charts/codeinterp",
+        "--set",
+        "limits.maxTimeoutMs=123000,limits.maxMemoryMb=3072,limits.maxInputMb=77",
+        "--set",
+        "admission.maxQueuedPerTenant=4321,sandbox.namespace=agreed-ns,apiserver.maxUploadBytes=536870912",
+    ]);
+    let operator = deployment_env(&rendered, "-operator");
+    let api = deployment_env(&rendered, "-apiserver");
+    for (name, value) in [
+        ("MAX_TIMEOUT_MS", "123000"),
+        ("MAX_MEMORY_MB", "3072"),
+        ("MAX_INPUT_MB", "77"),
+        ("MAX_QUEUED_PER_TENANT", "4321"),
+        ("SANDBOX_NAMESPACE", "agreed-ns"),
+    ] {
+        assert_eq!(
+            operator.get(name).map(String::as_str),
+            Some(value),
+            "operator {name}"
+        );
+        assert_eq!(
+            api.get(name).map(String::as_str),
+            Some(value),
+            "apiserver {name}"
+        );
+    }
+    assert_eq!(api["MAX_UPLOAD_BYTES"], "536870912");
+    // Nothing the operator alone applies is given to the API server to ignore.
+    for name in ["SECCOMP_PROFILE", "APPARMOR_PROFILE", "RUNNER_IMAGE_PYTHON"] {
+        assert!(!api.contains_key(name), "the API server is given {name}");
+    }
+}
