@@ -22,7 +22,12 @@ use crate::pod_spec::{self, Shape};
 use crate::status::MANAGER;
 
 pub struct Context {
+    /// For what a run needs on its way to its answer.
     pub client: Client,
+    /// For removing what finished runs leave (their pods, expired runs).
+    pub tidy_client: Client,
+    /// For creating and removing warm pool pods (claims go through `client`).
+    pub pool_client: Client,
     pub cfg: Config,
     pub maxima: Maxima,
     pub pools: Vec<PoolSpec>,
@@ -49,7 +54,15 @@ pub struct Context {
     /// Runs this process finished, and when: until the cache shows their final status, a
     /// reconcile must not take them for unfinished (and read them again).
     pub finished: Mutex<HashMap<String, Instant>>,
+    /// Pods this process asked the API to delete, by UID, and when: every change of a
+    /// terminating pod wakes its run's reconcile, which must not ask again.
+    pub removing: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long after a run's steps their events are recorded: a short run is answered before
+/// any of its events is written, so they add no API load to its critical path (a long run's
+/// events still show within a second).
+pub const EVENT_DELAY: Duration = Duration::from_secs(1);
 
 /// How long a run finished here is remembered (the cache catches up long before).
 const FINISHED_MEMORY: Duration = Duration::from_secs(120);
@@ -84,6 +97,18 @@ impl Context {
         Api::namespaced(self.client.clone(), ns)
     }
 
+    pub fn tidy_pods(&self, ns: &str) -> Api<Pod> {
+        Api::namespaced(self.tidy_client.clone(), ns)
+    }
+
+    pub fn tidy_runs(&self, ns: &str) -> Api<CodeRun> {
+        Api::namespaced(self.tidy_client.clone(), ns)
+    }
+
+    pub fn pool_pods(&self, ns: &str) -> Api<Pod> {
+        Api::namespaced(self.pool_client.clone(), ns)
+    }
+
     pub fn is_reading(&self, uid: &str) -> bool {
         self.sessions.lock().expect("lock").contains(uid)
     }
@@ -92,6 +117,20 @@ impl Context {
         let mut finished = self.finished.lock().expect("lock");
         finished.retain(|_, at| at.elapsed() < FINISHED_MEMORY);
         finished.insert(uid.to_string(), Instant::now());
+    }
+
+    /// Whether the pod's removal is asked for now: not when it is already terminating, nor
+    /// when this process asked a moment ago (the cache may not show it yet).
+    pub fn should_remove(&self, pod: &Pod) -> bool {
+        if pod.metadata.deletion_timestamp.is_some() {
+            return false;
+        }
+        let Some(uid) = pod.uid() else {
+            return true;
+        };
+        let mut removing = self.removing.lock().expect("lock");
+        removing.retain(|_, at| at.elapsed() < FINISHED_MEMORY);
+        removing.insert(uid, Instant::now()).is_none()
     }
 
     /// Whether this process finished the run a moment ago (its cache may not show it yet).
@@ -252,7 +291,7 @@ impl Context {
         Ok(())
     }
 
-    /// Records an event on the run, off the run's critical path.
+    /// Records an event on the run, off the run's critical path: [`EVENT_DELAY`] later.
     pub fn publish(
         &self,
         run: &CodeRun,
@@ -271,6 +310,7 @@ impl Context {
             secondary: None,
         };
         tokio::spawn(async move {
+            tokio::time::sleep(EVENT_DELAY).await;
             if let Err(e) = recorder.publish(&event, &reference).await {
                 tracing::warn!(error = %e, "could not publish an event");
             }

@@ -25,9 +25,12 @@ pub struct PoolLabels {
     pub pool: String,
 }
 
-/// A write to the Kubernetes API: its verb and what it wrote (`pods`, `coderuns/status`).
+/// A write to the Kubernetes API: what for (`run`: on a run's way to its answer; `tidy`:
+/// removing what a finished run leaves; `pool`: keeping the warm pools; `event`), its verb
+/// and what it wrote (`pods`, `coderuns/status`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
+    pub purpose: String,
     pub verb: String,
     pub resource: String,
 }
@@ -148,7 +151,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts a request to the Kubernetes API when it writes.
-    pub fn count_request(&self, method: &http::Method, path: &str) {
+    pub fn count_request(&self, purpose: &str, method: &http::Method, path: &str) {
         let verb = match *method {
             http::Method::POST => "create",
             http::Method::PUT => "update",
@@ -158,6 +161,7 @@ impl Metrics {
         };
         self.kube_writes
             .get_or_create(&WriteLabels {
+                purpose: purpose.to_string(),
                 verb: verb.to_string(),
                 resource: resource_of(path),
             })
@@ -229,13 +233,13 @@ mod tests {
     #[test]
     fn only_writes_are_counted() {
         let m = Metrics::default();
-        m.count_request(&http::Method::GET, "/api/v1/namespaces/ns/pods");
-        m.count_request(&http::Method::POST, "/api/v1/namespaces/ns/pods");
-        m.count_request(&http::Method::POST, "/api/v1/namespaces/ns/pods");
+        m.count_request("run", &http::Method::GET, "/api/v1/namespaces/ns/pods");
+        m.count_request("run", &http::Method::POST, "/api/v1/namespaces/ns/pods");
+        m.count_request("run", &http::Method::POST, "/api/v1/namespaces/ns/pods");
         let text = m.encode();
         assert!(
             text.contains(
-                r#"codeinterp_operator_kube_writes_total{verb="create",resource="pods"} 2"#
+                r#"codeinterp_operator_kube_writes_total{purpose="run",verb="create",resource="pods"} 2"#
             ),
             "{text}"
         );

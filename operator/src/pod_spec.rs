@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use runner_protocol::{JOB_DIR, WORK_DIR};
 use serde_json::{Value, json};
@@ -321,6 +322,19 @@ pub fn owned_by(pod: &Pod, run_uid: &str) -> bool {
         .any(|o| o.controller == Some(true) && o.kind == "CodeRun" && o.uid == run_uid)
 }
 
+/// The CodeRun a runner pod serves, by its controller reference (whatever its labels say: the
+/// reference is what this operator set, and what the run's reconcile checks again).
+pub fn run_of(pod: &Pod) -> Option<ObjectRef<CodeRun>> {
+    if pod.labels().get(RUNNER_LABEL).map(String::as_str) != Some("true") {
+        return None;
+    }
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "CodeRun")?;
+    Some(ObjectRef::new(&owner.name).within(&pod.namespace()?))
+}
+
 /// The parts of a pod's spec its isolation rests on, in a form that does not depend on who
 /// wrote them (quantities in bytes and millicores, defaults left out).
 pub fn isolation_view(pod: &Pod) -> Value {
@@ -559,6 +573,23 @@ mod tests {
         assert!(!owned_by(&pod, "uid-2"));
         assert_eq!(pod.metadata.labels.unwrap()[RUN_UID_LABEL], "uid-1");
         assert_eq!(pod.metadata.name.as_deref(), Some("run-abc"));
+    }
+
+    #[test]
+    fn a_pods_changes_wake_the_run_that_controls_it_and_no_other() {
+        let (pod, _) = build();
+        let run = run_of(&pod).expect("a runner pod owned by a run");
+        assert_eq!(
+            (run.name.as_str(), run.namespace.as_deref()),
+            ("run-abc", Some("sandbox"))
+        );
+        // Not a runner pod (whatever it is owned by), or a runner pod nobody controls.
+        let mut unlabelled = pod.clone();
+        unlabelled.labels_mut().remove(RUNNER_LABEL);
+        assert!(run_of(&unlabelled).is_none());
+        let mut orphan = pod;
+        orphan.metadata.owner_references = None;
+        assert!(run_of(&orphan).is_none());
     }
 
     #[test]

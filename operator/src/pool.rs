@@ -125,7 +125,7 @@ async fn delete(ctx: &Context, pod: &Pod, why: &str) {
         ..DeleteParams::background()
     };
     let ns = pod.namespace().unwrap_or_default();
-    match ctx.pods_api(&ns).delete(&pod.name_any(), &dp).await {
+    match ctx.pool_pods(&ns).delete(&pod.name_any(), &dp).await {
         Ok(_) => tracing::info!(pod = %pod.name_any(), why, "deleted a pool pod"),
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
         Err(e) => tracing::warn!(pod = %pod.name_any(), error = %e, "deleting a pool pod"),
@@ -189,7 +189,7 @@ async fn tend(ctx: &Context, created: &mut HashMap<String, Vec<String>>) {
             cpu_millicores: shape.cpu_request_millicores(),
             memory_bytes: shape.memory_bytes(),
         };
-        let api = ctx.pods_api(&ns);
+        let api = ctx.pool_pods(&ns);
         for _ in count..pool.size {
             if !room.take(demand) {
                 break;

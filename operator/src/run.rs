@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -73,23 +73,32 @@ fn notifications(notify: Arc<Notify>) -> impl futures::Stream<Item = ()> + Send 
     })
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    cfg.check().map_err(anyhow::Error::msg)?;
-    let metrics = Metrics::default();
-    // Every write is counted (by verb and resource), so API cost per run can be measured.
+/// A client whose every write is counted under `purpose` (and its verb and resource), so the
+/// API cost of a run can be measured, and told apart from clean-up, pool and event writes.
+fn counted_client(
+    config: &kube::Config,
+    metrics: &Metrics,
+    purpose: &'static str,
+) -> anyhow::Result<Client> {
     let counted = metrics.clone();
     let counting =
         tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-            counted.count_request(req.method(), req.uri().path());
+            counted.count_request(purpose, req.method(), req.uri().path());
             req
         });
+    Ok(kube::client::ClientBuilder::try_from(config.clone())
+        .context("connecting to the Kubernetes API")?
+        .with_layer(&counting)
+        .build())
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    cfg.check().map_err(anyhow::Error::msg)?;
+    let metrics = Metrics::default();
     let kube_config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API's address and credentials")?;
-    let client = kube::client::ClientBuilder::try_from(kube_config)
-        .context("connecting to the Kubernetes API")?
-        .with_layer(&counting)
-        .build();
+    let client = counted_client(&kube_config, &metrics, "run")?;
     let store = Store::open(&cfg.storage_url).context("opening object storage")?;
 
     let served = metrics.clone();
@@ -105,12 +114,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
 
-    let (runs_api, pods_api): (Api<CodeRun>, Api<Pod>) = match &cfg.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let runs_api: Api<CodeRun> = match &cfg.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
     // Fail fast with a clear message when the CRD is not installed.
     runs_api
@@ -129,7 +135,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             )
         });
     let mut leadership = tokio::select! {
-        l = leader::acquire(client.clone(), &cfg, &identity) => l?,
+        l = leader::acquire(counted_client(&kube_config, &metrics, "lease")?, &cfg, &identity) => l?,
         _ = leader::stop_signal() => return Ok(()),
     };
     metrics.is_leader.set(1);
@@ -147,15 +153,39 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .default_backoff()
         .modify(slim_node)
         .reflect(nodes_writer);
-    for (name, mut events) in [
-        ("pods", pod_events.map(|e| e.map(|_| ())).boxed()),
-        ("nodes", node_events.map(|e| e.map(|_| ())).boxed()),
-    ] {
-        let (changed, pool_changed) = (changed.clone(), pool_changed.clone());
+    // Runs are reconciled on their pods' changes from this same cache (not from a second
+    // watch of the pods that could be ahead of it and show a step the cache has not).
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    {
+        let (changed, pool_changed, wake) = (changed.clone(), pool_changed.clone(), wake.clone());
+        let mut pod_events = pod_events.boxed();
         tokio::spawn(async move {
-            while let Some(event) = events.next().await {
+            while let Some(event) = pod_events.next().await {
+                match event {
+                    Err(e) => warn!(watch = "pods", error = %e, "watching the cluster"),
+                    Ok(
+                        watcher::Event::Apply(pod)
+                        | watcher::Event::Delete(pod)
+                        | watcher::Event::InitApply(pod),
+                    ) => {
+                        if let Some(run) = crate::pod_spec::run_of(&pod) {
+                            let _ = wake.unbounded_send(run);
+                        }
+                    }
+                    Ok(_) => {}
+                }
+                changed.notify_one();
+                pool_changed.notify_one();
+            }
+        });
+    }
+    {
+        let (changed, pool_changed) = (changed.clone(), pool_changed.clone());
+        let mut node_events = node_events.boxed();
+        tokio::spawn(async move {
+            while let Some(event) = node_events.next().await {
                 if let Err(e) = event {
-                    warn!(watch = name, error = %e, "watching the cluster");
+                    warn!(watch = "nodes", error = %e, "watching the cluster");
                 }
                 changed.notify_one();
                 pool_changed.notify_one();
@@ -169,12 +199,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(shard) => format!("{SHARD_LABEL}={shard}"),
         None => format!("!{SHARD_LABEL}"),
     };
-    let (wake, woken) = futures::channel::mpsc::unbounded();
     let controller = Controller::new(runs_api, watcher::Config::default().labels(&shard))
-        .owns(
-            pods_api,
-            watcher::Config::default().labels(&format!("{RUNNER_LABEL}=true")),
-        )
         .reconcile_on(woken)
         .with_config(ControllerConfig::default().concurrency(cfg.concurrency));
     let runs = controller.store();
@@ -184,9 +209,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
+        tidy_client: counted_client(&kube_config, &metrics, "tidy")?,
+        pool_client: counted_client(&kube_config, &metrics, "pool")?,
         maxima: cfg.maxima(),
         pools: cfg.pools(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(counted_client(&kube_config, &metrics, "event")?, reporter),
         store,
         metrics: metrics.clone(),
         pods,
@@ -199,6 +226,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         })),
         sessions: Mutex::new(HashSet::new()),
         fresh_pods: Mutex::new(HashSet::new()),
+        removing: Mutex::new(HashMap::new()),
         claiming: Mutex::new(HashSet::new()),
         wake,
         policies: Mutex::new(HashMap::new()),

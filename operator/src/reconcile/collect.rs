@@ -39,7 +39,7 @@ pub async fn collect(
         ..DeleteParams::background()
     };
     match ctx
-        .runs_api(&run.namespace().unwrap_or_default())
+        .tidy_runs(&run.namespace().unwrap_or_default())
         .delete(&run.name_any(), &dp)
         .await
     {

@@ -231,9 +231,12 @@ async fn conclude(
 }
 
 /// Deletes the run's pod (in the background): only the pod that was checked to be the run's,
-/// by its UID, so a pod of the same name made since is never touched.
+/// by its UID, so a pod of the same name made since is never touched; and only once.
 pub fn remove_pod(ctx: &Context, pod: &Pod) {
-    let api = ctx.pods_api(&pod.namespace().unwrap_or_default());
+    if !ctx.should_remove(pod) {
+        return;
+    }
+    let api = ctx.tidy_pods(&pod.namespace().unwrap_or_default());
     let name = pod.name_any();
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
