@@ -7,6 +7,8 @@ use clap::{Parser, ValueEnum};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Suite {
     Latency,
+    Pool,
+    Stream,
     Throughput,
     Apiserver,
     Scale,
@@ -37,9 +39,32 @@ pub struct Args {
     #[arg(long, env = "SANDBOX_NAMESPACE", default_value = "codeinterp")]
     pub sandbox_namespace: String,
 
-    /// Sequential runs of `print(1+1)`, each beside one raw pod.
-    #[arg(long, env = "BENCH_LATENCY_RUNS", default_value_t = 50)]
+    /// Sequential runs of `print(1+1)` on each of the warm and the cold path, each beside one
+    /// raw pod.
+    #[arg(long, env = "BENCH_LATENCY_RUNS", default_value_t = 30)]
     pub latency_runs: usize,
+
+    /// The Python warm pool's size during the pool benchmark (and its concurrency).
+    #[arg(long, env = "BENCH_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+    /// Bursts of `pool_size` runs, each from a full pool.
+    #[arg(long, env = "BENCH_POOL_BURSTS", default_value_t = 3)]
+    pub pool_bursts: usize,
+    /// Helm, its kubeconfig and the chart, to change the pool's size and roll it back.
+    #[arg(long, env = "BENCH_HELM", default_value = "helm")]
+    pub helm: PathBuf,
+    #[arg(
+        long,
+        env = "KUBECONFIG_ADMIN",
+        default_value = "/var/lib/codeinterp/pki/admin.kubeconfig"
+    )]
+    pub helm_kubeconfig: PathBuf,
+    #[arg(long, env = "BENCH_CHART", default_value = "charts/codeinterp")]
+    pub chart: String,
+
+    /// Runs streamed with `"stream": true`, each printing 30 timestamps.
+    #[arg(long, env = "BENCH_STREAM_RUNS", default_value_t = 5)]
+    pub stream_runs: usize,
 
     /// Concurrency levels of the throughput benchmark.
     #[arg(long, env = "BENCH_THROUGHPUT_LEVELS", value_delimiter = ',', default_values_t = [1, 4, 16])]
@@ -67,9 +92,13 @@ pub struct Args {
     #[arg(long, env = "BENCH_HTTP_SECONDS", default_value_t = 10)]
     pub http_seconds: u32,
 
-    /// CodeRuns created at once by the operator scale benchmark.
-    #[arg(long, env = "BENCH_SCALE_RUNS", default_value_t = 500)]
-    pub scale_runs: usize,
+    /// CodeRuns created at once by the operator scale benchmark, one round per number.
+    #[arg(long, env = "BENCH_SCALE_RUNS", value_delimiter = ',', default_values_t = [500, 2000])]
+    pub scale_runs: Vec<usize>,
+    /// Raw pods of the baseline, run by a semaphore at the concurrency the runs reached
+    /// (0: no baseline).
+    #[arg(long, env = "BENCH_SCALE_RAW_PODS", default_value_t = 300)]
+    pub scale_raw_pods: usize,
     /// Creations in flight at once.
     #[arg(long, env = "BENCH_SCALE_CREATE_CONCURRENCY", default_value_t = 32)]
     pub scale_create_concurrency: usize,
@@ -78,7 +107,7 @@ pub struct Args {
     #[arg(long, env = "BENCH_SCALE_MEMORY_MB", default_value_t = 64)]
     pub scale_memory_mb: u64,
     /// Longest the scale benchmark waits for every run to end.
-    #[arg(long, env = "BENCH_SCALE_TIMEOUT_SECONDS", default_value_t = 600)]
+    #[arg(long, env = "BENCH_SCALE_TIMEOUT_SECONDS", default_value_t = 900)]
     pub scale_timeout_seconds: u64,
 
     /// Executions of each of bare and wrapped, per language.

@@ -3,13 +3,16 @@
 #![forbid(unsafe_code)]
 
 mod apiserver_load;
+mod cluster;
 mod config;
 mod latency;
+mod pool;
 mod raw_pod;
 mod report;
 mod rest;
 mod scale;
 mod stats;
+mod stream;
 mod suite;
 mod throughput;
 mod transitions;

@@ -37,8 +37,17 @@ pub fn python_print(name: &str) -> serde_json::Value {
 /// phase: the kubelet marks the phase Succeeded only after tearing the pod down, about a
 /// second later, which would flatter the platform.
 pub async fn run_python_print(pods: &Api<Pod>, name: &str) -> anyhow::Result<Duration> {
+    run_manifest(pods, name, python_print(name)).await
+}
+
+/// The same for a pod of `python_print` changed by the caller (e.g. given requests).
+pub async fn run_manifest(
+    pods: &Api<Pod>,
+    name: &str,
+    manifest: serde_json::Value,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    pods.create(&PostParams::default(), &testkit::pod(python_print(name)))
+    pods.create(&PostParams::default(), &testkit::pod(manifest))
         .await?;
     let ended = tokio::time::timeout(WITHIN, await_condition(pods.clone(), name, container_ended))
         .await

@@ -14,7 +14,17 @@ pub struct Run {
     pub stdout: Option<String>,
     #[serde(default)]
     pub error: Option<serde_json::Value>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
 }
+
+#[derive(Debug, Deserialize)]
+pub struct Usage {
+    pub wall_ms: u64,
+}
+
+/// A memory limit that no warm pool of the local stack is made of.
+pub const COLD_MEMORY_MB: u64 = 384;
 
 #[derive(Clone)]
 pub struct Api {
@@ -36,9 +46,21 @@ impl Api {
         })
     }
 
-    /// `POST /v1/runs` of a Python program, waiting for it to finish (the API's default).
+    /// `POST /v1/runs` of a Python program, waiting for it to finish (the API's default),
+    /// with the default shape (the one the warm pool is made of, when it has pods free).
     pub async fn run_python(&self, code: &str) -> anyhow::Result<Run> {
-        let body = json!({"language": "python", "code": code, "limits": {"timeout_ms": 10_000}});
+        self.run(json!({"language": "python", "code": code, "limits": {"timeout_ms": 10_000}}))
+            .await
+    }
+
+    /// The same in a shape no pool has (a different memory limit): always the cold path.
+    pub async fn run_python_cold(&self, code: &str) -> anyhow::Result<Run> {
+        self.run(json!({"language": "python", "code": code,
+                        "limits": {"timeout_ms": 10_000, "memory_mb": COLD_MEMORY_MB}}))
+            .await
+    }
+
+    pub async fn run(&self, body: serde_json::Value) -> anyhow::Result<Run> {
         let response = self
             .http
             .post(format!("{}/v1/runs", self.base))

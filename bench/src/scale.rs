@@ -1,21 +1,25 @@
 //! Operator scale: many CodeRuns created at once in a namespace of their own; how long until
-//! all are over, the operator's memory meanwhile, and proof that none was lost or run twice.
+//! all are over, how long they waited in line, the rate at saturation beside raw pods run by
+//! a plain semaphore at the same concurrency, the operator's memory and API writes meanwhile,
+//! and proof that none was lost or run twice.
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use codeinterp_crds::{CodeRun, Language, Limits, Phase};
 use codeinterp_store::{OutputStream, Store};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
+use crate::cluster::{self, Writes};
 use crate::config::Args;
+use crate::raw_pod;
+use crate::stats::{self, Summary};
 use crate::suite::{self, progress};
 use crate::transitions::Transitions;
 
@@ -61,7 +65,7 @@ pub struct ScaleReport {
     pub completed_ok: usize,
     /// The run's record in object storage says completed with `ok\n`.
     pub records_ok: usize,
-    /// Pods (distinct uids) the watch saw with each run's name.
+    /// Pods (distinct uids) that ever carried each run's label.
     pub pods_per_run: Counts,
     /// `PodCreated` events recorded for each run.
     pub pod_created_events: Counts,
@@ -69,27 +73,58 @@ pub struct ScaleReport {
     pub lost: usize,
     /// More than one pod or more than one PodCreated event.
     pub duplicated: usize,
-    pub operator_pid: Option<u32>,
-    pub operator_found_by: Option<&'static str>,
+    /// From the CodeRun's creation to its pod's (the wait in line, and the admission).
+    pub queue_wait: Summary,
+    /// Most runs seen holding a pod at once.
+    pub peak_concurrent: usize,
+    /// Completed runs per second between the 10th and the 90th percentile of completions.
+    pub saturated_runs_per_s: Option<f64>,
+    /// The baseline: raw pods of the same image and requests, run by a semaphore of
+    /// `peak_concurrent`.
+    pub raw: Option<RawBaseline>,
+    pub ratio_to_raw: Option<f64>,
     pub operator_rss_before_mib: Option<f64>,
     pub operator_rss_peak_mib: Option<f64>,
     pub operator_rss_after_mib: Option<f64>,
-    /// VmHWM: the peak since the operator started, whatever caused it.
-    pub operator_hwm_mib: Option<f64>,
     pub rss_samples: u64,
+    /// The operator's writes to the Kubernetes API during the benchmark, per run.
+    pub writes_per_run: Option<f64>,
+    pub writes_breakdown: String,
     /// Reconcile errors of the whole operator (other users' runs included) during the test.
     pub reconcile_errors_during: Option<f64>,
     pub namespace_deleted: bool,
 }
 
-pub async fn run(args: &Args, client: &Client) -> anyhow::Result<ScaleReport> {
+#[derive(Debug, Serialize)]
+pub struct RawBaseline {
+    pub pods: usize,
+    pub concurrency: usize,
+    pub completed: usize,
+    pub saturated_pods_per_s: Option<f64>,
+    pub first_error: Option<String>,
+}
+
+pub async fn run(
+    args: &Args,
+    client: &Client,
+    raw_namespace: &str,
+    runs: usize,
+) -> anyhow::Result<ScaleReport> {
     let ns = suite::new_namespace(client, "bench-scale").await?;
     let namespace = ns.name.clone();
-    let result = measure(args, client, &ns).await;
+    let result = measure(args, client, &ns, runs).await;
     progress(&format!("scale: deleting namespace {namespace}"));
-    let deleted = suite::delete_namespace(client, &namespace, Duration::from_secs(180)).await;
+    let deleted = suite::delete_namespace(client, &namespace, Duration::from_secs(300)).await;
     let mut report = result?;
     report.namespace_deleted = deleted;
+    if args.scale_raw_pods > 0 && report.peak_concurrent > 0 {
+        let raw = raw_baseline(client, raw_namespace, args, report.peak_concurrent).await;
+        report.ratio_to_raw = report
+            .saturated_runs_per_s
+            .zip(raw.saturated_pods_per_s)
+            .map(|(o, r)| o / r);
+        report.raw = Some(raw);
+    }
     Ok(report)
 }
 
@@ -97,15 +132,16 @@ async fn measure(
     args: &Args,
     client: &Client,
     ns: &testkit::TestNamespace,
+    n: usize,
 ) -> anyhow::Result<ScaleReport> {
-    let n = args.scale_runs;
     let runs = ns.runs();
     let seen = Transitions::watch(client, &ns.name).await?;
-    let operator = operator_pid(&args.run_dir);
-    let operator_pid = operator.map(|(pid, _)| pid);
-    let rss_before = operator_pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
-    let errors_before = reconcile_errors().await;
-    let sampler = operator_pid.map(RssSampler::start);
+    let rss_before = match cluster::leader_pid(client).await {
+        Some(pid) => testkit::proc_status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0),
+        None => None,
+    };
+    let metrics_before = cluster::operator_metrics(client).await.ok();
+    let sampler = cluster::RssSampler::start(client.clone());
 
     progress(&format!("scale: creating {n} CodeRuns in {}", ns.name));
     let started = Instant::now();
@@ -162,13 +198,14 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let all_terminal = terminal == created.len() && create_errors.is_empty();
-    let (peak, samples) = match sampler {
-        Some(s) => s.stop(),
-        None => (None, 0),
+    // The runs' pods are deleted a moment after they finish: count those writes too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (peak, samples) = sampler.stop();
+    let rss_after = match cluster::leader_pid(client).await {
+        Some(pid) => testkit::proc_status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0),
+        None => None,
     };
-    let rss_after = operator_pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
-    let hwm = operator_pid.and_then(|p| proc_status_kib(p, "VmHWM:"));
-    let errors_after = reconcile_errors().await;
+    let metrics_after = cluster::operator_metrics(client).await.ok();
     progress(&format!(
         "scale: {terminal}/{} ended; checking statuses, records, pods and events",
         created.len()
@@ -212,15 +249,30 @@ async fn measure(
     let events = pod_created_events(client, &ns.name).await?;
     let (mut pods_per_run, mut pod_created_events) = (Counts::default(), Counts::default());
     let mut duplicated = 0;
+    let mut waits = Vec::new();
+    let mut spans = Vec::new();
+    let mut ends = Vec::new();
     for name in &created {
-        let pods = seen.pod(name).uids.len();
+        let run = seen.run(name);
+        let pod = seen.pod_of_run(name);
         let events = events.get(name).copied().unwrap_or(0);
-        pods_per_run.add(pods);
+        pods_per_run.add(pod.uids.len());
         pod_created_events.add(events);
-        if pods > 1 || events > 1 {
+        if pod.uids.len() > 1 || events > 1 {
             duplicated += 1;
         }
+        if let (Some(c), Some(p)) = (run.created, pod.created) {
+            waits.push(stats::ms(p.saturating_duration_since(c)));
+        }
+        if let (Some(p), Some(f)) = (pod.created, run.finished) {
+            spans.push((p, f));
+        }
+        ends.extend(run.finished);
     }
+    let writes = match (&metrics_before, &metrics_after) {
+        (Some(b), Some(a)) => Some(Writes::parse(a).since(&Writes::parse(b))),
+        _ => None,
+    };
 
     Ok(ScaleReport {
         runs: n,
@@ -242,16 +294,100 @@ async fn measure(
         pod_created_events,
         lost: created.len() - terminal,
         duplicated,
-        operator_pid,
-        operator_found_by: operator.map(|(_, how)| how),
-        operator_rss_before_mib: rss_before.map(mib),
-        operator_rss_peak_mib: peak.map(mib),
-        operator_rss_after_mib: rss_after.map(mib),
-        operator_hwm_mib: hwm.map(mib),
+        queue_wait: Summary::of(&waits),
+        peak_concurrent: peak_overlap(&spans),
+        saturated_runs_per_s: saturated_rate(&ends),
+        raw: None,
+        ratio_to_raw: None,
+        operator_rss_before_mib: rss_before,
+        operator_rss_peak_mib: peak,
+        operator_rss_after_mib: rss_after,
         rss_samples: samples,
-        reconcile_errors_during: errors_before.zip(errors_after).map(|(b, a)| a - b),
+        writes_per_run: writes.as_ref().map(|w| w.per(created.len()).in_all()),
+        writes_breakdown: writes
+            .map(|w| w.per(created.len()).describe())
+            .unwrap_or_default(),
+        reconcile_errors_during: metrics_before
+            .zip(metrics_after)
+            .map(|(b, a)| reconcile_errors(&a) - reconcile_errors(&b)),
         namespace_deleted: false,
     })
+}
+
+/// Raw pods with the runs' image and requests, `concurrency` at a time.
+async fn raw_baseline(
+    client: &Client,
+    namespace: &str,
+    args: &Args,
+    concurrency: usize,
+) -> RawBaseline {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let n = args.scale_raw_pods;
+    progress(&format!(
+        "scale: {n} raw pods, {concurrency} at a time (the baseline)"
+    ));
+    let memory = args.scale_memory_mb;
+    let results: Vec<anyhow::Result<Instant>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let name = format!("scale-raw-{i}");
+                let mut manifest = raw_pod::python_print(&name);
+                manifest["spec"]["containers"][0]["resources"] = serde_json::json!({
+                    "requests": {"cpu": "100m", "memory": format!("{memory}Mi")},
+                    "limits": {"cpu": "1", "memory": format!("{memory}Mi")},
+                });
+                let result = raw_pod::run_manifest(&pods, &name, manifest).await;
+                raw_pod::delete_in_background(&pods, &name);
+                result.map(|_| Instant::now())
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let ends: Vec<Instant> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    RawBaseline {
+        pods: n,
+        concurrency,
+        completed: ends.len(),
+        saturated_pods_per_s: saturated_rate(&ends),
+        first_error: results
+            .into_iter()
+            .find_map(|r| r.err())
+            .map(|e| format!("{e:#}")),
+    }
+}
+
+/// The most intervals open at once.
+fn peak_overlap(spans: &[(Instant, Instant)]) -> usize {
+    let mut edges: Vec<(Instant, i32)> = spans
+        .iter()
+        .flat_map(|(a, b)| [(*a, 1), (*b, -1)])
+        .collect();
+    // Ends before starts at the same instant.
+    edges.sort_by_key(|(t, d)| (*t, *d));
+    let (mut open, mut peak) = (0i32, 0i32);
+    for (_, d) in edges {
+        open += d;
+        peak = peak.max(open);
+    }
+    peak as usize
+}
+
+/// Completions per second between the 10th and the 90th percentile of completion times (the
+/// ramp up and the tail left out).
+fn saturated_rate(ends: &[Instant]) -> Option<f64> {
+    if ends.len() < 10 {
+        return None;
+    }
+    let mut sorted = ends.to_vec();
+    sorted.sort();
+    let (lo, hi) = (sorted.len() / 10, sorted.len() * 9 / 10);
+    let span = (sorted[hi] - sorted[lo]).as_secs_f64();
+    (span > 0.0).then(|| (hi - lo) as f64 / span)
 }
 
 /// Records in object storage that say the run completed with the expected output.
@@ -313,95 +449,40 @@ async fn pod_created_events(
     Ok(counts)
 }
 
-/// The operator's process: the one `make up` recorded, else the only process named
-/// `operator` on this host (e.g. the stack installed by the Helm chart); and which it was.
-fn operator_pid(run_dir: &Path) -> Option<(u32, &'static str)> {
-    let recorded = std::fs::read_to_string(run_dir.join("pids/operator.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
-    if let Some(pid) = recorded {
-        return Some((pid, "pids/operator.pid"));
-    }
-    let named: Vec<u32> = std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "operator")
-        })
-        .collect();
-    match named.as_slice() {
-        [pid] => Some((*pid, "the only process named operator")),
-        _ => None,
-    }
+/// Reconcile errors so far, summed over kinds, from the operator's metrics text.
+fn reconcile_errors(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("codeinterp_operator_reconcile_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
-/// A `kB` field of /proc/<pid>/status, e.g. `VmRSS:`.
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status"))).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-/// Reconcile errors so far, summed over kinds, from the operator's metrics.
-async fn reconcile_errors() -> Option<f64> {
-    let text = reqwest::get("http://127.0.0.1:9090/metrics")
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    Some(
-        text.lines()
-            .filter(|l| l.starts_with("codeinterp_operator_reconcile_errors_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
-}
-
-/// Samples the operator's VmRSS every 200 ms and keeps the highest.
-struct RssSampler {
-    peak: Arc<AtomicU64>,
-    samples: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> Self {
-        let (peak, samples) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (p, s) = (peak.clone(), samples.clone());
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tick.tick().await;
-                if let Some(kib) = proc_status_kib(pid, "VmRSS:") {
-                    p.fetch_max(kib, Ordering::Relaxed);
-                    s.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        RssSampler {
-            peak,
-            samples,
-            task,
-        }
+    #[test]
+    fn the_peak_counts_intervals_open_at_once() {
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        let spans = [
+            (at(0), at(10)),
+            (at(5), at(15)),
+            (at(10), at(20)),
+            (at(30), at(40)),
+        ];
+        assert_eq!(peak_overlap(&spans), 2);
     }
 
-    /// The peak in KiB (if any sample was taken) and the number of samples.
-    fn stop(self) -> (Option<u64>, u64) {
-        self.task.abort();
-        let samples = self.samples.load(Ordering::Relaxed);
-        let peak = self.peak.load(Ordering::Relaxed);
-        ((samples > 0).then_some(peak), samples)
+    #[test]
+    fn the_saturated_rate_leaves_out_the_ramp_and_the_tail() {
+        let t = Instant::now();
+        // 100 completions, one every 100 ms: 10 per second.
+        let ends: Vec<Instant> = (0..100)
+            .map(|i| t + Duration::from_millis(i * 100))
+            .collect();
+        let rate = saturated_rate(&ends).unwrap();
+        assert!((rate - 10.0).abs() < 0.01, "{rate}");
+        assert_eq!(saturated_rate(&ends[..5]), None);
     }
 }

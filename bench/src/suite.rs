@@ -13,7 +13,7 @@ use kube::{Api, Client};
 
 use crate::config::{Args, Suite};
 use crate::report::{self, Host, Report, Section};
-use crate::{apiserver_load, latency, rest, scale, throughput, wrapper};
+use crate::{apiserver_load, cluster, latency, pool, rest, scale, stream, throughput, wrapper};
 
 /// What the benchmarks that compare against raw pods share.
 pub struct Env {
@@ -48,6 +48,8 @@ pub async fn run(args: &Args) -> Report {
     }
 
     let mut latency = Section::Skipped;
+    let mut pool = Section::Skipped;
+    let mut stream = Section::Skipped;
     let mut throughput = Section::Skipped;
     let mut apiserver = Section::Skipped;
     let mut scale = Section::Skipped;
@@ -57,6 +59,8 @@ pub async fn run(args: &Args) -> Report {
         Err(e) => {
             let error = format!("{e:#}");
             latency = unavailable(args, Suite::Latency, &error);
+            pool = unavailable(args, Suite::Pool, &error);
+            stream = unavailable(args, Suite::Stream, &error);
             throughput = unavailable(args, Suite::Throughput, &error);
             apiserver = unavailable(args, Suite::Apiserver, &error);
             scale = unavailable(args, Suite::Scale, &error);
@@ -65,14 +69,45 @@ pub async fn run(args: &Args) -> Report {
         Ok(env) => {
             if args.wants(Suite::Latency) {
                 progress(&format!(
-                    "1/5 run latency: {} runs, each beside a raw pod",
+                    "1/7 run latency: {} runs each warm, cold and as a raw pod",
                     args.latency_runs
                 ));
                 latency = guarded(latency::run(&env, args.latency_runs)).await;
             }
+            if args.wants(Suite::Stream) {
+                progress(&format!(
+                    "2/7 live output: {} streamed runs",
+                    args.stream_runs
+                ));
+                stream = guarded(stream::run(
+                    &env,
+                    &args.api_url,
+                    &args.api_token,
+                    args.stream_runs,
+                ))
+                .await;
+            }
+            if args.wants(Suite::Pool) {
+                progress(&format!(
+                    "3/7 warm pool: {} pods, {} bursts, then a sustained load",
+                    args.pool_size, args.pool_bursts
+                ));
+                let helm = cluster::Helm {
+                    helm: args.helm.clone(),
+                    kubeconfig: args.helm_kubeconfig.clone(),
+                };
+                pool = guarded(pool::run(
+                    &env,
+                    &helm,
+                    &args.chart,
+                    args.pool_size,
+                    args.pool_bursts,
+                ))
+                .await;
+            }
             if args.wants(Suite::Throughput) {
                 progress(&format!(
-                    "2/5 throughput: concurrency {:?}, items {:?}",
+                    "4/7 throughput: concurrency {:?}, items {:?}",
                     args.throughput_levels, args.throughput_items
                 ));
                 throughput = guarded(throughput::run(
@@ -84,25 +119,32 @@ pub async fn run(args: &Args) -> Report {
             }
             if args.wants(Suite::Apiserver) {
                 progress(&format!(
-                    "3/5 apiserver: own instance on :{}, {} connections, {} s per route",
+                    "5/7 apiserver: own instance on :{}, {} connections, {} s per route",
                     args.apiserver_port, args.http_connections, args.http_seconds
                 ));
                 apiserver = guarded(apiserver_load::run(args)).await;
             }
             if args.wants(Suite::Wrapper) {
                 progress(&format!(
-                    "5/5 wrapper overhead: {} runs per language",
+                    "6/7 wrapper overhead: {} runs per language",
                     args.wrapper_runs
                 ));
                 wrapper = guarded(wrapper::run(&env, args.wrapper_runs)).await;
             }
-            // Last: it fills the node, and its namespace takes a while to go.
+            // Last: it fills the node, and its namespaces take a while to go.
             if args.wants(Suite::Scale) {
                 progress(&format!(
-                    "4/5 operator scale: {} CodeRuns at once",
+                    "7/7 operator scale: {:?} CodeRuns at once",
                     args.scale_runs
                 ));
-                scale = guarded(scale::run(args, &env.client)).await;
+                scale = guarded(async {
+                    let mut all = Vec::new();
+                    for &n in &args.scale_runs {
+                        all.push(scale::run(args, &env.client, &env.pods_namespace, n).await?);
+                    }
+                    anyhow::Ok(all)
+                })
+                .await;
             }
             progress(&format!("deleting namespace {}", env.pods_namespace));
             delete_namespace(&env.client, &env.pods_namespace, Duration::from_secs(60)).await;
@@ -120,6 +162,8 @@ pub async fn run(args: &Args) -> Report {
         table: Vec::new(),
         notes: Vec::new(),
         latency,
+        pool,
+        stream,
         throughput,
         apiserver,
         scale,

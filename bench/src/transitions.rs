@@ -23,12 +23,16 @@ use tokio::task::JoinHandle;
 /// Steps of a CodeRun, as first seen.
 #[derive(Clone, Debug, Default)]
 pub struct RunSeen {
+    pub uid: Option<String>,
     pub created: Option<Instant>,
     pub running: Option<Instant>,
     pub finished: Option<Instant>,
 }
 
-/// Steps of a Pod, as first seen, and every pod (by uid) that had the name.
+/// Steps of a Pod, as first seen, and every pod (by uid) that had the name. For the pod of a
+/// run (looked up by the run), `created` is when it was first seen carrying the run's
+/// label: created for it (cold) or claimed from a pool (warm); `uids` are every pod that
+/// ever carried it.
 #[derive(Clone, Debug, Default)]
 pub struct PodSeen {
     pub created: Option<Instant>,
@@ -44,6 +48,8 @@ type Table<T> = Arc<Mutex<HashMap<String, T>>>;
 pub struct Transitions {
     runs: Table<RunSeen>,
     pods: Table<PodSeen>,
+    /// By the UID of the run the pod serves.
+    bound: Table<PodSeen>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -52,6 +58,7 @@ impl Transitions {
     pub async fn watch(client: &Client, namespace: &str) -> anyhow::Result<Self> {
         let runs: Table<RunSeen> = Arc::default();
         let pods: Table<PodSeen> = Arc::default();
+        let bound: Table<PodSeen> = Arc::default();
         let (runs_ready, runs_listed) = oneshot::channel();
         let (pods_ready, pods_listed) = oneshot::channel();
 
@@ -66,6 +73,9 @@ impl Transitions {
                 let mut table = table.lock().unwrap();
                 let seen = table.entry(run.name_any()).or_default();
                 seen.created.get_or_insert(at);
+                if seen.uid.is_none() {
+                    seen.uid = run.uid();
+                }
                 let phase = run.phase();
                 if phase == Some(codeinterp_crds::Phase::Running) || run.is_finished() {
                     seen.running.get_or_insert(at);
@@ -75,26 +85,14 @@ impl Transitions {
                 }
             },
         );
-        let table = pods.clone();
+        let (table, by_run) = (pods.clone(), bound.clone());
         let pod_task = spawn_watch(
             Api::<Pod>::namespaced(client.clone(), namespace),
             pods_ready,
             move |pod: &Pod, at, deleted| {
-                let mut table = table.lock().unwrap();
-                let seen = table.entry(pod.name_any()).or_default();
-                if let Some(uid) = pod.uid() {
-                    seen.uids.insert(uid);
-                }
-                if deleted {
-                    return;
-                }
-                seen.created.get_or_insert(at);
-                let (started, terminated) = container_progress(pod);
-                if started {
-                    seen.started.get_or_insert(at);
-                }
-                if terminated {
-                    seen.terminated.get_or_insert(at);
+                note_pod(&mut table.lock().unwrap(), pod.name_any(), pod, at, deleted);
+                if let Some(run) = pod.labels().get(codeinterp_crds::RUN_UID_LABEL) {
+                    note_pod(&mut by_run.lock().unwrap(), run.clone(), pod, at, deleted);
                 }
             },
         );
@@ -104,7 +102,12 @@ impl Transitions {
             pods_listed.await
         };
         if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(60), listed).await {
-            return Ok(Transitions { runs, pods, tasks });
+            return Ok(Transitions {
+                runs,
+                pods,
+                bound,
+                tasks,
+            });
         }
         tasks.iter().for_each(JoinHandle::abort);
         anyhow::bail!("the watches of CodeRuns and Pods in {namespace} did not list within 60 s")
@@ -128,6 +131,19 @@ impl Transitions {
             .unwrap_or_default()
     }
 
+    /// The pod that served the run (created for it, or claimed from a pool).
+    pub fn pod_of_run(&self, name: &str) -> PodSeen {
+        let Some(uid) = self.run(name).uid else {
+            return PodSeen::default();
+        };
+        self.bound
+            .lock()
+            .unwrap()
+            .get(&uid)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// How many of these runs were seen finished, and when the last of them was.
     pub fn finished_among<'a>(
         &self,
@@ -145,6 +161,30 @@ impl Transitions {
 impl Drop for Transitions {
     fn drop(&mut self) {
         self.tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+fn note_pod(
+    table: &mut HashMap<String, PodSeen>,
+    key: String,
+    pod: &Pod,
+    at: Instant,
+    deleted: bool,
+) {
+    let seen = table.entry(key).or_default();
+    if let Some(uid) = pod.uid() {
+        seen.uids.insert(uid);
+    }
+    if deleted {
+        return;
+    }
+    seen.created.get_or_insert(at);
+    let (started, terminated) = container_progress(pod);
+    if started {
+        seen.started.get_or_insert(at);
+    }
+    if terminated {
+        seen.terminated.get_or_insert(at);
     }
 }
 

@@ -496,11 +496,14 @@ async fn a_coderun_applied_with_kubectl_can_be_awaited_with_kubectl_wait() {
         "jsonpath={.status.stdoutPreview}",
     ]);
     assert_eq!(stdout, "2\n");
-    let described = kubectl(&["describe", "coderun", "hello", "-n", &ns.name]);
-    for reason in ["PodCreated", "Started", "Completed"] {
-        assert!(
-            described.contains(reason),
-            "describe lacks the {reason} event:\n{described}"
-        );
-    }
+    // Events are recorded a moment after each step, off the run's critical path.
+    let mut described = String::new();
+    let all_there = eventually(Duration::from_secs(10), || {
+        described = kubectl(&["describe", "coderun", "hello", "-n", &ns.name]);
+        ["PodCreated", "Started", "Completed"]
+            .iter()
+            .all(|r| described.contains(r))
+    })
+    .await;
+    assert!(all_there, "describe lacks an event:\n{described}");
 }

@@ -21,6 +21,16 @@ async fn the_leader_dying_mid_burst_hands_over_within_seconds_and_every_run_runs
         .await
         .unwrap();
     wait_phase(&runs, "survivor", Phase::Running).await;
+    // Its pod's event recorded (events are written a moment after the step, off the run's
+    // critical path), so the count below is evidence.
+    let recorded = eventually_async(Duration::from_secs(10), || async {
+        events_for(&client, &ns.name, "survivor")
+            .await
+            .iter()
+            .any(|e| e.starts_with("PodCreated") || e.starts_with("PodClaimed"))
+    })
+    .await;
+    assert!(recorded, "the survivor's pod event was never recorded");
     // A burst around the kill: some running, some waiting, some not yet seen by anyone.
     let burst: Vec<String> = (0..24).map(|i| format!("burst-{i:02}")).collect();
     for name in &burst[..12] {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmarks (`make bench` calls this after `make up`; it also works on its own against a
 # stack that is up). Builds the bench binary, installs wrk when missing, and runs every
-# benchmark; extra arguments go to the binary, e.g. `hack/bench/run.sh --only latency,wrapper
+# benchmark; extra arguments go to the binary, e.g. `hack/bench/run.sh --only latency,pool
 # --latency-runs 10` (see `--help`; each flag also has a BENCH_* variable). It prints one table
 # and writes the same figures to $RUN_DIR/bench/results.json plus a dated copy.
 #
@@ -13,6 +13,8 @@ export KUBECONFIG="${KUBECONFIG:-$HOME/.kube/config}"
 export CODEINTERP_RUN="$RUN_DIR"
 export BENCH_OUT_DIR="${BENCH_OUT_DIR:-$RUN_DIR/bench}"
 export BENCH_APISERVER_BIN="${BENCH_APISERVER_BIN:-$CARGO_TARGET_DIR/release/apiserver}"
+# The warm pool benchmark resizes the pool through Helm and rolls the release back after.
+export BENCH_HELM="$HELM_BIN/helm" KUBECONFIG_ADMIN BENCH_CHART="$REPO_ROOT/charts/codeinterp"
 
 bench_log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
