@@ -34,7 +34,8 @@ pub struct ApiLoadReport {
 struct OwnApiserver(Child);
 
 impl OwnApiserver {
-    fn start(args: &Args, log: &Path) -> anyhow::Result<Self> {
+    /// `kubeconfig`: the REST API's own service account (only it may set tenant labels).
+    fn start(args: &Args, log: &Path, kubeconfig: &Path) -> anyhow::Result<Self> {
         if !args.apiserver_bin.is_file() {
             bail!(
                 "no apiserver binary at {} (cargo build --release -p codeinterp-apiserver)",
@@ -43,8 +44,6 @@ impl OwnApiserver {
         }
         let signing_key = signing_key(&args.run_dir)?;
         let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        let kubeconfig =
-            std::env::var("KUBECONFIG").unwrap_or_else(|_| format!("{home}/.kube/config"));
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(&args.apiserver_bin)
             .env_clear()
@@ -53,6 +52,8 @@ impl OwnApiserver {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
             .env("PORT", args.apiserver_port.to_string())
+            // Not the stack's metrics port (its apiserver shares the node's network).
+            .env("METRICS_PORT", (args.apiserver_port + 1).to_string())
             .env("API_KEYS", format!("{TOKEN}:bench:100000:100000"))
             .env("STORAGE_URL", args.storage_dir())
             .env("SANDBOX_NAMESPACE", &args.sandbox_namespace)
@@ -102,7 +103,8 @@ impl Drop for OwnApiserver {
 pub async fn run(args: &Args) -> anyhow::Result<ApiLoadReport> {
     let base = format!("http://127.0.0.1:{}", args.apiserver_port);
     let log = args.out_dir.join("apiserver-bench.log");
-    let _server = OwnApiserver::start(args, &log)?;
+    let kubeconfig = testkit::rest::rest_api_kubeconfig().await;
+    let _server = OwnApiserver::start(args, &log, &kubeconfig)?;
     let api = rest::Api::new(&base, TOKEN)?;
     if !api.wait_ok("/readyz", Duration::from_secs(60)).await {
         bail!(

@@ -196,13 +196,15 @@ impl RssSampler {
     }
 }
 
-/// Pods of the sandbox namespace's warm pools that are idle and ready, by language.
+/// Pods of the sandbox namespace's warm pools that are idle, ready and held (claimable).
 pub async fn idle_pool_pods(client: &Client, namespace: &str) -> anyhow::Result<usize> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    // Held: the operator has a session open to it, so a run can claim it.
     let selector = format!(
-        "{},!{}",
+        "{},!{},{}",
         codeinterp_crds::POOL_LABEL,
-        codeinterp_crds::RUN_UID_LABEL
+        codeinterp_crds::RUN_UID_LABEL,
+        codeinterp_crds::HELD_LABEL
     );
     let list = pods.list(&ListParams::default().labels(&selector)).await?;
     Ok(list

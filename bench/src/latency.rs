@@ -82,14 +82,14 @@ enum Path {
 }
 
 /// One request and its answer, by name (the run id, or the raw pod).
-struct Sample {
-    name: String,
-    sent: Instant,
-    done: Instant,
-    program_ms: Option<f64>,
+pub struct Sample {
+    pub name: String,
+    pub sent: Instant,
+    pub done: Instant,
+    pub program_ms: Option<f64>,
     /// The operator's writes from just before the request until the stack settled after it
     /// (before that, the count when the request was sent).
-    writes: Option<Writes>,
+    pub writes: Option<Writes>,
 }
 
 impl Sample {
@@ -245,7 +245,7 @@ async fn one_raw_pod(env: &Env, name: &str) -> anyhow::Result<Sample> {
     })
 }
 
-fn our_path(samples: &[Sample], seen: &Transitions) -> PathReport {
+pub fn our_path(samples: &[Sample], seen: &Transitions) -> PathReport {
     let ms: Vec<f64> = samples.iter().map(Sample::ms).collect();
     // Each step between consecutive checkpoints; the program's own time splits the span
     // from Running to Finished into "program" and "results".

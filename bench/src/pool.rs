@@ -11,8 +11,10 @@ use kube::Api;
 use serde::Serialize;
 
 use crate::cluster::{self, Helm};
+use crate::latency::{self, PathReport, Sample};
 use crate::stats::{self, Summary};
 use crate::suite::{Env, progress};
+use crate::transitions::Transitions;
 
 #[derive(Debug, Serialize)]
 pub struct Burst {
@@ -43,8 +45,9 @@ pub struct PoolReport {
     /// Time for the pool to grow from its configured size to `size` after the upgrade.
     pub grow_s: f64,
     pub bursts: Vec<Burst>,
-    /// Of every burst's runs.
+    /// Of every burst's runs, with the median of each phase.
     pub burst_latency: Summary,
+    pub burst_phases: PathReport,
     pub burst_runs_per_s_median: Option<f64>,
     pub refill_pods_per_s_median: Option<f64>,
     pub sustained: Sustained,
@@ -71,6 +74,8 @@ pub async fn run(
 }
 
 async fn measure(env: &Env, size: usize, rounds: usize) -> anyhow::Result<PoolReport> {
+    let seen = Transitions::watch(&env.client, &env.sandbox_namespace).await?;
+    let mut burst_samples = Vec::new();
     let grow = Instant::now();
     cluster::wait_idle(
         &env.client,
@@ -85,7 +90,9 @@ async fn measure(env: &Env, size: usize, rounds: usize) -> anyhow::Result<PoolRe
     let mut latencies = Vec::new();
     let mut first_error = None;
     for round in 0..rounds {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // From a settled node: the pods the pool replaced or that earlier runs left are torn
+        // down by now (the kubelet and the runtime take seconds of CPU for a few dozen).
+        tokio::time::sleep(Duration::from_secs(if round == 0 { 15 } else { 8 })).await;
         let started = Instant::now();
         let results = many(env, size, size).await;
         let wall = started.elapsed();
@@ -103,6 +110,7 @@ async fn measure(env: &Env, size: usize, rounds: usize) -> anyhow::Result<PoolRe
                 .iter()
                 .filter_map(|r| r.as_ref().ok().map(|(_, ms)| *ms)),
         );
+        burst_samples.extend(results.into_iter().filter_map(|r| r.ok()).map(|(s, _)| s));
         let burst = Burst {
             runs: size,
             completed,
@@ -141,11 +149,15 @@ async fn measure(env: &Env, size: usize, rounds: usize) -> anyhow::Result<PoolRe
         latency: Summary::of(&ms),
     };
     let per_s: Vec<f64> = bursts.iter().map(|b| b.runs_per_s).collect();
+    // The watches may show the last steps a moment after the answers arrived.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let burst_phases = latency::our_path(&burst_samples, &seen);
     let refill: Vec<f64> = bursts.iter().filter_map(|b| b.refill_pods_per_s).collect();
     Ok(PoolReport {
         size,
         grow_s,
         burst_latency: Summary::of(&latencies),
+        burst_phases,
         burst_runs_per_s_median: stats::median(&per_s),
         refill_pods_per_s_median: stats::median(&refill),
         bursts,
@@ -155,15 +167,22 @@ async fn measure(env: &Env, size: usize, rounds: usize) -> anyhow::Result<PoolRe
     })
 }
 
-/// `n` runs of `print(1+1)` with at most `concurrency` in flight: each run's id and latency.
-async fn many(env: &Env, n: usize, concurrency: usize) -> Vec<anyhow::Result<(String, f64)>> {
+/// `n` runs of `print(1+1)` with at most `concurrency` in flight: each run and its latency.
+async fn many(env: &Env, n: usize, concurrency: usize) -> Vec<anyhow::Result<(Sample, f64)>> {
     futures::stream::iter(0..n)
         .map(|_| async {
             let sent = Instant::now();
             let run = env.api.run_python("print(1+1)").await?;
-            let ms = stats::ms(sent.elapsed());
+            let done = Instant::now();
             run.check("2\n")?;
-            Ok((run.id, ms))
+            let sample = Sample {
+                name: run.id.clone(),
+                sent,
+                done,
+                program_ms: run.usage.as_ref().map(|u| u.wall_ms as f64),
+                writes: None,
+            };
+            Ok((sample, stats::ms(done - sent)))
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
@@ -173,16 +192,20 @@ async fn many(env: &Env, n: usize, concurrency: usize) -> Vec<anyhow::Result<(St
 /// How many completed, and how many of those started warm.
 async fn tally(
     env: &Env,
-    results: &[anyhow::Result<(String, f64)>],
+    results: &[anyhow::Result<(Sample, f64)>],
     first_error: &mut Option<String>,
 ) -> (usize, usize) {
     let runs: Api<CodeRun> = Api::namespaced(env.client.clone(), &env.sandbox_namespace);
     let (mut completed, mut warm) = (0, 0);
     for r in results {
         match r {
-            Ok((id, _)) => {
+            Ok((sample, _)) => {
                 completed += 1;
-                let mode = runs.get(id).await.ok().and_then(|r| r.status?.start_mode);
+                let mode = runs
+                    .get(&sample.name)
+                    .await
+                    .ok()
+                    .and_then(|r| r.status?.start_mode);
                 if mode == Some(StartMode::Warm) {
                     warm += 1;
                 }

@@ -60,8 +60,14 @@ pub struct Report {
     pub stream: Section<StreamReport>,
     pub throughput: Section<ThroughputReport>,
     pub apiserver: Section<ApiLoadReport>,
-    pub scale: Section<Vec<ScaleReport>>,
+    pub scale: Section<ScaleRounds>,
     pub wrapper: Section<WrapperReport>,
+}
+
+/// The scale benchmark's rounds, one per number of runs.
+#[derive(Debug, Serialize)]
+pub struct ScaleRounds {
+    pub rounds: Vec<ScaleReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -291,7 +297,7 @@ fn pool_rows(section: &Section<PoolReport>) -> Vec<Row> {
     };
     let warm: usize = p.bursts.iter().map(|b| b.warm).sum();
     let runs: usize = p.bursts.iter().map(|b| b.runs).sum();
-    vec![
+    let mut rows = vec![
         judged(
             row(
                 B,
@@ -316,6 +322,9 @@ fn pool_rows(section: &Section<PoolReport>) -> Vec<Row> {
             ),
             NONE.into(),
         ),
+    ];
+    rows.extend(phase_rows(B, "burst", &p.burst_phases));
+    rows.extend([
         row(
             B,
             "pool refill after a burst (pods/s, median)",
@@ -344,7 +353,8 @@ fn pool_rows(section: &Section<PoolReport>) -> Vec<Row> {
             ),
             NONE.into(),
         ),
-    ]
+    ]);
+    rows
 }
 
 fn throughput_rows(section: &Section<ThroughputReport>) -> Vec<Row> {
@@ -426,7 +436,7 @@ fn api_rows(section: &Section<ApiLoadReport>) -> Vec<Row> {
     ]
 }
 
-fn scale_rows(section: &Section<Vec<ScaleReport>>) -> Vec<Row> {
+fn scale_rows(section: &Section<ScaleRounds>) -> Vec<Row> {
     const B: &str = "4 operator scale";
     if let Some(rows) = failed_row(B, section) {
         return rows;
@@ -435,7 +445,7 @@ fn scale_rows(section: &Section<Vec<ScaleReport>>) -> Vec<Row> {
         return Vec::new();
     };
     let mut rows = Vec::new();
-    for s in all {
+    for s in &all.rounds {
         let n = s.runs;
         let phases: Vec<String> = s.phases.iter().map(|(p, n)| format!("{n} {p}")).collect();
         let raw = s.raw.as_ref();
@@ -629,7 +639,7 @@ pub fn notes(report: &Report) -> Vec<String> {
         ));
     }
     if let Section::Ran(all) = &report.scale {
-        for s in all {
+        for s in &all.rounds {
             notes.push(format!(
                 "operator scale: {} runs with memory_mb {} (cold: no pool has that shape) in \
                  namespace {} (deleted afterwards: {}); writes per run: {}",
@@ -712,6 +722,12 @@ mod tests {
         let text = render(&rows);
         let lens: Vec<usize> = text.lines().map(|l| l.chars().count()).collect();
         assert!(lens.windows(2).all(|w| w[0] == w[1]), "{text}");
+    }
+
+    #[test]
+    fn a_report_of_every_kind_serialises() {
+        let scale: Section<ScaleRounds> = Section::Ran(ScaleRounds { rounds: Vec::new() });
+        assert!(serde_json::to_string(&scale).is_ok());
     }
 
     #[test]

@@ -142,7 +142,7 @@ pub async fn run(args: &Args) -> Report {
                     for &n in &args.scale_runs {
                         all.push(scale::run(args, &env.client, &env.pods_namespace, n).await?);
                     }
-                    anyhow::Ok(all)
+                    anyhow::Ok(report::ScaleRounds { rounds: all })
                 })
                 .await;
             }

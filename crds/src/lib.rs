@@ -32,6 +32,9 @@ pub const RUN_UID_LABEL: &str = "codeinterp.dev/run-uid";
 pub const RUNNER_LABEL: &str = "codeinterp.dev/runner";
 /// Label on the pods of a warm pool: the pool's name.
 pub const POOL_LABEL: &str = "codeinterp.dev/pool";
+/// On an idle pool pod: the operator process that holds an attach session open to it (only
+/// that process may hand it a job; the pod ends when that session closes).
+pub const HELD_LABEL: &str = "codeinterp.dev/held-by";
 /// Largest program source accepted (bytes).
 pub const MAX_CODE_BYTES: usize = 256 * 1024;
 /// Largest stdin accepted (bytes).

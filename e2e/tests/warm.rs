@@ -224,13 +224,16 @@ async fn a_burst_larger_than_the_pool_gives_each_pod_one_run_and_the_pool_refill
     // The pool refills to its size with fresh pods.
     let pool: Api<Pod> = Api::namespaced(client.clone(), SANDBOX_NAMESPACE);
     let refilled = eventually_async(Duration::from_secs(90), || async {
-        pool.list(&ListParams::default().labels("codeinterp.dev/pool,!codeinterp.dev/run-uid"))
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .count()
+        pool.list(
+            &ListParams::default()
+                .labels("codeinterp.dev/pool,!codeinterp.dev/run-uid,codeinterp.dev/held-by"),
+        )
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .count()
             >= 2
     })
     .await;

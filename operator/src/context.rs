@@ -57,6 +57,48 @@ pub struct Context {
     /// Pods this process asked the API to delete, by UID, and when: every change of a
     /// terminating pod wakes its run's reconcile, which must not ask again.
     pub removing: Mutex<HashMap<String, Instant>>,
+    /// When a run last started: pod churn waits for a pause in starts.
+    pub starts: Starts,
+    /// Attach sessions held open to idle pool pods.
+    pub held: crate::held::Held,
+    /// This process, as it holds the lease (and marks the pool pods it holds).
+    pub identity: String,
+}
+
+/// How long starts must pause before pods are created for the pools or removed after runs.
+const CHURN_QUIET: Duration = Duration::from_millis(300);
+/// The longest churn waits for such a pause (under a steady stream of runs).
+const CHURN_MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// When runs start. Creating and tearing down pods costs the node far more CPU than a warm
+/// run does; done in the middle of a burst it slows every run of the burst. Pool refills
+/// and the removal of finished pods therefore wait until runs stop starting for a moment
+/// (at most [`CHURN_MAX_WAIT`]).
+#[derive(Clone)]
+pub struct Starts(Arc<Mutex<Instant>>);
+
+impl Default for Starts {
+    fn default() -> Self {
+        Starts(Arc::new(Mutex::new(Instant::now() - CHURN_QUIET)))
+    }
+}
+
+impl Starts {
+    pub fn mark(&self) {
+        *self.0.lock().expect("lock") = Instant::now();
+    }
+
+    /// Returns once starts have paused for [`CHURN_QUIET`], or after [`CHURN_MAX_WAIT`].
+    pub async fn pause(&self) {
+        let began = Instant::now();
+        loop {
+            let since = self.0.lock().expect("lock").elapsed();
+            if since >= CHURN_QUIET || began.elapsed() >= CHURN_MAX_WAIT {
+                return;
+            }
+            tokio::time::sleep((CHURN_QUIET - since).min(CHURN_MAX_WAIT)).await;
+        }
+    }
 }
 
 /// How long after a run's steps their events are recorded: a short run is answered before
@@ -321,4 +363,43 @@ impl Context {
 /// Registers a session for the run; false if one is already reading it.
 pub fn claim_session(ctx: &Arc<Context>, uid: &str) -> bool {
     ctx.sessions.lock().expect("lock").insert(uid.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn churn_waits_for_a_pause_in_starts_but_never_long() {
+        let starts = Starts::default();
+        let t = Instant::now();
+        starts.pause().await;
+        assert!(t.elapsed() < Duration::from_millis(50), "no start: no wait");
+
+        starts.mark();
+        let t = Instant::now();
+        starts.pause().await;
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(290), "{waited:?}");
+        assert!(waited < Duration::from_millis(800), "{waited:?}");
+
+        // Starts every 100 ms: the pause never comes; the wait ends at the cap.
+        let marking = starts.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                marking.mark();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        starts.mark();
+        let t = Instant::now();
+        starts.pause().await;
+        ticker.abort();
+        let waited = t.elapsed();
+        assert!(waited >= CHURN_MAX_WAIT, "{waited:?}");
+        assert!(
+            waited < CHURN_MAX_WAIT + Duration::from_millis(500),
+            "{waited:?}"
+        );
+    }
 }

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod config;
 pub mod context;
 pub mod decide;
+pub mod held;
 pub mod inputs;
 pub mod leader;
 pub mod metrics;

@@ -12,7 +12,7 @@ use codeinterp_crds::{Applied, CodeRun, EffectiveLimits, POOL_LABEL, RUN_UID_LAB
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{AttachedProcess, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
 use crate::admission::Demand;
 use crate::config::PoolSpec;
@@ -54,13 +54,14 @@ fn pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
         .collect()
 }
 
-/// Idle pods a run may claim now: running (the wrapper waits on stdin), exactly what this
-/// operator would create, not being claimed.
+/// Idle pods a run may claim now: running (the wrapper waits on stdin) with a session of this
+/// process open to them, exactly what this operator would create, not being claimed.
 fn claimable(ctx: &Context, pool: &PoolSpec, applied: &Applied) -> Vec<Arc<Pod>> {
     let claiming = ctx.claiming.lock().expect("lock").clone();
     let mut pods: Vec<_> = pool_pods(ctx, pool)
         .into_iter()
         .filter(|p| is_running(p) && !claiming.contains(&p.name_any()))
+        .filter(|p| ctx.held.is_open(&p.uid().unwrap_or_default()))
         .filter(|p| pod_spec::is_trusted_pool_pod(p, pool, &ctx.cfg, applied))
         .collect();
     // The oldest first: they are the next to age out anyway.
@@ -79,20 +80,27 @@ pub fn free_counts(ctx: &Context) -> HashMap<String, usize> {
         .collect()
 }
 
-/// Claims an idle pod of the pool for the run; `None` when none could be had.
+/// Claims an idle pod of the pool for the run, with the session held open to it; `None` when
+/// none could be had.
 pub async fn claim(
     ctx: &Context,
     run: &CodeRun,
     limits: &EffectiveLimits,
     pool: &PoolSpec,
     applied: &Applied,
-) -> Option<Pod> {
+) -> Option<(Pod, AttachedProcess)> {
     let api = ctx.pods_api(&ctx.cfg.sandbox_namespace);
     for candidate in claimable(ctx, pool, applied).into_iter().take(3) {
         let name = candidate.name_any();
+        let uid = candidate.uid().unwrap_or_default();
         if !ctx.claiming.lock().expect("lock").insert(name.clone()) {
             continue;
         }
+        // Taken first, so the pool's tending cannot close it while the claim is in flight.
+        let Some(session) = ctx.held.take(&uid) else {
+            ctx.claiming.lock().expect("lock").remove(&name);
+            continue;
+        };
         let idle = pod_spec::seconds_since_start(
             &candidate,
             k8s_openapi::jiff::Timestamp::now().as_second(),
@@ -105,11 +113,15 @@ pub async fn claim(
         let claimed = api.patch(&name, &params, &Patch::Merge(&patch)).await;
         ctx.claiming.lock().expect("lock").remove(&name);
         match claimed {
-            Ok(pod) => return Some(pod),
+            Ok(pod) => return Some((pod, session)),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 tracing::debug!(pod = %name, "lost a claim race; trying another pod");
+                ctx.held.put_back(&uid, session);
             }
-            Err(e) => tracing::warn!(pod = %name, error = %e, "claiming a pool pod"),
+            Err(e) => {
+                tracing::warn!(pod = %name, error = %e, "claiming a pool pod");
+                ctx.held.put_back(&uid, session);
+            }
         }
     }
     None
@@ -144,6 +156,8 @@ async fn tend(ctx: &Context, created: &mut HashMap<String, Vec<String>>) {
     }
     let max_age = ctx.cfg.pool_max_idle_seconds as i64;
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let me = crate::held::label_value(&ctx.identity);
+    let mut idle = HashSet::new();
     for pool in &ctx.pools {
         let name = pool.name();
         let pods = pool_pods(ctx, pool);
@@ -151,21 +165,43 @@ async fn tend(ctx: &Context, created: &mut HashMap<String, Vec<String>>) {
             let young = p
                 .creation_timestamp()
                 .is_none_or(|t| now - t.0.as_second() < max_age);
-            young && pod_spec::is_trusted_pool_pod(p, pool, &ctx.cfg, &applied)
+            // Held by another process (an earlier leader): its stdin closes with that
+            // process's session, so it cannot be handed a job.
+            let foreign = p
+                .labels()
+                .get(codeinterp_crds::HELD_LABEL)
+                .is_some_and(|by| *by != me);
+            young && !foreign && pod_spec::is_trusted_pool_pod(p, pool, &ctx.cfg, &applied)
         });
         for pod in &stale {
-            delete(ctx, pod, "stale or old").await;
+            delete(ctx, pod, "stale, old, or held by another process").await;
         }
+        let ready: Vec<(String, String)> = live
+            .iter()
+            .filter(|p| is_running(p))
+            .filter_map(|p| Some((p.uid()?, p.name_any())))
+            .collect();
+        idle.extend(ready.iter().map(|(uid, _)| uid.clone()));
+        ctx.held.open(
+            &ctx.pods_api(&ns),
+            &ctx.pool_pods(&ns),
+            &ctx.identity,
+            crate::session::STREAM_BUFFER,
+            ready,
+        );
         // Pods created a moment ago may not be in the cache yet.
         let seen: HashSet<String> = live.iter().map(|p| p.name_any()).collect();
         let mine = created.entry(name.clone()).or_default();
         mine.retain(|n| !seen.contains(n));
         let count = live.len() + mine.len();
-        let ready = live.iter().filter(|p| is_running(p)).count();
+        let held = live
+            .iter()
+            .filter(|p| ctx.held.is_open(&p.uid().unwrap_or_default()))
+            .count();
         ctx.metrics
             .pool_idle
             .get_or_create(&PoolLabels { pool: name.clone() })
-            .set(ready as i64);
+            .set(held as i64);
         if count > pool.size {
             live.sort_by_key(|p| std::cmp::Reverse(p.creation_timestamp().map(|t| t.0)));
             for pod in live.iter().take(count - pool.size) {
@@ -214,6 +250,8 @@ async fn tend(ctx: &Context, created: &mut HashMap<String, Vec<String>>) {
             }
         }
     }
+    // Sessions of pods that left the pools (claimed ones were taken) are closed.
+    ctx.held.retain(&idle);
 }
 
 /// Tends the pools whenever the cluster's pods change (and every few seconds).
@@ -225,6 +263,7 @@ pub async fn run(ctx: Arc<Context>, changes: impl Stream<Item = ()> + Send + 'st
     let mut created: HashMap<String, Vec<String>> = HashMap::new();
     let mut rounds = 0u32;
     loop {
+        ctx.starts.pause().await;
         tend(&ctx, &mut created).await;
         rounds = rounds.wrapping_add(1);
         // Pods created a while ago and still not seen are forgotten.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use codeinterp_crds::{CodeRun, Reason, StartMode};
 use futures::{AsyncBufReadExt, AsyncReadExt};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
-use kube::api::{AttachParams, LogParams};
+use kube::api::{AttachedProcess, LogParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use runner_protocol::{Decoder, EffectiveLimits, Event, ParseError, Record};
@@ -28,7 +28,7 @@ use crate::status;
 /// A record can never be larger than this: 2 x 1 MiB of output and 4 MiB of files, base64.
 const MAX_LOG_BYTES: i64 = 12 * 1024 * 1024;
 /// Buffer of the attach stream, each way.
-const STREAM_BUFFER: usize = 64 * 1024;
+pub const STREAM_BUFFER: usize = 64 * 1024;
 /// After the stream ends without an end frame: how long the kubelet may take to report how
 /// the container ended.
 const EXIT_REPORT_WAIT: Duration = Duration::from_secs(15);
@@ -43,7 +43,14 @@ pub enum Delivery {
 }
 
 /// Starts reading the run's record, unless this process already does.
-pub fn start(ctx: &Arc<Context>, run: &CodeRun, pod: Pod, delivery: Delivery) {
+/// `held`: a session already open to the pod (a claimed pool pod's), used instead of a new one.
+pub fn start(
+    ctx: &Arc<Context>,
+    run: &CodeRun,
+    pod: Pod,
+    delivery: Delivery,
+    held: Option<AttachedProcess>,
+) {
     let uid = run.uid().unwrap_or_default();
     if !claim_session(ctx, &uid) {
         return;
@@ -51,7 +58,7 @@ pub fn start(ctx: &Arc<Context>, run: &CodeRun, pod: Pod, delivery: Delivery) {
     let ctx = ctx.clone();
     let run = run.clone();
     tokio::spawn(async move {
-        if let Err(e) = read(&ctx, &run, &pod, delivery).await {
+        if let Err(e) = read(&ctx, &run, &pod, delivery, held).await {
             tracing::warn!(run = %run.name_any(), error = %e, "reading the run's record; the reconcile will resume it");
         }
         ctx.sessions.lock().expect("lock").remove(&uid);
@@ -75,6 +82,7 @@ async fn read(
     run: &CodeRun,
     pod: &Pod,
     delivery: Delivery,
+    held: Option<AttachedProcess>,
 ) -> Result<(), Error> {
     let limits = ctx.limits(run);
     let ns = pod.namespace().unwrap_or_default();
@@ -96,7 +104,7 @@ async fn read(
             .remove(&pod.uid().unwrap_or_default());
 
     let observed = if fresh && !ended(pod) {
-        deliver(ctx, run, &pods, &name, &limits, mode, deadline).await?
+        deliver(ctx, run, &pods, &name, &limits, mode, deadline, held).await?
     } else {
         let so_far = read_log(&pods, &name, false).await.unwrap_or_default();
         let mut probe = Decoder::events_only(&limits);
@@ -107,7 +115,7 @@ async fn read(
         if started || ended(pod) {
             follow_log(&pods, &name, &limits, deadline).await
         } else {
-            deliver(ctx, run, &pods, &name, &limits, mode, deadline).await?
+            deliver(ctx, run, &pods, &name, &limits, mode, deadline, held).await?
         }
     };
 
@@ -174,8 +182,9 @@ fn ended(pod: &Pod) -> bool {
     )
 }
 
-/// Attaches to the pod, hands it the job and reads the record from the attach stream; the
-/// Running status is written while the program runs.
+/// Attaches to the pod (or uses the session held open to it), hands it the job and reads the
+/// record from the attach stream; the Running status is written while the program runs.
+#[allow(clippy::too_many_arguments)]
 async fn deliver(
     ctx: &Arc<Context>,
     run: &CodeRun,
@@ -184,6 +193,7 @@ async fn deliver(
     limits: &EffectiveLimits,
     mode: StartMode,
     deadline: Instant,
+    held: Option<AttachedProcess>,
 ) -> Result<Observed, Error> {
     let tenant = ctx.tenant(run);
     let readable = ctx.is_rest_run(run).then_some(tenant.as_str());
@@ -206,15 +216,13 @@ async fn deliver(
             });
         }
     };
-    let params = AttachParams::default()
-        .container(RUNNER_CONTAINER)
-        .stdin(true)
-        .stdout(true)
-        .stderr(false)
-        .max_stdin_buf_size(STREAM_BUFFER)
-        .max_stdout_buf_size(STREAM_BUFFER);
+    let params = crate::held::params(STREAM_BUFFER);
+    let mut held = held;
     let mut attempt = 0;
     let mut attached = loop {
+        if let Some(session) = held.take() {
+            break session;
+        }
         match pods.attach(name, &params).await {
             Ok(a) => break a,
             Err(e) if attempt < 3 => {

@@ -481,13 +481,15 @@ pub fn kubectl_run(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Waits until the sandbox namespace has an idle, running warm pool pod.
+/// Waits until the sandbox namespace has an idle, running warm pool pod that the operator
+/// holds a session to (a run can claim it).
 pub async fn wait_for_idle_pool_pod(within: Duration) -> bool {
     let client = client().await;
     let pods: Api<Pod> = Api::namespaced(client, rest::SANDBOX_NAMESPACE);
     eventually_async(within, || async {
         pods.list(
-            &kube::api::ListParams::default().labels("codeinterp.dev/pool,!codeinterp.dev/run-uid"),
+            &kube::api::ListParams::default()
+                .labels("codeinterp.dev/pool,!codeinterp.dev/run-uid,codeinterp.dev/held-by"),
         )
         .await
         .map(|l| {

@@ -57,7 +57,7 @@ pub async fn stop(
         );
     }
     if also_read {
-        session::start(ctx, run, pod.clone(), Delivery::Unknown);
+        session::start(ctx, run, pod.clone(), Delivery::Unknown, None);
     }
     Ok(Action::requeue(Duration::from_secs(2)))
 }

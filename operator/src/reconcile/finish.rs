@@ -246,7 +246,9 @@ pub fn remove_pod(ctx: &Context, pod: &Pod) {
         }),
         ..DeleteParams::background()
     };
+    let starts = ctx.starts.clone();
     tokio::spawn(async move {
+        starts.pause().await;
         match api.delete(&name, &dp).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}

@@ -62,7 +62,7 @@ pub async fn reconcile(run: Arc<CodeRun>, ctx: Arc<Context>) -> Result<Action, E
         }
         Step::Read => {
             if let Some(pod) = pod {
-                crate::session::start(&ctx, &run, pod, crate::session::Delivery::Unknown);
+                crate::session::start(&ctx, &run, pod, crate::session::Delivery::Unknown, None);
             }
             Ok(Action::requeue(Duration::from_secs(300)))
         }

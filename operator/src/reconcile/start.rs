@@ -80,6 +80,7 @@ pub async fn admit(ctx: &Arc<Context>, run: &CodeRun) -> Result<Action, Error> {
 }
 
 async fn start_pod(ctx: &Arc<Context>, run: &CodeRun) -> Result<Action, Error> {
+    ctx.starts.mark();
     let ns = run.namespace().unwrap_or_default();
     let limits = ctx.limits(run);
     ctx.ensure_deny_all(&ns).await?;
@@ -100,7 +101,7 @@ async fn start_pod(ctx: &Arc<Context>, run: &CodeRun) -> Result<Action, Error> {
         language: run.spec.language.as_str().into(),
     };
     if let Some(pool) = ctx.pool_for(run, &limits) {
-        if let Some(pod) = crate::pool::claim(ctx, run, &limits, pool, &applied).await {
+        if let Some((pod, held)) = crate::pool::claim(ctx, run, &limits, pool, &applied).await {
             ctx.metrics.pool_hits.get_or_create(&language).inc();
             ctx.publish(
                 run,
@@ -109,7 +110,7 @@ async fn start_pod(ctx: &Arc<Context>, run: &CodeRun) -> Result<Action, Error> {
                 "ClaimPod",
                 format!("claimed warm pod {} of {}", pod.name_any(), pool.name()),
             );
-            session::start(ctx, run, pod, Delivery::Fresh(StartMode::Warm));
+            session::start(ctx, run, pod, Delivery::Fresh(StartMode::Warm), Some(held));
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
         ctx.metrics.pool_misses.get_or_create(&language).inc();
