@@ -14,6 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
@@ -92,55 +93,20 @@ fn counted_client(
         .build())
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    cfg.check().map_err(anyhow::Error::msg)?;
-    let metrics = Metrics::default();
-    let kube_config = kube::Config::infer()
-        .await
-        .context("finding the Kubernetes API's address and credentials")?;
-    let client = counted_client(&kube_config, &metrics, "run")?;
-    let store = Store::open(&cfg.storage_url).context("opening object storage")?;
+/// The whole cluster's pods and nodes, cached: room for admission, the runs' pods, the pools.
+struct Cluster {
+    pods: reflector::Store<Pod>,
+    nodes: reflector::Store<Node>,
+    /// Notified on every change (the queue's pump waits on it) ...
+    changed: Arc<Notify>,
+    /// ... and this one too (the pools' tending waits on it).
+    pool_changed: Arc<Notify>,
+    /// Wakes a run's reconcile; `woken` is what the controller reads.
+    wake: futures::channel::mpsc::UnboundedSender<ObjectRef<CodeRun>>,
+    woken: futures::channel::mpsc::UnboundedReceiver<ObjectRef<CodeRun>>,
+}
 
-    let served = metrics.clone();
-    let metrics_app = Router::new()
-        .route("/metrics", get(move || std::future::ready(served.encode())))
-        .route("/healthz", get(|| std::future::ready("ok")));
-    let listener = tokio::net::TcpListener::bind(&cfg.metrics_addr)
-        .await
-        .with_context(|| format!("binding the metrics address {}", cfg.metrics_addr))?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, metrics_app).await {
-            warn!(error = %e, "metrics server stopped");
-        }
-    });
-
-    let runs_api: Api<CodeRun> = match &cfg.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    // Fail fast with a clear message when the CRD is not installed.
-    runs_api
-        .list(&kube::api::ListParams::default().limit(1))
-        .await
-        .context("listing CodeRuns (is the CRD installed?)")?;
-
-    let identity = std::env::var("POD_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| {
-            format!(
-                "{}-{}",
-                std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into()),
-                std::process::id()
-            )
-        });
-    let mut leadership = tokio::select! {
-        l = leader::acquire(counted_client(&kube_config, &metrics, "lease")?, &cfg, &identity) => l?,
-        _ = leader::stop_signal() => return Ok(()),
-    };
-    metrics.is_leader.set(1);
-
-    // The whole cluster's pods and nodes: room for admission, the runs' pods, the pools.
+fn watch_cluster(client: &Client) -> Cluster {
     let changed = Arc::new(Notify::new());
     let pool_changed = Arc::new(Notify::new());
     let (pods, pods_writer) = reflector::store::<Pod>();
@@ -192,6 +158,131 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
+    Cluster {
+        pods,
+        nodes,
+        changed,
+        pool_changed,
+        wake,
+        woken,
+    }
+}
+
+/// `/metrics` and `/healthz` on their own address (never the REST API's).
+async fn serve_metrics(addr: &str, metrics: &Metrics) -> anyhow::Result<()> {
+    let served = metrics.clone();
+    let metrics_app = Router::new()
+        .route("/metrics", get(move || std::future::ready(served.encode())))
+        .route("/healthz", get(|| std::future::ready("ok")));
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding the metrics address {}", addr))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, metrics_app).await {
+            warn!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Once the runs are listed, those that hold a pod count against their tenants' caps from
+/// the start; then the queue admits in order whenever the cluster's pods or nodes change.
+fn spawn_pump(ctx: &Arc<Context>, runs: reflector::Store<CodeRun>, changed: Arc<Notify>) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        if runs.wait_until_ready().await.is_err() {
+            return;
+        }
+        {
+            let mut queue = ctx.queue.lock().expect("lock");
+            for run in runs.state() {
+                if run.is_finished() {
+                    continue;
+                }
+                if ctx.find_pod(&run).is_some() {
+                    queue.hold(&run.uid().unwrap_or_default(), &ctx.tenant(&run));
+                }
+            }
+        }
+        let mut changes = std::pin::pin!(notifications(changed));
+        loop {
+            ctx.pump();
+            if changes.next().await.is_none() {
+                return;
+            }
+            // Gather a burst of changes into one pass.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+/// Every few seconds: runs deleted while they waited or held room give it back, the queue
+/// is pumped, and waiting runs' places in line are refreshed.
+fn spawn_housekeeping(ctx: &Arc<Context>) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if ctx.runs.wait_until_ready().await.is_err() {
+                continue;
+            }
+            // Runs deleted while they waited or held room give it back.
+            let uids: HashSet<String> = ctx.runs.state().iter().filter_map(|r| r.uid()).collect();
+            ctx.queue
+                .lock()
+                .expect("lock")
+                .retain(|uid| uids.contains(uid));
+            ctx.pump();
+            reconcile::start::refresh_positions(&ctx).await;
+        }
+    });
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    cfg.check().map_err(anyhow::Error::msg)?;
+    let metrics = Metrics::default();
+    let kube_config = kube::Config::infer()
+        .await
+        .context("finding the Kubernetes API's address and credentials")?;
+    let client = counted_client(&kube_config, &metrics, "run")?;
+    let store = Store::open(&cfg.storage_url).context("opening object storage")?;
+
+    serve_metrics(&cfg.metrics_addr, &metrics).await?;
+
+    let runs_api: Api<CodeRun> = match &cfg.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Fail fast with a clear message when the CRD is not installed.
+    runs_api
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .context("listing CodeRuns (is the CRD installed?)")?;
+
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into()),
+                std::process::id()
+            )
+        });
+    let mut leadership = tokio::select! {
+        l = leader::acquire(counted_client(&kube_config, &metrics, "lease")?, &cfg, &identity) => l?,
+        _ = leader::stop_signal() => return Ok(()),
+    };
+    metrics.is_leader.set(1);
+
+    let Cluster {
+        pods,
+        nodes,
+        changed,
+        pool_changed,
+        wake,
+        woken,
+    } = watch_cluster(&client);
     pods.wait_until_ready().await.context("listing pods")?;
     nodes.wait_until_ready().await.context("listing nodes")?;
 
@@ -237,57 +328,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg: cfg.clone(),
     });
 
-    // Once the runs are listed: those that hold a pod count against their tenants' caps
-    // from the start, then the pump admits in order.
-    {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            if runs.wait_until_ready().await.is_err() {
-                return;
-            }
-            {
-                let mut queue = ctx.queue.lock().expect("lock");
-                for run in runs.state() {
-                    if run.is_finished() {
-                        continue;
-                    }
-                    if ctx.find_pod(&run).is_some() {
-                        queue.hold(&run.uid().unwrap_or_default(), &ctx.tenant(&run));
-                    }
-                }
-            }
-            let mut changes = std::pin::pin!(notifications(changed));
-            loop {
-                ctx.pump();
-                if changes.next().await.is_none() {
-                    return;
-                }
-                // Gather a burst of changes into one pass.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-    }
+    spawn_pump(&ctx, runs, changed);
     tokio::spawn(pool::run(ctx.clone(), notifications(pool_changed)));
-    {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                if ctx.runs.wait_until_ready().await.is_err() {
-                    continue;
-                }
-                // Runs deleted while they waited or held room give it back.
-                let uids: HashSet<String> =
-                    ctx.runs.state().iter().filter_map(|r| r.uid()).collect();
-                ctx.queue
-                    .lock()
-                    .expect("lock")
-                    .retain(|uid| uids.contains(uid));
-                ctx.pump();
-                reconcile::start::refresh_positions(&ctx).await;
-            }
-        });
-    }
+    spawn_housekeeping(&ctx);
 
     info!(
         namespace = cfg.namespace.as_deref().unwrap_or("*"),
