@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use codeinterp_crds::{Phase, Reason};
 
 fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap()
+    // The path is read when the test runs (a build directory may be shared between checkouts).
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    std::fs::read_to_string(std::path::Path::new(&dir).join("../README.md")).unwrap()
 }
 
 #[test]

@@ -15,7 +15,7 @@ use serde_json::json;
 use testkit::*;
 
 fn repo() -> std::path::PathBuf {
-    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    testkit::rest::repo_root()
 }
 
 fn helm_bin() -> std::path::PathBuf {

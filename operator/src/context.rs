@@ -57,6 +57,10 @@ pub struct Context {
     /// Pods this process asked the API to delete, by UID, and when: every change of a
     /// terminating pod wakes its run's reconcile, which must not ask again.
     pub removing: Mutex<HashMap<String, Instant>>,
+    /// Runs this process created a pod for, by UID, and when: until the pod shows in the
+    /// cache (which then wakes the run), a reconcile must not take it for podless and create
+    /// again.
+    pub created: Mutex<HashMap<String, Instant>>,
     /// When a run last started: pod churn waits for a pause in starts.
     pub starts: Starts,
     /// Attach sessions held open to idle pool pods.
@@ -108,6 +112,10 @@ pub const EVENT_DELAY: Duration = Duration::from_secs(1);
 
 /// How long a run finished here is remembered (the cache catches up long before).
 const FINISHED_MEMORY: Duration = Duration::from_secs(120);
+
+/// How long a pod created here may take to show in the cache before the run is looked at as
+/// if it had none.
+const CREATED_MEMORY: Duration = Duration::from_secs(10);
 
 /// How long a namespace's deny-all policy is trusted to be in place before it is checked
 /// again (it is also checked whenever the namespace is new to this process).
@@ -176,6 +184,21 @@ impl Context {
     }
 
     /// Whether this process finished the run a moment ago (its cache may not show it yet).
+    pub fn created_pod_for(&self, uid: &str) {
+        let mut created = self.created.lock().expect("lock");
+        created.retain(|_, at| at.elapsed() < CREATED_MEMORY);
+        created.insert(uid.to_string(), Instant::now());
+    }
+
+    /// Whether this process created the run's pod so lately that the cache may not show it.
+    pub fn awaits_created_pod(&self, uid: &str) -> bool {
+        self.created
+            .lock()
+            .expect("lock")
+            .get(uid)
+            .is_some_and(|at| at.elapsed() < CREATED_MEMORY)
+    }
+
     pub fn was_finished_here(&self, uid: &str) -> bool {
         self.finished
             .lock()

@@ -318,6 +318,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         sessions: Mutex::new(HashSet::new()),
         fresh_pods: Mutex::new(HashSet::new()),
         removing: Mutex::new(HashMap::new()),
+        created: Mutex::new(HashMap::new()),
         starts: Default::default(),
         held: Default::default(),
         identity: identity.clone(),

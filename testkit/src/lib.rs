@@ -312,14 +312,11 @@ impl HostListener {
 
 /// kubectl of the cluster's version (built with it), for tests of the kubectl workflow.
 pub fn kubectl() -> PathBuf {
-    let version = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../hack/cluster/versions.env"
-    ))
-    .unwrap()
-    .lines()
-    .find_map(|l| l.strip_prefix("KUBERNETES_VERSION=").map(str::to_string))
-    .unwrap();
+    let version = std::fs::read_to_string(rest::repo_root().join("hack/cluster/versions.env"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("KUBERNETES_VERSION=").map(str::to_string))
+        .unwrap();
     let cache =
         std::env::var("CODEINTERP_CACHE").unwrap_or_else(|_| "/var/cache/codeinterp".into());
     PathBuf::from(cache).join(format!("bin/kubernetes-{version}/kubectl"))

@@ -87,8 +87,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The checkout the tests run from. Read when they run, not when they were built: a build
+/// directory shared between checkouts (CI's clone and a working copy) keeps test binaries
+/// whose compile-time paths name the other checkout.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::current_dir().expect("current directory"));
+    start
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or(start)
 }
 
 /// A binary `make build` produced.

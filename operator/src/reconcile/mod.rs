@@ -35,6 +35,10 @@ pub async fn reconcile(run: Arc<CodeRun>, ctx: Arc<Context>) -> Result<Action, E
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let pod = ctx.find_pod(&run);
+    if pod.is_none() && ctx.awaits_created_pod(&run.uid().unwrap_or_default()) {
+        // Created a moment ago; its arrival in the cache wakes this run.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let reading = ctx.is_reading(&run.uid().unwrap_or_default());
     let step = decide(
         &run,
