@@ -263,9 +263,8 @@ impl Helm {
         Ok(())
     }
 
-    /// `helm upgrade --reuse-values` with a Python pool of `size`, waiting for the rollout.
-    pub fn set_python_pool(&self, chart: &str, size: usize) -> anyhow::Result<()> {
-        progress(&format!("helm: Python warm pool of {size}"));
+    /// `helm upgrade --reuse-values --set <values>`, waiting for the rollout.
+    fn set(&self, chart: &str, values: &str) -> anyhow::Result<()> {
         self.run(&[
             "upgrade",
             RELEASE,
@@ -274,11 +273,27 @@ impl Helm {
             OPERATOR_NAMESPACE,
             "--reuse-values",
             "--set",
-            &format!("warmPools[0].language=python,warmPools[0].size={size}"),
+            values,
             "--wait",
             "--timeout",
             "5m",
         ])
+    }
+
+    /// A Python warm pool of `size`.
+    pub fn set_python_pool(&self, chart: &str, size: usize) -> anyhow::Result<()> {
+        progress(&format!("helm: Python warm pool of {size}"));
+        self.set(
+            chart,
+            &format!("warmPools[0].language=python,warmPools[0].size={size}"),
+        )
+    }
+
+    /// Room in one tenant's queue for `runs` waiting runs (the chart's default is 1,000: a
+    /// scale round puts all of its runs in one namespace, so one tenant).
+    pub fn set_queue_per_tenant(&self, chart: &str, runs: usize) -> anyhow::Result<()> {
+        progress(&format!("helm: up to {runs} queued runs per tenant"));
+        self.set(chart, &format!("admission.maxQueuedPerTenant={runs}"))
     }
 
     /// Back to the release as it was before (the previous revision).

@@ -137,11 +137,30 @@ pub async fn run(args: &Args) -> Report {
                     "7/7 operator scale: {:?} CodeRuns at once",
                     args.scale_runs
                 ));
+                let helm = cluster::Helm {
+                    helm: args.helm.clone(),
+                    kubeconfig: args.helm_kubeconfig.clone(),
+                };
                 scale = guarded(async {
+                    let most = args.scale_runs.iter().copied().max().unwrap_or(0);
+                    helm.set_queue_per_tenant(&args.chart, most.max(1000))?;
+                    env.api.ready().await?;
                     let mut all = Vec::new();
+                    let mut failed = None;
                     for &n in &args.scale_runs {
-                        all.push(scale::run(args, &env.client, &env.pods_namespace, n).await?);
+                        match scale::run(args, &env.client, &env.pods_namespace, n).await {
+                            Ok(round) => all.push(round),
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
                     }
+                    let rolled_back = helm.roll_back();
+                    if let Some(e) = failed {
+                        return Err(e);
+                    }
+                    rolled_back?;
                     anyhow::Ok(report::ScaleRounds { rounds: all })
                 })
                 .await;

@@ -161,3 +161,118 @@ async fn the_admin_page_runs_code_shows_its_output_and_lists_the_run() {
 
     browser.client.clone().close().await.unwrap();
 }
+
+/// What the page shows at one moment: stdout, the status it holds, and each image shown as
+/// (alt, loaded, natural width).
+async fn snapshot(page: &Client) -> (String, String, Vec<(String, bool, u64)>) {
+    let v = page
+        .execute(
+            "return [document.getElementById('stdout').textContent, \
+             document.body.dataset.status || '', \
+             [...document.querySelectorAll('#artifacts img')].map(i => [i.alt, i.complete, i.naturalWidth])];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let images = v[2]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i[0].as_str().unwrap().to_string(),
+                i[1].as_bool().unwrap(),
+                i[2].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (
+        v[0].as_str().unwrap().to_string(),
+        v[1].as_str().unwrap().to_string(),
+        images,
+    )
+}
+
+#[tokio::test]
+async fn the_admin_page_shows_output_as_it_streams_and_plots_inline_but_no_fake_image() {
+    let key = Key::fresh("e2e-admin-live");
+    let server = ApiServer::start(&Key::api_keys(&[&key]), &[]).await;
+    let browser = Browser::start().await;
+    let page = &browser.client;
+    page.goto(&format!("{}/admin", server.base)).await.unwrap();
+    page.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&key.token)
+        .await
+        .unwrap();
+    // Six lines 400 ms apart, then a matplotlib PNG, an SVG, and a page named like an image.
+    let program = "import time\n\
+        import matplotlib\n\
+        matplotlib.use('Agg')\n\
+        import matplotlib.pyplot as plt\n\
+        for i in range(6):\n    print('tick', i, flush=True)\n    time.sleep(0.4)\n\n\
+        plt.plot([1, 2, 3], [1, 4, 9])\n\
+        plt.savefig('outputs/plot.png')\n\
+        open('outputs/shape.svg', 'w').write('<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"40\" height=\"20\"><rect width=\"40\" height=\"20\" fill=\"red\"/></svg>')\n\
+        open('outputs/fake.png', 'w').write('<html><script>document.title = \"pwned\"</script></html>')\n";
+    let code = page.find(Locator::Id("code")).await.unwrap();
+    code.clear().await.unwrap();
+    code.send_keys(program).await.unwrap();
+    page.find(Locator::Id("run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // Watch the page: some ticks must show while the run is still running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut live = None;
+    let (stdout, status, mut images) = loop {
+        let (stdout, status, images) = snapshot(page).await;
+        if status == "running" && stdout.contains("tick 0") && !stdout.contains("tick 5") {
+            live.get_or_insert(stdout.clone());
+        }
+        if ["completed", "failed", "timed_out", "error"].contains(&status.as_str())
+            || std::time::Instant::now() > deadline
+        {
+            break (stdout, status, images);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        status,
+        "completed",
+        "message {:?}, stderr {:?}",
+        browser.text_of("message").await,
+        browser.text_of("stderr").await
+    );
+    let ticks: String = (0..6).map(|i| format!("tick {i}\n")).collect();
+    assert_eq!(stdout, ticks);
+    let live = live.expect("the page showed the output only after the run had ended");
+    eprintln!("shown while running: {live:?}");
+
+    // Images load (the server sniffed them as images); the fake is shown by name but its
+    // bytes are served as a download, so the browser cannot render it, and ran nothing.
+    for _ in 0..100 {
+        if images.len() == 3 && images.iter().all(|(_, complete, _)| *complete) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        images = snapshot(page).await.2;
+    }
+    let width = |name: &str| {
+        images
+            .iter()
+            .find(|(alt, _, _)| alt == name)
+            .unwrap_or_else(|| panic!("no image {name} among {images:?}"))
+            .2
+    };
+    assert!(width("plot.png") > 100, "{images:?}");
+    assert_eq!(width("shape.svg"), 40, "{images:?}");
+    assert_eq!(width("fake.png"), 0, "{images:?}");
+    assert_ne!(page.title().await.unwrap(), "pwned");
+
+    browser.client.clone().close().await.unwrap();
+}

@@ -467,9 +467,12 @@ pub fn deny_all_policy(namespace: &str) -> NetworkPolicy {
                 match_labels: Some(BTreeMap::from([(RUNNER_LABEL.into(), "true".into())])),
                 ..Default::default()
             }),
+            // Both directions governed and no rule in either: nothing is allowed. Spelled as
+            // the API server returns it (it drops empty rule lists), so the periodic check
+            // finds it equal and writes nothing.
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
-            ingress: Some(vec![]),
-            egress: Some(vec![]),
+            ingress: None,
+            egress: None,
         }),
     }
 }
@@ -685,6 +688,6 @@ mod tests {
             "true"
         );
         assert_eq!(spec.policy_types.unwrap(), ["Ingress", "Egress"]);
-        assert!(spec.ingress.unwrap().is_empty() && spec.egress.unwrap().is_empty());
+        assert!(spec.ingress.is_none() && spec.egress.is_none());
     }
 }
