@@ -289,11 +289,17 @@ impl Helm {
         )
     }
 
-    /// Room in one tenant's queue for `runs` waiting runs (the chart's default is 1,000: a
-    /// scale round puts all of its runs in one namespace, so one tenant).
-    pub fn set_queue_per_tenant(&self, chart: &str, runs: usize) -> anyhow::Result<()> {
-        progress(&format!("helm: up to {runs} queued runs per tenant"));
-        self.set(chart, &format!("admission.maxQueuedPerTenant={runs}"))
+    /// Room in one tenant's queue for `runs` waiting runs, each allowed to wait `wait_s`
+    /// (the chart's defaults, 1,000 runs and 900 s, refuse or time out part of a scale
+    /// round: it puts all of its runs in one namespace, so one tenant, on one small node).
+    pub fn set_queue(&self, chart: &str, runs: usize, wait_s: u64) -> anyhow::Result<()> {
+        progress(&format!(
+            "helm: up to {runs} queued runs per tenant, waiting up to {wait_s} s"
+        ));
+        self.set(
+            chart,
+            &format!("admission.maxQueuedPerTenant={runs},admission.queueTimeoutSeconds={wait_s}"),
+        )
     }
 
     /// Back to the release as it was before (the previous revision).

@@ -106,7 +106,7 @@ pub struct Args {
     /// default 512 MiB would let only a few dozen run on this node at once.
     #[arg(long, env = "BENCH_SCALE_MEMORY_MB", default_value_t = 64)]
     pub scale_memory_mb: u64,
-    /// Longest the scale benchmark waits for every run to end.
+    /// Longest the scale benchmark waits for every run to end (at least a second per run).
     #[arg(long, env = "BENCH_SCALE_TIMEOUT_SECONDS", default_value_t = 900)]
     pub scale_timeout_seconds: u64,
 

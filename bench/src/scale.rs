@@ -128,6 +128,12 @@ pub async fn run(
     Ok(report)
 }
 
+/// How long a round of `runs` may take to end: the set timeout, or a second per run when
+/// that is longer (a 2-core node ends about two runs a second).
+pub fn wait_limit(args: &Args, runs: usize) -> u64 {
+    args.scale_timeout_seconds.max(runs as u64)
+}
+
 async fn measure(
     args: &Args,
     client: &Client,
@@ -180,7 +186,7 @@ async fn measure(
         created.len()
     ));
 
-    let deadline = started + Duration::from_secs(args.scale_timeout_seconds);
+    let deadline = started + Duration::from_secs(wait_limit(args, n));
     let mut last_note = Instant::now();
     let (terminal, last_end) = loop {
         let (done, last) = seen.finished_among(&created);

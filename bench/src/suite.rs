@@ -143,7 +143,7 @@ pub async fn run(args: &Args) -> Report {
                 };
                 scale = guarded(async {
                     let most = args.scale_runs.iter().copied().max().unwrap_or(0);
-                    helm.set_queue_per_tenant(&args.chart, most.max(1000))?;
+                    helm.set_queue(&args.chart, most.max(1000), scale::wait_limit(args, most))?;
                     env.api.ready().await?;
                     let mut all = Vec::new();
                     let mut failed = None;
