@@ -49,18 +49,17 @@ pub struct Context {
     pub claiming: Mutex<HashSet<String>>,
     /// Wakes a run's reconcile (admission, a session ending).
     pub wake: UnboundedSender<ObjectRef<CodeRun>>,
-    /// Namespaces whose deny-all policy was checked, and when.
-    pub policies: Mutex<HashMap<String, Instant>>,
-    /// Runs this process finished, and when: until the cache shows their final status, a
+    /// Namespaces whose deny-all policy was checked lately.
+    pub policies: Recent,
+    /// Runs this process finished, by UID: until the cache shows their final status, a
     /// reconcile must not take them for unfinished (and read them again).
-    pub finished: Mutex<HashMap<String, Instant>>,
-    /// Pods this process asked the API to delete, by UID, and when: every change of a
-    /// terminating pod wakes its run's reconcile, which must not ask again.
-    pub removing: Mutex<HashMap<String, Instant>>,
-    /// Runs this process created a pod for, by UID, and when: until the pod shows in the
-    /// cache (which then wakes the run), a reconcile must not take it for podless and create
-    /// again.
-    pub created: Mutex<HashMap<String, Instant>>,
+    pub finished: Recent,
+    /// Pods this process asked the API to delete, by UID: every change of a terminating pod
+    /// wakes its run's reconcile, which must not ask again.
+    pub removing: Recent,
+    /// Runs this process created a pod for, by UID: until the pod shows in the cache (which
+    /// then wakes the run), a reconcile must not take it for podless and create again.
+    pub created: Recent,
     /// When a run last started: pod churn waits for a pause in starts.
     pub starts: Starts,
     /// Attach sessions held open to idle pool pods.
@@ -110,16 +109,48 @@ impl Starts {
 /// events still show within a second).
 pub const EVENT_DELAY: Duration = Duration::from_secs(1);
 
-/// How long a run finished here is remembered (the cache catches up long before).
-const FINISHED_MEMORY: Duration = Duration::from_secs(120);
+/// How long a run finished or a pod removed here is remembered (the cache catches up long
+/// before).
+pub const FINISHED_MEMORY: Duration = Duration::from_secs(120);
 
 /// How long a pod created here may take to show in the cache before the run is looked at as
 /// if it had none.
-const CREATED_MEMORY: Duration = Duration::from_secs(10);
+pub const CREATED_MEMORY: Duration = Duration::from_secs(10);
 
 /// How long a namespace's deny-all policy is trusted to be in place before it is checked
 /// again (it is also checked whenever the namespace is new to this process).
-const POLICY_RECHECK: Duration = Duration::from_secs(60);
+pub const POLICY_RECHECK: Duration = Duration::from_secs(60);
+
+/// Keys this process acted on a moment ago, each remembered for a while: the caches lag
+/// behind the process's own writes, and a reconcile must not act again on the stale view.
+pub struct Recent {
+    memory: Duration,
+    at: Mutex<HashMap<String, Instant>>,
+}
+
+impl Recent {
+    pub fn new(memory: Duration) -> Self {
+        Recent {
+            memory,
+            at: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Notes `key` now; false if it was noted already within the memory.
+    pub fn note(&self, key: &str) -> bool {
+        let mut at = self.at.lock().expect("lock");
+        at.retain(|_, t| t.elapsed() < self.memory);
+        at.insert(key.to_string(), Instant::now()).is_none()
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.at
+            .lock()
+            .expect("lock")
+            .get(key)
+            .is_some_and(|t| t.elapsed() < self.memory)
+    }
+}
 
 impl Context {
     pub fn limits(&self, run: &CodeRun) -> EffectiveLimits {
@@ -163,12 +194,6 @@ impl Context {
         self.sessions.lock().expect("lock").contains(uid)
     }
 
-    pub fn finished_here(&self, uid: &str) {
-        let mut finished = self.finished.lock().expect("lock");
-        finished.retain(|_, at| at.elapsed() < FINISHED_MEMORY);
-        finished.insert(uid.to_string(), Instant::now());
-    }
-
     /// Whether the pod's removal is asked for now: not when it is already terminating, nor
     /// when this process asked a moment ago (the cache may not show it yet).
     pub fn should_remove(&self, pod: &Pod) -> bool {
@@ -178,33 +203,7 @@ impl Context {
         let Some(uid) = pod.uid() else {
             return true;
         };
-        let mut removing = self.removing.lock().expect("lock");
-        removing.retain(|_, at| at.elapsed() < FINISHED_MEMORY);
-        removing.insert(uid, Instant::now()).is_none()
-    }
-
-    /// Whether this process finished the run a moment ago (its cache may not show it yet).
-    pub fn created_pod_for(&self, uid: &str) {
-        let mut created = self.created.lock().expect("lock");
-        created.retain(|_, at| at.elapsed() < CREATED_MEMORY);
-        created.insert(uid.to_string(), Instant::now());
-    }
-
-    /// Whether this process created the run's pod so lately that the cache may not show it.
-    pub fn awaits_created_pod(&self, uid: &str) -> bool {
-        self.created
-            .lock()
-            .expect("lock")
-            .get(uid)
-            .is_some_and(|at| at.elapsed() < CREATED_MEMORY)
-    }
-
-    pub fn was_finished_here(&self, uid: &str) -> bool {
-        self.finished
-            .lock()
-            .expect("lock")
-            .get(uid)
-            .is_some_and(|at| at.elapsed() < FINISHED_MEMORY)
+        self.removing.note(&uid)
     }
 
     /// The run's pod, if it has one: only a pod whose controller is the run counts. Found
@@ -329,13 +328,7 @@ impl Context {
     /// is applied when the namespace is new to this process and checked again now and then
     /// (a namespace may have been recreated, or the policy deleted).
     pub async fn ensure_deny_all(&self, ns: &str) -> Result<(), Error> {
-        let fresh = self
-            .policies
-            .lock()
-            .expect("lock")
-            .get(ns)
-            .is_some_and(|at| at.elapsed() < POLICY_RECHECK);
-        if fresh {
+        if self.policies.contains(ns) {
             return Ok(());
         }
         let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), ns);
@@ -349,10 +342,7 @@ impl Context {
             )
             .await?;
         }
-        self.policies
-            .lock()
-            .expect("lock")
-            .insert(ns.to_string(), Instant::now());
+        self.policies.note(ns);
         Ok(())
     }
 
@@ -391,6 +381,18 @@ pub fn claim_session(ctx: &Arc<Context>, uid: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_keys_are_noted_once_and_forgotten_after_their_memory() {
+        let recent = Recent::new(Duration::from_millis(100));
+        assert!(!recent.contains("a"));
+        assert!(recent.note("a"), "new");
+        assert!(!recent.note("a"), "noted a moment ago");
+        assert!(recent.contains("a") && !recent.contains("b"));
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!recent.contains("a"));
+        assert!(recent.note("a"), "forgotten, so new again");
+    }
 
     #[tokio::test]
     async fn churn_waits_for_a_pause_in_starts_but_never_long() {

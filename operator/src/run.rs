@@ -1,7 +1,7 @@
 //! Start-up: settings checked, the metrics endpoint, leader election, the cluster's pods and
 //! nodes watched, then the controller, the admission pump, the warm pools and the refresher
 //! of places in line, until the lease is lost or a signal stops it.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::admission::{Caps, Queue};
 use crate::config::Config;
-use crate::context::Context;
+use crate::context::{self, Context, Recent};
 use crate::metrics::Metrics;
 use crate::status::MANAGER;
 use crate::{leader, pool, reconcile};
@@ -317,15 +317,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         })),
         sessions: Mutex::new(HashSet::new()),
         fresh_pods: Mutex::new(HashSet::new()),
-        removing: Mutex::new(HashMap::new()),
-        created: Mutex::new(HashMap::new()),
+        removing: Recent::new(context::FINISHED_MEMORY),
+        created: Recent::new(context::CREATED_MEMORY),
         starts: Default::default(),
         held: Default::default(),
         identity: identity.clone(),
         claiming: Mutex::new(HashSet::new()),
         wake,
-        policies: Mutex::new(HashMap::new()),
-        finished: Mutex::new(HashMap::new()),
+        policies: Recent::new(context::POLICY_RECHECK),
+        finished: Recent::new(context::FINISHED_MEMORY),
         cfg: cfg.clone(),
     });
 

@@ -167,7 +167,7 @@ async fn conclude(
     .await?;
     let uid = run.uid().unwrap_or_default();
     ctx.release(&uid);
-    ctx.finished_here(&uid);
+    ctx.finished.note(&uid);
     // Finished by someone else in between (this write changed nothing): nothing more to do.
     if !wrote {
         return Ok(());

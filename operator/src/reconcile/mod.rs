@@ -30,12 +30,12 @@ pub fn timing(ctx: &Context) -> Timing {
 
 #[instrument(skip_all, fields(run = %run.name_any(), ns = run.namespace().unwrap_or_default()))]
 pub async fn reconcile(run: Arc<CodeRun>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if !run.is_finished() && ctx.was_finished_here(&run.uid().unwrap_or_default()) {
+    if !run.is_finished() && ctx.finished.contains(&run.uid().unwrap_or_default()) {
         // Finished a moment ago; the cache will bring the final status, and a reconcile.
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let pod = ctx.find_pod(&run);
-    if pod.is_none() && ctx.awaits_created_pod(&run.uid().unwrap_or_default()) {
+    if pod.is_none() && ctx.created.contains(&run.uid().unwrap_or_default()) {
         // Created a moment ago; its arrival in the cache wakes this run.
         return Ok(Action::requeue(Duration::from_secs(1)));
     }

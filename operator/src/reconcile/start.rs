@@ -123,7 +123,7 @@ async fn start_pod(ctx: &Arc<Context>, run: &CodeRun) -> Result<Action, Error> {
     let uid = run.uid().unwrap_or_default();
     match ctx.pods_api(&ns).create(&params, &pod).await {
         Ok(created) => {
-            ctx.created_pod_for(&uid);
+            ctx.created.note(&uid);
             ctx.fresh_pods
                 .lock()
                 .expect("lock")
