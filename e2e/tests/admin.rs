@@ -95,20 +95,27 @@ fn which(program: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-#[tokio::test]
-async fn the_admin_page_runs_code_shows_its_output_and_lists_the_run() {
-    let key = Key::fresh("e2e-admin");
+/// An API server with a tenant of its own, and a browser on its admin page with that
+/// tenant's token entered.
+async fn admin_page(label: &str) -> (ApiServer, Browser) {
+    let key = Key::fresh(label);
     let server = ApiServer::start(&Key::api_keys(&[&key]), &[]).await;
     let browser = Browser::start().await;
     let page = &browser.client;
     page.goto(&format!("{}/admin", server.base)).await.unwrap();
-
     page.find(Locator::Id("token"))
         .await
         .unwrap()
         .send_keys(&key.token)
         .await
         .unwrap();
+    (server, browser)
+}
+
+#[tokio::test]
+async fn the_admin_page_runs_code_shows_its_output_and_lists_the_run() {
+    let (_server, browser) = admin_page("e2e-admin").await;
+    let page = &browser.client;
     page.find(Locator::Id("language"))
         .await
         .unwrap()
@@ -195,17 +202,8 @@ async fn snapshot(page: &Client) -> (String, String, Vec<(String, bool, u64)>) {
 
 #[tokio::test]
 async fn the_admin_page_shows_output_as_it_streams_and_plots_inline_but_no_fake_image() {
-    let key = Key::fresh("e2e-admin-live");
-    let server = ApiServer::start(&Key::api_keys(&[&key]), &[]).await;
-    let browser = Browser::start().await;
+    let (_server, browser) = admin_page("e2e-admin-live").await;
     let page = &browser.client;
-    page.goto(&format!("{}/admin", server.base)).await.unwrap();
-    page.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(&key.token)
-        .await
-        .unwrap();
     // Six lines 400 ms apart, then a matplotlib PNG, an SVG, and a page named like an image.
     let program = "import time\n\
         import matplotlib\n\

@@ -575,12 +575,7 @@ async fn socketpair_of_any_family_but_unix_is_denied_in_a_run_and_not_in_a_plain
 async fn metrics_are_not_public_on_the_api_port_but_served_on_their_own() {
     let api = Api::main().anonymous();
     api.get("/metrics").await.openai_error(404);
-    let text = reqwest::get("http://127.0.0.1:9091/metrics")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = main_metrics().await;
     assert!(
         text.contains("codeinterp_apiserver_http_requests_total"),
         "{text}"

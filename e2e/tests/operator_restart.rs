@@ -33,16 +33,23 @@ async fn the_leader_dying_mid_burst_hands_over_within_seconds_and_every_run_runs
     assert!(recorded, "the survivor's pod event was never recorded");
     // A burst around the kill: some running, some waiting, some not yet seen by anyone.
     let burst: Vec<String> = (0..24).map(|i| format!("burst-{i:02}")).collect();
-    for name in &burst[..12] {
-        let mut s = spec(
-            Language::Python,
-            "import time\ntime.sleep(2)\nprint('burst')",
-        );
-        s.limits.memory_mb = Some(1024);
-        runs.create(&PostParams::default(), &CodeRun::new(name, s))
-            .await
-            .unwrap();
-    }
+    let create = |names: &[String]| {
+        let runs = runs.clone();
+        let names = names.to_vec();
+        async move {
+            for name in names {
+                let mut s = spec(
+                    Language::Python,
+                    "import time\ntime.sleep(2)\nprint('burst')",
+                );
+                s.limits.memory_mb = Some(1024);
+                runs.create(&PostParams::default(), &CodeRun::new(&name, s))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    create(&burst[..12]).await;
 
     // Two replicas run; kill the one holding the lease outright (no time to hand over).
     let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
@@ -69,16 +76,7 @@ async fn the_leader_dying_mid_burst_hands_over_within_seconds_and_every_run_runs
     })
     .await;
     assert!(took_over, "no standby took the lease");
-    for name in &burst[12..] {
-        let mut s = spec(
-            Language::Python,
-            "import time\ntime.sleep(2)\nprint('burst')",
-        );
-        s.limits.memory_mb = Some(1024);
-        runs.create(&PostParams::default(), &CodeRun::new(name, s))
-            .await
-            .unwrap();
-    }
+    create(&burst[12..]).await;
     let handover = killed.elapsed();
     eprintln!("the standby took over {handover:?} after the leader was killed");
     assert!(handover < Duration::from_secs(20), "{handover:?}");

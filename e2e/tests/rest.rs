@@ -346,12 +346,7 @@ async fn metrics_count_requests_by_route_in_prometheus_text() {
         .openai_error(404);
     // Metrics are served on their own port, not the API's.
     api.anonymous().get("/metrics").await.openai_error(404);
-    let text = reqwest::get("http://127.0.0.1:9091/metrics")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = main_metrics().await;
     assert!(
         text.contains(
             "codeinterp_apiserver_http_requests_total{method=\"GET\",route=\"/v1/runs/{id}\",status=\"404\"}"

@@ -21,6 +21,19 @@ pub const DEV_TOKEN: &str = "dev_123";
 /// Where `make up` runs CodeRuns, and where the main API and operator keep results.
 pub const SANDBOX_NAMESPACE: &str = "codeinterp";
 
+/// The metrics of the API `make up` leaves running: on their own port, not the API's.
+pub const MAIN_METRICS: &str = "http://127.0.0.1:9091/metrics";
+
+/// The main API's metrics, in Prometheus text.
+pub async fn main_metrics() -> String {
+    reqwest::get(MAIN_METRICS)
+        .await
+        .expect("the metrics port answers")
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn main_storage() -> PathBuf {
     run_dir().join("storage")
 }
