@@ -45,8 +45,6 @@ pub struct Context {
     /// Pods this process created for a run and has not handed a job yet: no need to look in
     /// their log for one.
     pub fresh_pods: Mutex<HashSet<String>>,
-    /// Pool pods being claimed (by name): not offered to another run meanwhile.
-    pub claiming: Mutex<HashSet<String>>,
     /// Wakes a run's reconcile (admission, a session ending).
     pub wake: UnboundedSender<ObjectRef<CodeRun>>,
     /// Namespaces whose deny-all policy was checked lately.

@@ -18,6 +18,10 @@ use crate::pod_spec::RUNNER_CONTAINER;
 enum Slot {
     Opening,
     Open(AttachedProcess),
+    /// Taken by a claim in flight: not offered to another run, and no second session is
+    /// opened to the pod (it would race the first for its stdin). Dropped once the pod is no
+    /// longer idle; a failed claim puts the session back.
+    Claiming,
 }
 
 /// The sessions held, by pod UID.
@@ -48,12 +52,9 @@ impl Held {
             tokio::spawn(async move {
                 let mut opened = api.attach(&name, &params(buffer)).await;
                 if opened.is_ok() {
-                    let patch = serde_json::json!({
-                        "metadata": {"labels": {codeinterp_crds::HELD_LABEL: identity}}
-                    });
                     // Guarded by the UID: never a pod of the same name made since.
                     let patch = serde_json::json!({
-                        "metadata": {"uid": uid, "labels": patch["metadata"]["labels"]}
+                        "metadata": {"uid": uid, "labels": {codeinterp_crds::HELD_LABEL: identity}}
                     });
                     if let Err(e) = mark
                         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -78,27 +79,21 @@ impl Held {
         }
     }
 
-    /// Whether the pod's session is being opened (the pod is not to be claimed meanwhile: a
-    /// second session would race the first for its stdin).
-    pub fn is_opening(&self, uid: &str) -> bool {
-        matches!(self.0.lock().expect("lock").get(uid), Some(Slot::Opening))
-    }
-
     /// Whether a session to the pod is open.
     pub fn is_open(&self, uid: &str) -> bool {
         matches!(self.0.lock().expect("lock").get(uid), Some(Slot::Open(_)))
     }
 
-    /// Takes the pod's open session (no one else will).
+    /// Takes the pod's open session for a claim (no one else will).
     pub fn take(&self, uid: &str) -> Option<AttachedProcess> {
         let mut slots = self.0.lock().expect("lock");
-        match slots.remove(uid) {
-            Some(Slot::Open(session)) => Some(session),
-            Some(Slot::Opening) => {
-                slots.insert(uid.to_string(), Slot::Opening);
+        let slot = slots.get_mut(uid)?;
+        match std::mem::replace(slot, Slot::Claiming) {
+            Slot::Open(session) => Some(session),
+            other => {
+                *slot = other;
                 None
             }
-            None => None,
         }
     }
 

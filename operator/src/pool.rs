@@ -55,13 +55,11 @@ fn pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
 }
 
 /// Idle pods a run may claim now: running (the wrapper waits on stdin) with a session of this
-/// process open to them, exactly what this operator would create, not being claimed.
+/// process open to them (so not being claimed), exactly what this operator would create.
 fn claimable(ctx: &Context, pool: &PoolSpec, applied: &Applied) -> Vec<Arc<Pod>> {
-    let claiming = ctx.claiming.lock().expect("lock").clone();
     let mut pods: Vec<_> = pool_pods(ctx, pool)
         .into_iter()
-        .filter(|p| is_running(p) && !claiming.contains(&p.name_any()))
-        .filter(|p| ctx.held.is_open(&p.uid().unwrap_or_default()))
+        .filter(|p| is_running(p) && ctx.held.is_open(&p.uid().unwrap_or_default()))
         .filter(|p| pod_spec::is_trusted_pool_pod(p, pool, &ctx.cfg, applied))
         .collect();
     // The oldest first: they are the next to age out anyway.
@@ -93,12 +91,9 @@ pub async fn claim(
     for candidate in claimable(ctx, pool, applied).into_iter().take(3) {
         let name = candidate.name_any();
         let uid = candidate.uid().unwrap_or_default();
-        if !ctx.claiming.lock().expect("lock").insert(name.clone()) {
-            continue;
-        }
-        // Taken first, so the pool's tending cannot close it while the claim is in flight.
+        // Taken first: no other claim gets the pod, and the pool's tending cannot close the
+        // session while the claim is in flight.
         let Some(session) = ctx.held.take(&uid) else {
-            ctx.claiming.lock().expect("lock").remove(&name);
             continue;
         };
         let idle = pod_spec::seconds_since_start(
@@ -110,9 +105,7 @@ pub async fn claim(
             field_manager: Some(MANAGER.into()),
             ..Default::default()
         };
-        let claimed = api.patch(&name, &params, &Patch::Merge(&patch)).await;
-        ctx.claiming.lock().expect("lock").remove(&name);
-        match claimed {
+        match api.patch(&name, &params, &Patch::Merge(&patch)).await {
             Ok(pod) => return Some((pod, session)),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 tracing::debug!(pod = %name, "lost a claim race; trying another pod");

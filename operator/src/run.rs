@@ -322,7 +322,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         starts: Default::default(),
         held: Default::default(),
         identity: identity.clone(),
-        claiming: Mutex::new(HashSet::new()),
         wake,
         policies: Recent::new(context::POLICY_RECHECK),
         finished: Recent::new(context::FINISHED_MEMORY),
