@@ -20,16 +20,12 @@ pub struct Config {
     /// Port of `/metrics` (Prometheus), apart from the API so it is not public with it.
     #[arg(long, env = "METRICS_PORT", default_value_t = 9091)]
     pub metrics_port: u16,
+    /// What the operator must be given the same values of.
+    #[command(flatten)]
+    pub shared: codeinterp_settings::Shared,
     /// Comma-separated `token:label:rps:burst`; the label is the tenant.
     #[arg(long, env = "API_KEYS", default_value = "", hide_env_values = true)]
     pub api_keys: String,
-    /// Where run records and files live: a local directory or an object_store URL.
-    #[arg(
-        long,
-        env = "STORAGE_URL",
-        default_value = "/var/lib/codeinterp/storage"
-    )]
-    pub storage_url: String,
     /// Base of the signed artifact URLs handed to clients.
     #[arg(long, env = "PUBLIC_BASE_URL", default_value = "http://localhost:8080")]
     pub public_base_url: String,
@@ -40,14 +36,6 @@ pub struct Config {
     /// The key before the last rotation: URLs it signed stay valid until they expire.
     #[arg(long, env = "SIGNING_KEY_PREVIOUS", hide_env_values = true)]
     pub signing_key_previous: Option<String>,
-    /// Namespace the CodeRuns are created in.
-    #[arg(long, env = "SANDBOX_NAMESPACE", default_value = "codeinterp")]
-    pub sandbox_namespace: String,
-    /// Label the CodeRuns this server creates `codeinterp.dev/shard=<this>` and see only
-    /// those; without it, only CodeRuns with no shard label. Pair it with an operator of
-    /// the same `--shard` (e.g. one per storage backend).
-    #[arg(long, env = "SHARD", value_parser = parse_shard)]
-    pub shard: Option<String>,
     /// Largest file accepted by `POST /v1/files` (streamed to object storage).
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub max_upload_bytes: u64,
@@ -63,18 +51,6 @@ pub struct Config {
     /// Deadline for every other request (streams have none).
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     pub request_timeout_seconds: u64,
-    /// Ceilings on per-run limits; the chart gives the operator the same values.
-    #[arg(long, env = "MAX_TIMEOUT_MS", default_value_t = 300_000)]
-    pub max_timeout_ms: u64,
-    #[arg(long, env = "MAX_MEMORY_MB", default_value_t = 4096)]
-    pub max_memory_mb: u64,
-    /// Most MiB of input files one run may be given.
-    #[arg(long, env = "MAX_INPUT_MB", default_value_t = 100)]
-    pub max_input_mb: u64,
-    /// Most runs of one tenant waiting for room: past it `POST /v1/runs` answers 429
-    /// `queue_full` (the operator is given the same value).
-    #[arg(long, env = "MAX_QUEUED_PER_TENANT", default_value_t = 1000)]
-    pub max_queued_per_tenant: usize,
     /// Rate and burst of requests without a bearer token, per client address: signed
     /// downloads, whose signature is checked first (a bad one costs a valid link nothing).
     #[arg(long, env = "ANONYMOUS_RPS", default_value_t = 20.0)]
@@ -120,9 +96,6 @@ pub struct Settings {
 }
 
 impl Config {
-    pub fn maxima(&self) -> Maxima {
-        Maxima::with_ceilings(self.max_timeout_ms, self.max_memory_mb, self.max_input_mb)
-    }
 
     /// The settings, or what is wrong with them (naming the setting).
     pub fn settings(&self) -> Result<Settings, String> {
@@ -140,27 +113,6 @@ impl Config {
         }
         if self.auth_failure_burst == 0 {
             return Err("AUTH_FAILURE_BURST must be at least 1".into());
-        }
-        if self.max_timeout_ms < 100 || self.max_timeout_ms > 600_000 {
-            return Err(format!(
-                "MAX_TIMEOUT_MS is {}; it must be from 100 to 600000",
-                self.max_timeout_ms
-            ));
-        }
-        if self.max_memory_mb < 32 || self.max_memory_mb > 8192 {
-            return Err(format!(
-                "MAX_MEMORY_MB is {}; it must be from 32 to 8192",
-                self.max_memory_mb
-            ));
-        }
-        if self.max_input_mb == 0 || self.max_input_mb > 1024 {
-            return Err(format!(
-                "MAX_INPUT_MB is {}; it must be from 1 to 1024",
-                self.max_input_mb
-            ));
-        }
-        if self.max_queued_per_tenant == 0 {
-            return Err("MAX_QUEUED_PER_TENANT must be at least 1".into());
         }
         if self.max_streams_per_tenant == 0 {
             return Err("MAX_STREAMS_PER_TENANT must be at least 1".into());
@@ -184,14 +136,14 @@ impl Config {
         };
         Ok(Settings {
             public_base_url: self.public_base_url.trim_end_matches('/').to_string(),
-            namespace: self.sandbox_namespace.clone(),
+            namespace: self.shared.sandbox_namespace.clone(),
             max_upload_bytes: self.max_upload_bytes,
             url_ttl: Duration::from_secs(self.url_ttl_seconds),
             max_wait: Duration::from_secs(self.max_wait_seconds),
             wait_slack: Duration::from_secs(self.wait_slack_seconds),
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
-            maxima: self.maxima(),
-            max_queued_per_tenant: self.max_queued_per_tenant,
+            maxima: self.shared.maxima(),
+            max_queued_per_tenant: self.shared.max_queued_per_tenant(),
             max_streams_per_tenant: self.max_streams_per_tenant,
             trusted_proxy_header,
         })
@@ -225,25 +177,6 @@ pub enum KeysError {
     Duplicate(usize, String, usize),
 }
 
-/// A shard is a Kubernetes label value: at most 63 characters, alphanumerics with `-`, `_`
-/// and `.` inside.
-pub fn parse_shard(shard: &str) -> Result<String, String> {
-    let bytes = shard.as_bytes();
-    let inner = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
-    let ok = !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes.iter().all(inner);
-    if ok {
-        Ok(shard.to_string())
-    } else {
-        Err(format!(
-            "{shard:?} is not a label value: 1 to 63 letters, digits, '-', '_' or '.', \
-             starting and ending with a letter or digit"
-        ))
-    }
-}
 
 /// A tenant label: a DNS label, so it fits a Kubernetes label value and a storage path.
 pub fn valid_label(label: &str) -> bool {
@@ -396,18 +329,7 @@ mod tests {
         assert!(check(&["--anonymous-rps", "NaN"]).contains("ANONYMOUS_RPS"));
         assert!(check(&["--anonymous-burst", "0"]).contains("ANONYMOUS_BURST"));
         assert!(check(&["--auth-failure-rps=-1"]).contains("AUTH_FAILURE_RPS"));
-        assert!(check(&["--max-memory-mb", "1"]).contains("MAX_MEMORY_MB"));
         assert!(check(&["--metrics-port", "8080"]).contains("METRICS_PORT"));
         assert!(check(&["--trusted-proxy-header", "bad header"]).contains("TRUSTED_PROXY_HEADER"));
-    }
-
-    #[test]
-    fn a_shard_must_be_a_label_value() {
-        let cfg = Config::parse_from(["apiserver", "--shard", "s3-abc_1.x"]);
-        assert_eq!(cfg.shard.as_deref(), Some("s3-abc_1.x"));
-        assert_eq!(Config::parse_from(["apiserver"]).shard, None);
-        for bad in ["", "-a", "a-", "a b", "a/b", &"a".repeat(64)] {
-            assert!(parse_shard(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -82,17 +82,17 @@ async fn bind(port: u16) -> anyhow::Result<tokio::net::TcpListener> {
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let settings = cfg.settings().map_err(anyhow::Error::msg)?;
     parse_api_keys(&cfg.api_keys)?;
-    let store = Store::open(&cfg.storage_url).context("opening object storage")?;
+    let store = Store::open(&cfg.shared.storage_url).context("opening object storage")?;
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let runs = RunCache::start(client.clone(), &settings.namespace, cfg.shard.as_deref());
+    let runs = RunCache::start(client.clone(), &settings.namespace, cfg.shared.shard.as_deref());
     let state = state(&cfg, settings, store, client, runs)?;
     tracing::info!(
         port = cfg.port,
         metrics_port = cfg.metrics_port,
         namespace = %state.settings.namespace,
-        shard = cfg.shard.as_deref().unwrap_or("(none)"),
+        shard = cfg.shared.shard.as_deref().unwrap_or("(none)"),
         tenants = state.keys.all().len(),
         public_base_url = %state.settings.public_base_url,
         "apiserver starting"

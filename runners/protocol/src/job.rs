@@ -120,7 +120,7 @@ impl Job {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn limits() -> EffectiveLimits {

@@ -12,12 +12,16 @@
 #![forbid(unsafe_code)]
 
 mod decode;
+#[cfg(feature = "follow")]
+mod follow;
 mod frame;
 mod job;
 mod language;
 pub mod limits;
 
 pub use decode::{Decoder, Event, ParseError, Record, parse_record};
+#[cfg(feature = "follow")]
+pub use follow::{Followed, Follower};
 pub use frame::{
     ExitReport, Frame, SkipReason, SkippedFile, Stream, encode_frame, validate_relative_name,
 };
@@ -31,6 +35,14 @@ pub const CHUNK_BYTES: usize = 8 * 1024;
 
 /// Version written in the start frame and the job line; each side refuses others.
 pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The runner pod's one container: the job goes to its stdin, the record comes from its
+/// stdout (the attach stream and the container log).
+pub const RUNNER_CONTAINER: &str = "runner";
+
+/// A record is never longer than this (2 x 1 MiB of output and 4 MiB of files, base64, with
+/// framing): more of a container's log is never read.
+pub const MAX_RECORD_BYTES: u64 = 12 * 1024 * 1024;
 
 /// Where the wrapper writes the program's source and stdin (a small memory-backed volume).
 pub const JOB_DIR: &str = "/job";
