@@ -139,7 +139,9 @@ mod tests {
     #[test]
     fn events_arrive_in_order_and_the_end_frame_completes_the_record() {
         let bytes = record(&[
-            Frame::Start { v: PROTOCOL_VERSION },
+            Frame::Start {
+                v: PROTOCOL_VERSION,
+            },
             out(Stream::Stdout, "hello "),
             out(Stream::Stderr, "oops"),
             out(Stream::Stdout, "world"),
@@ -168,7 +170,9 @@ mod tests {
     #[test]
     fn a_stream_cut_short_is_incomplete_and_keeps_what_arrived() {
         let bytes = record(&[
-            Frame::Start { v: PROTOCOL_VERSION },
+            Frame::Start {
+                v: PROTOCOL_VERSION,
+            },
             out(Stream::Stdout, "partial"),
         ]);
         let mut f = Follower::new(Trickle(bytes, 1000), Decoder::new(&limits()));
@@ -180,8 +184,12 @@ mod tests {
 
     #[test]
     fn a_refused_frame_stops_the_stream_and_is_the_result() {
-        let mut bytes = record(&[Frame::Start { v: PROTOCOL_VERSION }]);
-        bytes.extend(record(&[Frame::Start { v: PROTOCOL_VERSION }]));
+        let mut bytes = record(&[Frame::Start {
+            v: PROTOCOL_VERSION,
+        }]);
+        bytes.extend(record(&[Frame::Start {
+            v: PROTOCOL_VERSION,
+        }]));
         bytes.extend(record(&[out(Stream::Stdout, "never read")]));
         let mut f = Follower::new(Trickle(bytes, 1000), Decoder::new(&limits()));
         block_on(f.to_end());

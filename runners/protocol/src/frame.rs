@@ -89,6 +89,10 @@ pub struct ExitReport {
     /// The wrapper could not run the program at all (e.g. no interpreter, a broken job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Stdin ended before a whole job arrived (whoever was writing it went away): nothing
+    /// ran, so the run may be handed to another pod.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_job: bool,
 }
 
 /// Why an output file was left out. The kinds that are a cap the run went over fail it as

@@ -19,36 +19,68 @@ use crate::supervise::Launch;
 /// Where the program's stdin is written in the job folder.
 const STDIN_FILE: &str = "stdin";
 
+/// Why no job could be run.
+#[derive(Debug)]
+pub struct NotReceived {
+    pub message: String,
+    /// Stdin ended before the whole job was in: whoever wrote it went away, and the job may
+    /// be handed to another pod (nothing ran).
+    pub cut_short: bool,
+}
+
+impl From<String> for NotReceived {
+    fn from(message: String) -> Self {
+        NotReceived {
+            message,
+            cut_short: false,
+        }
+    }
+}
+
+fn cut_short(message: String) -> NotReceived {
+    NotReceived {
+        message,
+        cut_short: true,
+    }
+}
+
+/// An error receiving part of the job: the stream ending early is a job cut short.
+fn receiving(what: &str) -> impl Fn(io::Error) -> NotReceived + '_ {
+    move |err| NotReceived {
+        cut_short: err.kind() == io::ErrorKind::UnexpectedEof,
+        message: format!("cannot receive {what}: {err}"),
+    }
+}
+
 /// Reads the job header from `input` (blocking until the operator sends it), then its
 /// payload: the source and stdin into the job folder, the input files into the work folder.
 /// Nothing under the work folder is followed if it is a symbolic link.
-pub fn receive(input: &mut impl BufRead, settings: &Settings) -> Result<Job, String> {
+pub fn receive(input: &mut impl BufRead, settings: &Settings) -> Result<Job, NotReceived> {
     let mut line = Vec::new();
     input
         .by_ref()
         .take(MAX_JOB_HEADER_BYTES as u64 + 1)
         .read_until(b'\n', &mut line)
-        .map_err(|err| format!("cannot read the job: {err}"))?;
+        .map_err(|err| cut_short(format!("cannot read the job: {err}")))?;
     if line.last() != Some(&b'\n') {
-        return Err(if line.is_empty() {
-            "no job arrived on stdin".to_string()
-        } else {
-            "the job header was cut short or is too long".to_string()
+        return Err(match line.len() {
+            0 => cut_short("no job arrived on stdin".to_string()),
+            n if n > MAX_JOB_HEADER_BYTES => "the job header is too long".to_string().into(),
+            _ => cut_short("the job header was cut short".to_string()),
         });
     }
     line.pop();
-    let job = Job::parse_header(&line).map_err(|err| err.to_string())?;
+    let job = Job::parse_header(&line).map_err(|err| NotReceived::from(err.to_string()))?;
 
     let source = settings.job_dir.join(job.language.source_file());
-    copy_exact(input, job.code_bytes, &mut create(&source)?)
-        .map_err(|err| format!("cannot receive the source: {err}"))?;
+    copy_exact(input, job.code_bytes, &mut create(&source)?).map_err(receiving("the source"))?;
     if let Some(bytes) = job.stdin_bytes {
         copy_exact(
             input,
             bytes,
             &mut create(&settings.job_dir.join(STDIN_FILE))?,
         )
-        .map_err(|err| format!("cannot receive stdin: {err}"))?;
+        .map_err(receiving("stdin"))?;
     }
     let work = open(
         &settings.work_dir,
@@ -57,12 +89,12 @@ pub fn receive(input: &mut impl BufRead, settings: &Settings) -> Result<Job, Str
     )
     .map_err(|err| format!("cannot open {}: {err}", settings.work_dir.display()))?;
     for file in &job.files {
-        receive_input(input, file.bytes, &work, &file.name)
-            .map_err(|err| format!("cannot receive input file {:?}: {err}", file.name))?;
+        let what = format!("input file {:?}", file.name);
+        receive_input(input, file.bytes, &work, &file.name).map_err(receiving(&what))?;
     }
     match mkdirat(&work, "outputs", Mode::from_bits_truncate(0o755)) {
         Ok(()) | Err(Errno::EEXIST) => {}
-        Err(err) => return Err(format!("cannot create the outputs folder: {err}")),
+        Err(err) => return Err(format!("cannot create the outputs folder: {err}").into()),
     }
     if let Err(err) = copy_tree(&settings.tmp_seed, Path::new(PROGRAM_TMP)) {
         // Only a cache (e.g. matplotlib's fonts): the program still runs, slower.

@@ -67,7 +67,7 @@ fn run<W: Write>(
 ) -> io::Result<()> {
     let job = match job::receive(&mut BufReader::new(io::stdin().lock()), settings) {
         Ok(job) => job,
-        Err(err) => return not_started(emitter, err),
+        Err(err) => return not_started(emitter, err.message, err.cut_short),
     };
     let launch = job::launch(&job, settings);
     let cgroup = settings.cgroup.as_deref().map(cgroup::Cgroup::new);
@@ -75,7 +75,7 @@ fn run<W: Write>(
 
     let outcome = match supervise::run(&launch, signals, settings.is_pid1, emitter) {
         Ok(outcome) => outcome,
-        Err(supervise::Error::Spawn(err)) => return not_started(emitter, err),
+        Err(supervise::Error::Spawn(err)) => return not_started(emitter, err, false),
         Err(supervise::Error::Record(err)) => return Err(err),
     };
 
@@ -117,14 +117,16 @@ fn run<W: Write>(
     emitter.flush()
 }
 
-/// The program never ran: a record that says why, so the operator can report it.
-fn not_started<W: Write>(emitter: &mut Emitter<W>, error: String) -> io::Result<()> {
+/// The program never ran: a record that says why, so the operator can report it (or, when
+/// the job never arrived whole, hand it to another pod).
+fn not_started<W: Write>(emitter: &mut Emitter<W>, error: String, no_job: bool) -> io::Result<()> {
     eprintln!("ci-runner: {error}");
     emitter.frame(&Frame::Start {
         v: PROTOCOL_VERSION,
     })?;
     emitter.frame(&Frame::Exit(ExitReport {
         error: Some(error),
+        no_job,
         ..ExitReport::default()
     }))?;
     emitter.frame(&Frame::End)?;

@@ -70,6 +70,7 @@ pub fn exit_report(f: &Facts) -> ExitReport {
         stdout_truncated: f.stdout.truncated(),
         stderr_truncated: f.stderr.truncated(),
         error: None,
+        no_job: false,
     }
 }
 

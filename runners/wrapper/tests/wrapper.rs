@@ -442,22 +442,31 @@ fn a_broken_job_is_reported_as_an_error() {
         .wait_with_output()
         .unwrap();
     let run = fixture.finish(output, Duration::ZERO);
+    assert!(
+        !run.exit.no_job,
+        "a broken job is the job's fault, not a lost one"
+    );
     assert!(run.exit.error.unwrap().contains("job header is not valid"));
 }
 
 #[test]
-fn a_job_cut_short_is_reported_as_an_error_and_nothing_runs() {
-    let fixture = python("open('ran', 'w').write('x')\n");
-    let mut bytes = fixture.job_bytes();
-    bytes.truncate(bytes.len() - 5);
-    let mut child = fixture.command().spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&bytes).unwrap();
-    drop(stdin); // the attach stream closes
-    let output = child.wait_with_output().unwrap();
-    let run = fixture.finish(output, Duration::ZERO);
-    assert!(run.exit.error.as_deref().unwrap().contains("cut short"));
-    assert!(!run.work().join("ran").exists());
+fn a_job_cut_short_anywhere_is_no_job_and_nothing_runs() {
+    let fixture = || python("open('ran', 'w').write('x')\n").input("in.txt", "data");
+    let whole = fixture().job_bytes();
+    let header = whole.iter().position(|b| *b == b'\n').unwrap() + 1;
+    // Nothing, half the header, the header alone, the source cut, the input file cut.
+    for keep in [0, header / 2, header, header + 3, whole.len() - 2] {
+        let fixture = fixture();
+        let mut child = fixture.command().spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&whole[..keep]).unwrap();
+        drop(stdin); // the attach stream closes
+        let output = child.wait_with_output().unwrap();
+        let run = fixture.finish(output, Duration::ZERO);
+        assert!(run.exit.no_job, "cut at {keep}: {:?}", run.exit);
+        assert!(run.exit.error.is_some());
+        assert!(!run.work().join("ran").exists());
+    }
 }
 
 #[test]
