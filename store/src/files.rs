@@ -198,14 +198,16 @@ impl Store {
         }
     }
 
-    /// A file's bytes as a stream (for downloads).
+    /// A file's bytes as a stream (for downloads); [`StoreError::NotFound`] when its bytes
+    /// are gone (deleted since its metadata was read).
     pub async fn get_file_content(
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<BoxStream<'static, Result<Bytes, object_store::Error>>, StoreError> {
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         let key = self.file_key(tenant, id, "content")?;
-        Ok(self.inner.get(&key).await?.into_stream())
+        let stream = self.inner.get(&key).await?.into_stream();
+        Ok(stream.map_err(StoreError::from).boxed())
     }
 
     /// A file's bytes at once (for run inputs, which are small).
@@ -326,6 +328,33 @@ mod tests {
             Some("acme")
         );
         assert!(dir.path().join("index/files/file-3.json").exists());
+    }
+
+    #[tokio::test]
+    async fn the_bytes_of_a_deleted_file_are_not_found_not_a_backend_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        store
+            .put_file(&meta("file-4"), Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        let bytes: Vec<Bytes> = store
+            .get_file_content("acme", "file-4")
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(bytes.concat(), b"abc");
+        store.delete_file("acme", "file-4").await.unwrap();
+        assert!(matches!(
+            store.get_file_content("acme", "file-4").await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.get_file_bytes("acme", "file-4").await,
+            Err(StoreError::NotFound)
+        ));
     }
 
     #[tokio::test]

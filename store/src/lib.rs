@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod files;
+mod output;
 mod runs;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 
 pub use files::{FileIndexEntry, FileMeta, UploadError, image_type};
+pub use output::StoredOutput;
 pub use runs::{
     HEAD_BYTES, OutputStream, RECORD_VERSION, RunBinding, RunError, RunPage, RunRecord, head,
 };
@@ -38,12 +40,25 @@ pub use runs::{
 pub enum StoreError {
     #[error("invalid STORAGE_URL {0:?}: {1}")]
     Url(String, String),
+    /// The object is not stored (never was, or was deleted meanwhile). Callers answer it as
+    /// the absence it is; they never need to look inside a backend error for it.
+    #[error("no such object")]
+    NotFound,
     #[error("object storage: {0}")]
-    Backend(#[from] object_store::Error),
+    Backend(#[source] object_store::Error),
     #[error("stored object is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("invalid name {0:?}")]
     Name(String),
+}
+
+impl From<object_store::Error> for StoreError {
+    fn from(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::NotFound { .. } => StoreError::NotFound,
+            other => StoreError::Backend(other),
+        }
+    }
 }
 
 impl StoreError {
@@ -52,6 +67,8 @@ impl StoreError {
     pub fn is_permanent(&self) -> bool {
         match self {
             StoreError::Name(_) | StoreError::Json(_) | StoreError::Url(..) => true,
+            // Absence may be temporary: an object read before it is written.
+            StoreError::NotFound => false,
             StoreError::Backend(e) => matches!(
                 e,
                 object_store::Error::InvalidPath { .. }

@@ -208,7 +208,8 @@ impl Store {
         self.get_json(&key).await
     }
 
-    /// A run's whole output on one stream.
+    /// A run's whole output on one stream (for an answer that carries all of it; a replay
+    /// reads [`Store::output`] in ranges instead).
     pub async fn get_output(
         &self,
         rec: &RunRecord,
@@ -221,14 +222,22 @@ impl Store {
             };
             return Ok(Bytes::from(text.clone()));
         }
-        let key = self
-            .run_dir(&rec.tenant, &rec.namespace, &rec.uid)?
-            .child(stream.leaf());
+        let key = self.output_key(rec, stream)?;
         match self.inner.get(&key).await {
             Ok(r) => Ok(r.bytes().await?),
             Err(object_store::Error::NotFound { .. }) => Ok(Bytes::new()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    pub(crate) fn output_key(
+        &self,
+        rec: &RunRecord,
+        stream: OutputStream,
+    ) -> Result<Path, StoreError> {
+        Ok(self
+            .run_dir(&rec.tenant, &rec.namespace, &rec.uid)?
+            .child(stream.leaf()))
     }
 
     /// Binds a run id of the tenant to the CodeRun the REST API created under it, and lists
