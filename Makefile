@@ -31,6 +31,7 @@ crd:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	hack/lint/function-length.py operator/src apiserver/src
 
 ## unit: tests that need no cluster
 unit:

@@ -118,6 +118,9 @@ pub enum ConditionReason {
     PodCreated,
     PodClaimed,
     ProgramStarted,
+    /// The pod never got the job (it ended, or its operator died handing it over); a new
+    /// one is made.
+    PodReplaced,
     /// The run's final phase, spelled as `status.phase`.
     Ended(Phase),
 }
@@ -130,6 +133,7 @@ impl ConditionReason {
             ConditionReason::PodCreated => "PodCreated",
             ConditionReason::PodClaimed => "PodClaimed",
             ConditionReason::ProgramStarted => "ProgramStarted",
+            ConditionReason::PodReplaced => "PodReplaced",
             ConditionReason::Ended(phase) => phase.as_str(),
         }
     }
@@ -225,8 +229,9 @@ pub struct CodeRunStatus {
     pub stderr_truncated: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<ArtifactRef>,
-    /// The runner pod, once the run has one. The operator finds it by this name and checks
-    /// that the pod is the run's (its controller owner reference).
+    /// The runner pod the program runs in, written when the program starts. The operator
+    /// finds the pod by what owns it (its controller owner reference), never by this name
+    /// alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
     /// Warm (claimed from the pool) or cold (created for the run).
@@ -234,6 +239,10 @@ pub struct CodeRunStatus {
     pub start_mode: Option<StartMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<Applied>,
+    /// Times the run was given a new pod because its job never reached the old one (the old
+    /// pod ended, or its operator died while handing the job over). Nothing had run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
     /// Key of the final run record in object storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_key: Option<String>,
@@ -241,6 +250,10 @@ pub struct CodeRunStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl CodeRunStatus {

@@ -57,21 +57,21 @@ pub struct Caps {
 }
 
 #[derive(Clone, Debug)]
-struct Holder {
+struct Seat {
     tenant: String,
     demand: Demand,
     /// Admitted, its pod not yet seen: its demand is reserved in the room.
     reserved: bool,
 }
 
-/// The waiting lines and the runs holding room.
+/// The waiting lines and the seats: runs given room and not finished.
 #[derive(Debug)]
 pub struct Queue {
     caps: Caps,
     lines: HashMap<String, VecDeque<Entry>>,
     /// Tenants with runs waiting, in the order they take turns.
     turns: VecDeque<String>,
-    holders: HashMap<String, Holder>,
+    seats: HashMap<String, Seat>,
 }
 
 impl Queue {
@@ -80,7 +80,7 @@ impl Queue {
             caps,
             lines: HashMap::new(),
             turns: VecDeque::new(),
-            holders: HashMap::new(),
+            seats: HashMap::new(),
         }
     }
 
@@ -88,29 +88,26 @@ impl Queue {
         self.lines.values().map(VecDeque::len).sum()
     }
 
-    pub fn holding(&self) -> usize {
-        self.holders.len()
+    pub fn seated(&self) -> usize {
+        self.seats.len()
     }
 
-    fn holding_of(&self, tenant: &str) -> usize {
-        self.holders.values().filter(|h| h.tenant == tenant).count()
+    fn seated_of(&self, tenant: &str) -> usize {
+        self.seats.values().filter(|h| h.tenant == tenant).count()
     }
 
     /// Demands of admitted runs whose pods are not in the cluster's view yet.
     pub fn reservations(&self) -> impl Iterator<Item = Demand> + '_ {
-        self.holders
-            .values()
-            .filter(|h| h.reserved)
-            .map(|h| h.demand)
+        self.seats.values().filter(|h| h.reserved).map(|h| h.demand)
     }
 
-    /// A run that holds a pod already (found at start-up, or claimed): counts against its
-    /// tenant's cap, reserves nothing.
-    pub fn hold(&mut self, uid: &str, tenant: &str) {
+    /// A run that holds a pod already (found at start-up): takes a seat, which counts
+    /// against its tenant's cap and reserves nothing.
+    pub fn seat(&mut self, uid: &str, tenant: &str) {
         self.remove_waiting(uid);
-        self.holders.insert(
+        self.seats.insert(
             uid.to_string(),
-            Holder {
+            Seat {
                 tenant: tenant.to_string(),
                 demand: Demand::default(),
                 reserved: false,
@@ -120,14 +117,14 @@ impl Queue {
 
     /// The run's pod is in the cluster's view now: its requests count there.
     pub fn pod_seen(&mut self, uid: &str) {
-        if let Some(h) = self.holders.get_mut(uid) {
+        if let Some(h) = self.seats.get_mut(uid) {
             h.reserved = false;
         }
     }
 
     /// The run finished or went away.
     pub fn release(&mut self, uid: &str) {
-        self.holders.remove(uid);
+        self.seats.remove(uid);
         self.remove_waiting(uid);
     }
 
@@ -148,9 +145,9 @@ impl Queue {
         }
     }
 
-    /// Forgets runs that no longer exist (deleted while waiting or holding room).
+    /// Forgets runs that no longer exist (deleted while waiting or seated).
     pub fn retain(&mut self, exists: impl Fn(&str) -> bool) {
-        self.holders.retain(|uid, _| exists(uid));
+        self.seats.retain(|uid, _| exists(uid));
         let gone: Vec<String> = self
             .lines
             .values()
@@ -165,7 +162,7 @@ impl Queue {
 
     /// A run asks for room. Admitted runs stay admitted until released.
     pub fn request(&mut self, entry: Entry) -> Decision {
-        if self.holders.contains_key(&entry.uid) {
+        if self.seats.contains_key(&entry.uid) {
             return Decision::Admitted;
         }
         if let Some(position) = self.position_of(&entry.uid) {
@@ -200,14 +197,14 @@ impl Queue {
         let mut admitted = Vec::new();
         let mut stalled = 0;
         while stalled < self.turns.len() {
-            if self.caps.concurrent > 0 && self.holders.len() >= self.caps.concurrent {
+            if self.caps.concurrent > 0 && self.seats.len() >= self.caps.concurrent {
                 break;
             }
             let Some(tenant) = self.turns.pop_front() else {
                 break;
             };
             let capped = self.caps.running_per_tenant > 0
-                && self.holding_of(&tenant) >= self.caps.running_per_tenant;
+                && self.seated_of(&tenant) >= self.caps.running_per_tenant;
             let head = self.lines.get(&tenant).and_then(|l| l.front()).cloned();
             let Some(head) = head.filter(|_| !capped) else {
                 self.turns.push_back(tenant);
@@ -237,9 +234,9 @@ impl Queue {
             } else {
                 self.turns.push_back(tenant.clone());
             }
-            self.holders.insert(
+            self.seats.insert(
                 head.uid.clone(),
-                Holder {
+                Seat {
                     tenant,
                     demand: head.demand,
                     reserved,
@@ -618,9 +615,9 @@ mod tests {
         assert_eq!(q.reservations().collect::<Vec<_>>(), [SMALL]);
         q.pod_seen("a-0");
         assert_eq!(q.reservations().count(), 0);
-        assert_eq!(q.holding(), 1);
+        assert_eq!(q.seated(), 1);
         q.release("a-0");
-        assert_eq!(q.holding(), 0);
+        assert_eq!(q.seated(), 0);
     }
 
     fn node(name: &str, cpu: &str, memory: &str, ready: bool) -> Node {

@@ -138,22 +138,9 @@ pub struct Config {
     /// Watch CodeRuns in this namespace only (default: every namespace).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
-    /// The namespace where the REST API creates runs: only there is a run's tenant label
-    /// honoured (elsewhere a run belongs to its namespace's tenant), and the warm pools live
-    /// there.
-    #[arg(long, env = "SANDBOX_NAMESPACE", default_value = "codeinterp")]
-    pub sandbox_namespace: String,
-    /// Serve only CodeRuns labelled `codeinterp.dev/shard=<this>`; without it, only those
-    /// with no shard label.
-    #[arg(long, env = "SHARD")]
-    pub shard: Option<String>,
-    /// Where results go: a local directory or an object_store URL (s3://...).
-    #[arg(
-        long,
-        env = "STORAGE_URL",
-        default_value = "/var/lib/codeinterp/storage"
-    )]
-    pub storage_url: String,
+    /// What the REST API must be given the same values of.
+    #[command(flatten)]
+    pub shared: codeinterp_settings::Shared,
     /// Seccomp profile for runner pods: a path under the kubelet's seccomp directory
     /// (Localhost) or `RuntimeDefault`.
     #[arg(long, env = "SECCOMP_PROFILE", default_value = "codeinterp/runner.json", value_parser = Seccomp::parse)]
@@ -214,21 +201,9 @@ pub struct Config {
     /// Prometheus metrics and health on this address.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: String,
-    /// Ceilings on per-run limits (the REST API is given the same values by the chart).
-    #[arg(long, env = "MAX_TIMEOUT_MS", default_value_t = 300_000)]
-    pub max_timeout_ms: u64,
-    #[arg(long, env = "MAX_MEMORY_MB", default_value_t = 4096)]
-    pub max_memory_mb: u64,
-    /// Most MiB of input files one run may be given.
-    #[arg(long, env = "MAX_INPUT_MB", default_value_t = 100)]
-    pub max_input_mb: u64,
     /// Most runs of one tenant running at once (0: no cap).
     #[arg(long, env = "MAX_RUNNING_PER_TENANT", default_value_t = 0)]
     pub max_running_per_tenant: usize,
-    /// Most runs of one tenant waiting for room; a run past it fails as `queue_full` (the
-    /// REST API answers 429 before creating one).
-    #[arg(long, env = "MAX_QUEUED_PER_TENANT", default_value_t = 1000)]
-    pub max_queued_per_tenant: usize,
     /// Most runs running at once in all (0: as many as the cluster has room for).
     #[arg(long, env = "MAX_CONCURRENT_RUNS", default_value_t = 0)]
     pub max_concurrent_runs: usize,
@@ -266,7 +241,7 @@ impl Config {
     }
 
     pub fn maxima(&self) -> Maxima {
-        Maxima::with_ceilings(self.max_timeout_ms, self.max_memory_mb, self.max_input_mb)
+        self.shared.maxima()
     }
 
     pub fn pools(&self) -> Vec<PoolSpec> {
@@ -286,25 +261,6 @@ impl Config {
 
     /// Everything that can be wrong with the settings, each naming its setting.
     pub fn check(&self) -> Result<(), String> {
-        let product = Maxima::default();
-        if self.max_timeout_ms < 100 || self.max_timeout_ms > 600_000 {
-            return Err(format!(
-                "MAX_TIMEOUT_MS is {}; it must be from 100 to 600000",
-                self.max_timeout_ms
-            ));
-        }
-        if self.max_memory_mb < 32 || self.max_memory_mb > 8192 {
-            return Err(format!(
-                "MAX_MEMORY_MB is {}; it must be from 32 to 8192",
-                self.max_memory_mb
-            ));
-        }
-        if self.max_input_mb == 0 || self.max_input_mb > product.max.disk_mb {
-            return Err(format!(
-                "MAX_INPUT_MB is {}; it must be from 1 to {} (inputs must fit /work)",
-                self.max_input_mb, product.max.disk_mb
-            ));
-        }
         if self.concurrency == 0 {
             return Err("RECONCILE_CONCURRENCY must be at least 1".into());
         }
@@ -313,9 +269,6 @@ impl Config {
         }
         if self.lease_duration_seconds < 2 {
             return Err("LEASE_DURATION_SECONDS must be at least 2".into());
-        }
-        if self.max_queued_per_tenant == 0 {
-            return Err("MAX_QUEUED_PER_TENANT must be at least 1".into());
         }
         let maxima = self.maxima();
         for pool in parse_pools(&self.warm_pools, &maxima.defaults)? {
@@ -397,24 +350,9 @@ mod tests {
         };
         assert!(check(&[]).is_ok());
         assert!(
-            check(&["--max-timeout-ms", "0"])
-                .unwrap_err()
-                .contains("MAX_TIMEOUT_MS")
-        );
-        assert!(
-            check(&["--max-memory-mb", "100000"])
-                .unwrap_err()
-                .contains("MAX_MEMORY_MB")
-        );
-        assert!(
             check(&["--warm-pools", "python:9999=1"])
                 .unwrap_err()
                 .contains("WARM_POOLS")
-        );
-        assert!(
-            check(&["--max-queued-per-tenant", "0"])
-                .unwrap_err()
-                .contains("MAX_QUEUED_PER_TENANT")
         );
         assert!(check(&["--seccomp", "/etc/x.json"]).is_err());
         assert!(check(&["--seccomp", "../x.json"]).is_err());

@@ -46,54 +46,7 @@ pub async fn resolve(
     let mut files = Vec::new();
     let mut sources = Vec::new();
     for f in &run.spec.files {
-        let (bytes, source) = match (&f.content_base64, &f.file_id) {
-            (Some(b64), _) => {
-                let content = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|_| {
-                        refuse(
-                            Reason::InvalidInput,
-                            format!("input file {:?}: contentBase64 is not valid base64", f.name),
-                        )
-                    })?;
-                (content.len() as u64, Source::Inline(content))
-            }
-            (None, Some(id)) => {
-                let Some(tenant) = tenant else {
-                    return Err(refuse(
-                        Reason::InvalidInput,
-                        format!(
-                            "input file {:?}: fileId inputs are for runs created through the REST API",
-                            f.name
-                        ),
-                    ));
-                };
-                let meta = store
-                    .get_file_meta(tenant, id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| {
-                        refuse(
-                            Reason::InvalidInput,
-                            format!("input file {:?}: no file {id:?}", f.name),
-                        )
-                    })?;
-                (
-                    meta.bytes,
-                    Source::Stored {
-                        tenant: tenant.to_string(),
-                        id: id.clone(),
-                    },
-                )
-            }
-            (None, None) => {
-                return Err(refuse(
-                    Reason::InvalidInput,
-                    format!("input file {:?} has no content", f.name),
-                ));
-            }
-        };
+        let (bytes, source) = resolve_file(store, f, tenant).await?;
         files.push(InputFile {
             name: f.name.clone(),
             bytes,
@@ -130,6 +83,66 @@ pub async fn resolve(
         stdin,
         files: sources,
     })
+}
+
+/// One input file: its size and where its bytes come from.
+async fn resolve_file(
+    store: &Store,
+    f: &codeinterp_crds::InputFile,
+    tenant: Option<&str>,
+) -> Result<(u64, Source), Refusal> {
+    let invalid = |why: String| {
+        refuse(
+            Reason::InvalidInput,
+            format!("input file {:?}: {why}", f.name),
+        )
+    };
+    match (&f.content_base64, &f.file_id) {
+        (Some(b64), _) => {
+            let content = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| invalid("contentBase64 is not valid base64".into()))?;
+            Ok((content.len() as u64, Source::Inline(content)))
+        }
+        (None, Some(id)) => {
+            let Some(tenant) = tenant else {
+                return Err(invalid(
+                    "fileId inputs are for runs created through the REST API".into(),
+                ));
+            };
+            let meta = store
+                .get_file_meta(tenant, id)
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| invalid(format!("no file {id:?}")))?;
+            let source = Source::Stored {
+                tenant: tenant.to_string(),
+                id: id.clone(),
+            };
+            Ok((meta.bytes, source))
+        }
+        (None, None) => Err(invalid("it has no content".into())),
+    }
+}
+
+/// The run's inputs, resolved as the operator's settings allow.
+pub async fn for_run(ctx: &crate::context::Context, run: &CodeRun) -> Result<Inputs, Refusal> {
+    let tenant = ctx.tenant(run);
+    let readable = ctx.is_rest_run(run).then_some(tenant.as_str());
+    resolve(
+        &ctx.store,
+        run,
+        &ctx.limits(run),
+        readable,
+        ctx.settings.maxima.max_input_bytes,
+    )
+    .await
+}
+
+/// Checks the run's inputs before it takes room (so a bad one fails it at once).
+pub async fn check(ctx: &crate::context::Context, run: &CodeRun) -> Result<(), Refusal> {
+    for_run(ctx, run).await.map(drop)
 }
 
 impl Inputs {

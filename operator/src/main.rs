@@ -9,5 +9,5 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,kube=warn".into()),
         )
         .init();
-    codeinterp_operator::run::run(codeinterp_operator::config::Config::parse()).await
+    codeinterp_operator::runtime::run(codeinterp_operator::config::Config::parse()).await
 }

@@ -50,101 +50,131 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub queue_waiting: Gauge,
     pub runs_holding: Gauge,
-    /// Runs that asked a pool for a pod: got one (hit) or went cold (miss).
-    pub pool_hits: Family<LanguageLabels, Counter>,
-    pub pool_misses: Family<LanguageLabels, Counter>,
-    pub pool_idle: Family<PoolLabels, Gauge>,
-    pub pool_created: Family<PoolLabels, Counter>,
+    /// Runs this process keeps work notes for (its index's size).
+    pub runs_tracked: Gauge,
+    pub pool: PoolMetrics,
     pub is_leader: Gauge,
     pub kube_writes: Family<WriteLabels, Counter>,
     pub registry: Arc<Registry>,
+}
+
+/// The warm pools'.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    /// Runs that asked a pool for a pod: got one (hit) or went cold (miss).
+    pub hits: Family<LanguageLabels, Counter>,
+    pub misses: Family<LanguageLabels, Counter>,
+    pub idle: Family<PoolLabels, Gauge>,
+    pub created: Family<PoolLabels, Counter>,
+}
+
+impl PoolMetrics {
+    fn registered(r: &mut Registry) -> Self {
+        PoolMetrics {
+            hits: registered(
+                r,
+                "pool_hits",
+                "Runs that got a warm pod",
+                Family::default(),
+            ),
+            misses: registered(
+                r,
+                "pool_misses",
+                "Runs a pool serves that found no free warm pod and started cold",
+                Family::default(),
+            ),
+            idle: registered(
+                r,
+                "pool_idle_pods",
+                "Idle, ready warm pods by pool",
+                Family::default(),
+            ),
+            created: registered(
+                r,
+                "pool_pods_created",
+                "Warm pods created, by pool",
+                Family::default(),
+            ),
+        }
+    }
 }
 
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.0, 18))
 }
 
+/// Registers a metric and returns it.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("codeinterp_operator");
-        let runs = Family::<RunLabels, Counter>::default();
-        registry.register("runs", "Runs that reached a final phase", runs.clone());
-        let run_duration = HistogramFamily::new_with_constructor(seconds_histogram);
-        registry.register(
-            "run_duration_seconds",
-            "From CodeRun creation to its final phase",
-            run_duration.clone(),
-        );
-        let queue_duration = HistogramFamily::new_with_constructor(seconds_histogram);
-        registry.register(
-            "queue_duration_seconds",
-            "From CodeRun creation to the program's start",
-            queue_duration.clone(),
-        );
-        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "reconcile_errors",
-            "Reconcile attempts that failed, by error kind",
-            reconcile_errors.clone(),
-        );
-        let queue_waiting = Gauge::default();
-        registry.register(
-            "queue_waiting_runs",
-            "Runs waiting for room",
-            queue_waiting.clone(),
-        );
-        let runs_holding = Gauge::default();
-        registry.register(
-            "admitted_runs",
-            "Runs given room and not finished",
-            runs_holding.clone(),
-        );
-        let pool_hits = Family::<LanguageLabels, Counter>::default();
-        registry.register("pool_hits", "Runs that got a warm pod", pool_hits.clone());
-        let pool_misses = Family::<LanguageLabels, Counter>::default();
-        registry.register(
-            "pool_misses",
-            "Runs a pool serves that found no free warm pod and started cold",
-            pool_misses.clone(),
-        );
-        let pool_idle = Family::<PoolLabels, Gauge>::default();
-        registry.register(
-            "pool_idle_pods",
-            "Idle, ready warm pods by pool",
-            pool_idle.clone(),
-        );
-        let pool_created = Family::<PoolLabels, Counter>::default();
-        registry.register(
-            "pool_pods_created",
-            "Warm pods created, by pool",
-            pool_created.clone(),
-        );
-        let is_leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 while this replica is the active one",
-            is_leader.clone(),
-        );
-        let kube_writes = Family::<WriteLabels, Counter>::default();
-        registry.register(
-            "kube_writes",
-            "Requests this process sent to the Kubernetes API that write (POST, PUT, PATCH, DELETE), by verb and resource",
-            kube_writes.clone(),
-        );
+        let mut r = Registry::with_prefix("codeinterp_operator");
+        let histogram = || HistogramFamily::new_with_constructor(seconds_histogram);
         Metrics {
-            runs,
-            run_duration,
-            queue_duration,
-            reconcile_errors,
-            queue_waiting,
-            runs_holding,
-            pool_hits,
-            pool_misses,
-            pool_idle,
-            pool_created,
-            is_leader,
-            kube_writes,
-            registry: Arc::new(registry),
+            runs: registered(
+                &mut r,
+                "runs",
+                "Runs that reached a final phase",
+                Family::default(),
+            ),
+            run_duration: registered(
+                &mut r,
+                "run_duration_seconds",
+                "From CodeRun creation to its final phase",
+                histogram(),
+            ),
+            queue_duration: registered(
+                &mut r,
+                "queue_duration_seconds",
+                "From CodeRun creation to the program's start",
+                histogram(),
+            ),
+            reconcile_errors: registered(
+                &mut r,
+                "reconcile_errors",
+                "Reconcile attempts that failed, by error kind",
+                Family::default(),
+            ),
+            queue_waiting: registered(
+                &mut r,
+                "queue_waiting_runs",
+                "Runs waiting for room",
+                Gauge::default(),
+            ),
+            runs_holding: registered(
+                &mut r,
+                "admitted_runs",
+                "Runs given room and not finished",
+                Gauge::default(),
+            ),
+            runs_tracked: registered(
+                &mut r,
+                "tracked_runs",
+                "Runs the operator keeps notes for in its index",
+                Gauge::default(),
+            ),
+            pool: PoolMetrics::registered(&mut r),
+            is_leader: registered(
+                &mut r,
+                "leader",
+                "1 while this replica is the active one",
+                Gauge::default(),
+            ),
+            kube_writes: registered(
+                &mut r,
+                "kube_writes",
+                "Requests this process sent to the Kubernetes API that write (POST, PUT, PATCH, DELETE), by verb and resource",
+                Family::default(),
+            ),
+            registry: Arc::new(r),
         }
     }
 }

@@ -140,99 +140,28 @@ impl Outcome {
 /// Decides the outcome of a run whose record has ended (its end frame arrived, or its stream
 /// ended without one), from the record and what the kubelet says about the container and
 /// the pod (when it has ended too).
-pub fn decide(
+pub fn judge(
     record: Option<&Record>,
     terminated: Option<&ContainerStateTerminated>,
     pod_reason: Option<&str>,
     cancel_requested: bool,
 ) -> Outcome {
     let container_reason = terminated.and_then(|t| t.reason.as_deref());
-    let exit = record.and_then(|r| r.exit.as_ref());
-    let Some(exit) = exit else {
-        // No exit report: the wrapper itself was stopped before it could write one.
-        return if container_reason == Some("OOMKilled") {
-            Outcome::ended(Reason::OomKilled, "the sandbox ran out of memory")
-        } else if cancel_requested {
-            Outcome::ended(Reason::Cancelled, "the run was cancelled")
-        } else if pod_reason == Some("DeadlineExceeded") {
-            Outcome::ended(
-                Reason::DeadlineExceeded,
-                "the pod's deadline (the backstop) ended the run",
-            )
-        } else {
-            let detail = match (container_reason, record.map(|r| r.diagnostics.join("; "))) {
-                (_, Some(d)) if !d.is_empty() => d,
-                (Some(r), _) => format!("runner container ended ({r}) without a result"),
-                (None, _) => format!(
-                    "runner pod ended ({}) without a result",
-                    pod_reason.unwrap_or("unknown reason")
-                ),
-            };
-            Outcome::ended(Reason::PodFailed, detail)
-        };
+    let Some(exit) = record.and_then(|r| r.exit.as_ref()) else {
+        return without_exit(record, container_reason, pod_reason, cancel_requested);
     };
-    let (reason, message): (Option<Reason>, String) = if exit.timed_out {
-        (
-            Some(Reason::TimedOut),
-            "the program ran past its timeout".into(),
-        )
-    } else if exit.cancelled || (cancel_requested && exit.exit_code.is_none()) {
-        // The wrapper was told to stop (SIGTERM): by a cancel, by the pod's backstop
-        // deadline, or by someone deleting the pod.
-        if cancel_requested {
-            (Some(Reason::Cancelled), "the run was cancelled".into())
-        } else if pod_reason == Some("DeadlineExceeded") {
-            (
-                Some(Reason::DeadlineExceeded),
-                "the pod's deadline (the backstop) ended the run".into(),
-            )
-        } else {
-            (
-                Some(Reason::PodFailed),
-                "the runner pod was stopped before the program finished".into(),
-            )
-        }
-    } else if exit.oom_killed || container_reason == Some("OOMKilled") {
-        (
-            Some(Reason::OomKilled),
-            "the program ran out of memory".into(),
-        )
-    } else if exit.cpu_limit_exceeded {
-        (
-            Some(Reason::CpuLimitExceeded),
-            "the program used up its CPU time".into(),
-        )
-    } else if exit.file_size_exceeded {
-        (
-            Some(Reason::OutputLimitExceeded),
-            "the program wrote a file past the size limit".into(),
-        )
-    } else if exit.disk_full {
-        (
-            Some(Reason::DiskLimitExceeded),
-            "the program's /work or /tmp was full (disk_mb)".into(),
-        )
-    } else if let Some(err) = &exit.error {
-        (Some(Reason::RunnerError), err.clone())
-    } else if record.is_some_and(|r| r.artifact_limit_exceeded) {
-        let over = record
-            .map(|r| {
-                r.skipped
-                    .iter()
-                    .filter(|s| s.reason.is_over_a_limit())
-                    .count()
-            })
-            .unwrap_or(0);
-        (
-            Some(Reason::ArtifactLimitExceeded),
-            format!("{over} output file(s) over the limits were not kept"),
-        )
+    let cause = if exit.cancelled || (cancel_requested && exit.exit_code.is_none()) {
+        stopped(cancel_requested, pod_reason)
     } else {
-        (None, String::new())
+        limit_or_fault(exit, record, container_reason)
+    };
+    let (reason, message) = match cause {
+        Some((reason, message)) => (Some(reason), Some(message)),
+        None => (None, None),
     };
     Outcome {
         phase: reason.map_or(Phase::Completed, Reason::phase),
-        message: reason.map(|_| message),
+        message,
         reason,
         exit_code: exit.exit_code,
         signal: exit.signal,
@@ -242,6 +171,91 @@ pub fn decide(
             memory_peak_bytes: exit.memory_peak_bytes,
         }),
     }
+}
+
+/// No exit report: the wrapper itself was stopped before it could write one.
+fn without_exit(
+    record: Option<&Record>,
+    container_reason: Option<&str>,
+    pod_reason: Option<&str>,
+    cancel_requested: bool,
+) -> Outcome {
+    if container_reason == Some("OOMKilled") {
+        return Outcome::ended(Reason::OomKilled, "the sandbox ran out of memory");
+    }
+    if cancel_requested {
+        return Outcome::ended(Reason::Cancelled, "the run was cancelled");
+    }
+    if pod_reason == Some("DeadlineExceeded") {
+        return Outcome::ended(Reason::DeadlineExceeded, BACKSTOP);
+    }
+    let detail = match (container_reason, record.map(|r| r.diagnostics.join("; "))) {
+        (_, Some(d)) if !d.is_empty() => d,
+        (Some(r), _) => format!("runner container ended ({r}) without a result"),
+        (None, _) => format!(
+            "runner pod ended ({}) without a result",
+            pod_reason.unwrap_or("unknown reason")
+        ),
+    };
+    Outcome::ended(Reason::PodFailed, detail)
+}
+
+const BACKSTOP: &str = "the pod's deadline (the backstop) ended the run";
+
+/// The wrapper was told to stop (SIGTERM): by a cancel, by the pod's backstop deadline, or
+/// by someone deleting the pod.
+fn stopped(cancel_requested: bool, pod_reason: Option<&str>) -> Option<(Reason, String)> {
+    Some(if cancel_requested {
+        (Reason::Cancelled, "the run was cancelled".into())
+    } else if pod_reason == Some("DeadlineExceeded") {
+        (Reason::DeadlineExceeded, BACKSTOP.into())
+    } else {
+        (
+            Reason::PodFailed,
+            "the runner pod was stopped before the program finished".into(),
+        )
+    })
+}
+
+/// The limit that ended the program, or the fault that kept it from running; `None` when it
+/// exited by itself with everything kept.
+fn limit_or_fault(
+    exit: &runner_protocol::ExitReport,
+    record: Option<&Record>,
+    container_reason: Option<&str>,
+) -> Option<(Reason, String)> {
+    let (reason, message) = if exit.timed_out {
+        (Reason::TimedOut, "the program ran past its timeout")
+    } else if exit.oom_killed || container_reason == Some("OOMKilled") {
+        (Reason::OomKilled, "the program ran out of memory")
+    } else if exit.cpu_limit_exceeded {
+        (Reason::CpuLimitExceeded, "the program used up its CPU time")
+    } else if exit.file_size_exceeded {
+        (
+            Reason::OutputLimitExceeded,
+            "the program wrote a file past the size limit",
+        )
+    } else if exit.disk_full {
+        (
+            Reason::DiskLimitExceeded,
+            "the program's /work or /tmp was full (disk_mb)",
+        )
+    } else if let Some(err) = &exit.error {
+        return Some((Reason::RunnerError, err.clone()));
+    } else if let Some(r) = record.filter(|r| r.artifact_limit_exceeded) {
+        let over = r
+            .skipped
+            .iter()
+            .filter(|s| s.reason.is_over_a_limit())
+            .count();
+        return Some((
+            Reason::ArtifactLimitExceeded,
+            format!("{over} output file(s) over the limits were not kept"),
+        ));
+    } else {
+        return None;
+    };
+    Some((reason, message.into()))
 }
 
 #[cfg(test)]
@@ -264,7 +278,7 @@ mod tests {
             exit_code: Some(3),
             ..Default::default()
         });
-        let o = decide(Some(&r), None, None, false);
+        let o = judge(Some(&r), None, None, false);
         assert_eq!(
             (o.phase, o.exit_code, o.reason),
             (Phase::Completed, Some(3), None)
@@ -321,7 +335,7 @@ mod tests {
             ),
         ];
         for (exit, want) in cases {
-            let o = decide(Some(&record(exit)), None, None, false);
+            let o = judge(Some(&record(exit)), None, None, false);
             assert_eq!((o.phase, o.reason), (want.phase(), Some(want)));
         }
         let c = record(ExitReport {
@@ -330,7 +344,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            decide(Some(&c), None, None, true).reason,
+            judge(Some(&c), None, None, true).reason,
             Some(Reason::Cancelled)
         );
     }
@@ -342,13 +356,13 @@ mod tests {
             exit_code: 137,
             ..Default::default()
         };
-        let o = decide(None, Some(&t), None, false);
+        let o = judge(None, Some(&t), None, false);
         assert_eq!(o.reason, Some(Reason::OomKilled));
     }
 
     #[test]
     fn the_backstop_deadline_without_a_report_is_a_timeout() {
-        let o = decide(None, None, Some("DeadlineExceeded"), false);
+        let o = judge(None, None, Some("DeadlineExceeded"), false);
         assert_eq!(o.phase, Phase::TimedOut);
     }
 
@@ -364,7 +378,7 @@ mod tests {
             reason: SkipReason::TooLarge,
             detail: String::new(),
         });
-        let o = decide(Some(&r), None, None, false);
+        let o = judge(Some(&r), None, None, false);
         assert_eq!(
             (o.phase, o.reason, o.exit_code),
             (Phase::Failed, Some(Reason::ArtifactLimitExceeded), Some(0))

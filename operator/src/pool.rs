@@ -1,25 +1,32 @@
 //! Warm pools: pods started ahead of time, each waiting on stdin for one job. A run whose
 //! limits match a pool's shape claims an idle pod (an optimistic write guarded by the pod's
 //! resourceVersion: of two claims one wins, the other tries another pod or goes cold),
-//! becomes its owner, gets its job over attach, and the pod is deleted when the run ends:
-//! never reused. The manager keeps each pool at its size, replaces idle pods past their age,
-//! and refills only with room no waiting run needs.
+//! becomes its owner, gets its job over the attach session this process holds open to the
+//! pod, and the pod is deleted when the run ends: never reused. The pools are tended as the
+//! cluster's pods change: each kept at its size, idle pods past their age replaced, refills
+//! made only with room no waiting run needs.
+//!
+//! Runner containers have `stdinOnce`: when a session closes, the pod's stdin closes for
+//! good, its wrapper sees no job and exits. So a session is never dropped while its pod
+//! could still be claimed, and pods another process (an earlier leader) held are replaced.
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
-use codeinterp_crds::{Applied, CodeRun, EffectiveLimits, POOL_LABEL, RUN_UID_LABEL};
+use codeinterp_crds::{Applied, CodeRun, EffectiveLimits, HELD_LABEL, POOL_LABEL, RUN_UID_LABEL};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
-use kube::api::{AttachedProcess, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use tokio::time::Duration;
 
 use crate::admission::Demand;
 use crate::config::PoolSpec;
 use crate::context::Context;
+use crate::kube_io::delete_by_uid;
 use crate::metrics::PoolLabels;
 use crate::pod_spec::{self, Shape};
 use crate::status::MANAGER;
+use crate::streams::Attached;
 
 fn is_running(pod: &Pod) -> bool {
     pod.status
@@ -41,11 +48,13 @@ fn is_gone_or_going(pod: &Pod) -> bool {
 /// The unclaimed, live pods carrying the pool's label in the pools' namespace.
 fn pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
     let name = pool.name();
-    ctx.pods
+    let ns = ctx.settings.sandbox_namespace();
+    ctx.cluster
+        .pods
         .state()
         .into_iter()
         .filter(|p| {
-            p.namespace().as_deref() == Some(ctx.cfg.sandbox_namespace.as_str())
+            p.namespace().as_deref() == Some(ns)
                 && p.labels().get(POOL_LABEL) == Some(&name)
                 && !p.labels().contains_key(RUN_UID_LABEL)
                 && p.owner_references().is_empty()
@@ -59,8 +68,8 @@ fn pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
 fn claimable(ctx: &Context, pool: &PoolSpec, applied: &Applied) -> Vec<Arc<Pod>> {
     let mut pods: Vec<_> = pool_pods(ctx, pool)
         .into_iter()
-        .filter(|p| is_running(p) && ctx.held.is_open(&p.uid().unwrap_or_default()))
-        .filter(|p| pod_spec::is_trusted_pool_pod(p, pool, &ctx.cfg, applied))
+        .filter(|p| is_running(p) && ctx.index.slot_is_open(&p.uid().unwrap_or_default()))
+        .filter(|p| pod_spec::is_trusted_pool_pod(p, pool, ctx.cfg(), applied))
         .collect();
     // The oldest first: they are the next to age out anyway.
     pods.sort_by_key(|p| p.creation_timestamp().map(|t| t.0));
@@ -72,7 +81,8 @@ pub fn free_counts(ctx: &Context) -> HashMap<String, usize> {
     let Ok(applied) = ctx.isolation() else {
         return HashMap::new();
     };
-    ctx.pools
+    ctx.settings
+        .pools
         .iter()
         .map(|p| (p.name(), claimable(ctx, p, &applied).len()))
         .collect()
@@ -86,183 +96,47 @@ pub async fn claim(
     limits: &EffectiveLimits,
     pool: &PoolSpec,
     applied: &Applied,
-) -> Option<(Pod, AttachedProcess)> {
-    let api = ctx.pods_api(&ctx.cfg.sandbox_namespace);
+) -> Option<(Pod, Attached)> {
+    let api = ctx.pods_api(ctx.settings.sandbox_namespace());
     for candidate in claimable(ctx, pool, applied).into_iter().take(3) {
-        let name = candidate.name_any();
         let uid = candidate.uid().unwrap_or_default();
         // Taken first: no other claim gets the pod, and the pool's tending cannot close the
         // session while the claim is in flight.
-        let Some(session) = ctx.held.take(&uid) else {
+        let Some(session) = ctx.index.take_slot(&uid) else {
             continue;
         };
         let idle = pod_spec::seconds_since_start(
             &candidate,
             k8s_openapi::jiff::Timestamp::now().as_second(),
         );
-        let patch = pod_spec::claim_patch(run, &candidate, limits, &ctx.cfg, idle);
+        let patch = pod_spec::claim_patch(run, &candidate, limits, ctx.cfg(), idle);
         let params = PatchParams {
             field_manager: Some(MANAGER.into()),
             ..Default::default()
         };
-        match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+        match api
+            .patch(&candidate.name_any(), &params, &Patch::Merge(&patch))
+            .await
+        {
             Ok(pod) => return Some((pod, session)),
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                tracing::debug!(pod = %name, "lost a claim race; trying another pod");
-                ctx.held.put_back(&uid, session);
-            }
             Err(e) => {
-                tracing::warn!(pod = %name, error = %e, "claiming a pool pod");
-                ctx.held.put_back(&uid, session);
+                tracing::debug!(pod = %candidate.name_any(), error = %e, "a claim failed; trying another pod");
+                ctx.index.put_back_slot(&uid, session);
             }
         }
     }
     None
 }
 
-async fn delete(ctx: &Context, pod: &Pod, why: &str) {
-    let dp = DeleteParams {
-        grace_period_seconds: Some(0),
-        preconditions: Some(Preconditions {
-            uid: pod.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    let ns = pod.namespace().unwrap_or_default();
-    match ctx.pool_pods(&ns).delete(&pod.name_any(), &dp).await {
-        Ok(_) => tracing::info!(pod = %pod.name_any(), why, "deleted a pool pod"),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-        Err(e) => tracing::warn!(pod = %pod.name_any(), error = %e, "deleting a pool pod"),
-    }
-}
-
-/// One pass over every pool: replace what is stale, fill what is short.
-async fn tend(ctx: &Context, created: &mut HashMap<String, Vec<String>>) {
-    let Ok(applied) = ctx.isolation() else {
-        return;
-    };
-    let ns = ctx.cfg.sandbox_namespace.clone();
-    if let Err(e) = ctx.ensure_deny_all(&ns).await {
-        tracing::warn!(error = %e, "the deny-all policy of the pools' namespace");
-        return;
-    }
-    let max_age = ctx.cfg.pool_max_idle_seconds as i64;
-    let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    let me = crate::held::label_value(&ctx.identity);
-    let mut idle = HashSet::new();
-    for pool in &ctx.pools {
-        let name = pool.name();
-        let pods = pool_pods(ctx, pool);
-        let (mut live, stale): (Vec<_>, Vec<_>) = pods.into_iter().partition(|p| {
-            let young = p
-                .creation_timestamp()
-                .is_none_or(|t| now - t.0.as_second() < max_age);
-            // Held by another process (an earlier leader): its stdin closes with that
-            // process's session, so it cannot be handed a job.
-            let foreign = p
-                .labels()
-                .get(codeinterp_crds::HELD_LABEL)
-                .is_some_and(|by| *by != me);
-            young && !foreign && pod_spec::is_trusted_pool_pod(p, pool, &ctx.cfg, &applied)
-        });
-        for pod in &stale {
-            delete(ctx, pod, "stale, old, or held by another process").await;
-        }
-        let ready: Vec<(String, String)> = live
-            .iter()
-            .filter(|p| is_running(p))
-            .filter_map(|p| Some((p.uid()?, p.name_any())))
-            .collect();
-        idle.extend(ready.iter().map(|(uid, _)| uid.clone()));
-        ctx.held.open(
-            &ctx.pods_api(&ns),
-            &ctx.pool_pods(&ns),
-            &ctx.identity,
-            crate::session::STREAM_BUFFER,
-            ready,
-        );
-        // Pods created a moment ago may not be in the cache yet.
-        let seen: HashSet<String> = live.iter().map(|p| p.name_any()).collect();
-        let mine = created.entry(name.clone()).or_default();
-        mine.retain(|n| !seen.contains(n));
-        let count = live.len() + mine.len();
-        let held = live
-            .iter()
-            .filter(|p| ctx.held.is_open(&p.uid().unwrap_or_default()))
-            .count();
-        ctx.metrics
-            .pool_idle
-            .get_or_create(&PoolLabels { pool: name.clone() })
-            .set(held as i64);
-        if count > pool.size {
-            live.sort_by_key(|p| std::cmp::Reverse(p.creation_timestamp().map(|t| t.0)));
-            for pod in live.iter().take(count - pool.size) {
-                delete(ctx, pod, "more than the pool's size").await;
-            }
-            continue;
-        }
-        if count == pool.size {
-            continue;
-        }
-        // Runs waiting for room come first: a pool refills only with room left over.
-        let mut room = {
-            let mut queue = ctx.queue.lock().expect("lock");
-            if queue.waiting() > 0 {
-                continue;
-            }
-            ctx.room(&mut queue)
-        };
-        let shape = Shape::of_pool(pool);
-        let demand = Demand {
-            cpu_millicores: shape.cpu_request_millicores(),
-            memory_bytes: shape.memory_bytes(),
-        };
-        let api = ctx.pool_pods(&ns);
-        for _ in count..pool.size {
-            if !room.take(demand) {
-                break;
-            }
-            let pod = pod_spec::pool_pod(pool, &ns, &ctx.cfg, &applied);
-            let params = PostParams {
-                field_manager: Some(MANAGER.into()),
-                ..Default::default()
-            };
-            match api.create(&params, &pod).await {
-                Ok(p) => {
-                    ctx.metrics
-                        .pool_created
-                        .get_or_create(&PoolLabels { pool: name.clone() })
-                        .inc();
-                    created.entry(name.clone()).or_default().push(p.name_any());
-                }
-                Err(e) => {
-                    tracing::warn!(pool = %name, error = %e, "creating a pool pod");
-                    break;
-                }
-            }
-        }
-    }
-    // Sessions of pods that left the pools (claimed ones were taken) are closed.
-    ctx.held.retain(&idle);
-}
-
 /// Tends the pools whenever the cluster's pods change (and every few seconds).
 pub async fn run(ctx: Arc<Context>, changes: impl Stream<Item = ()> + Send + 'static) {
-    if ctx.pools.is_empty() {
-        return;
+    if ctx.settings.pools.is_empty() {
+        return std::future::pending().await;
     }
     let mut changes = std::pin::pin!(changes);
-    let mut created: HashMap<String, Vec<String>> = HashMap::new();
-    let mut rounds = 0u32;
     loop {
-        ctx.starts.pause().await;
-        tend(&ctx, &mut created).await;
-        rounds = rounds.wrapping_add(1);
-        // Pods created a while ago and still not seen are forgotten.
-        if rounds.is_multiple_of(20) {
-            created.clear();
-        }
+        ctx.churn.quiet().await;
+        tend(&ctx).await;
         tokio::select! {
             _ = changes.next() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -272,7 +146,148 @@ pub async fn run(ctx: Arc<Context>, changes: impl Stream<Item = ()> + Send + 'st
     }
 }
 
-/// Whether the pod was a pool pod (claimed or not): how a run that claimed it started.
-pub fn is_pool_pod_name(pod: &Pod) -> bool {
-    pod.labels().contains_key(POOL_LABEL)
+/// One pass over every pool: replace what is stale, hold sessions to the idle, fill what is
+/// short.
+async fn tend(ctx: &Context) {
+    let Ok(applied) = ctx.isolation() else {
+        return;
+    };
+    let ns = ctx.settings.sandbox_namespace().to_string();
+    if let Err(e) = ctx.ensure_deny_all(&ns).await {
+        tracing::warn!(error = %e, "the deny-all policy of the pools' namespace");
+        return;
+    }
+    let mut idle = HashSet::new();
+    for pool in &ctx.settings.pools {
+        let live = keep_fresh(ctx, pool, &applied).await;
+        let ready = hold_sessions(ctx, &live).await;
+        idle.extend(ready);
+        resize(ctx, pool, live, &applied).await;
+    }
+    // Sessions of pods that left the pools (claimed ones were taken) are closed.
+    ctx.index.retain_slots(&idle);
+}
+
+/// The pool's pods that may stay; the others (old, not what this operator would make, held
+/// by another process) are deleted.
+async fn keep_fresh(ctx: &Context, pool: &PoolSpec, applied: &Applied) -> Vec<Arc<Pod>> {
+    let max_age = ctx.cfg().pool_max_idle_seconds as i64;
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let me = crate::identity_label(&ctx.settings.identity);
+    let (live, stale): (Vec<_>, Vec<_>) = pool_pods(ctx, pool).into_iter().partition(|p| {
+        let young = p
+            .creation_timestamp()
+            .is_none_or(|t| now - t.0.as_second() < max_age);
+        // Held by another process: its stdin closes with that process's session.
+        let foreign = p.labels().get(HELD_LABEL).is_some_and(|by| *by != me);
+        young && !foreign && pod_spec::is_trusted_pool_pod(p, pool, ctx.cfg(), applied)
+    });
+    for pod in &stale {
+        remove(ctx, pod, "stale, old, or held by another process").await;
+    }
+    live
+}
+
+/// Opens a session to each running idle pod that has none, and marks the pod as held by
+/// this process. Returns the UIDs of the running idle pods.
+async fn hold_sessions(ctx: &Context, live: &[Arc<Pod>]) -> Vec<String> {
+    let ready: Vec<(String, String)> = live
+        .iter()
+        .filter(|p| is_running(p))
+        .filter_map(|p| Some((p.uid()?, p.name_any())))
+        .collect();
+    let opens = ctx
+        .index
+        .slots_to_open(&ready)
+        .into_iter()
+        .map(|(uid, name)| async move {
+            let session = open_session(ctx, &uid, &name).await;
+            if let Err(e) = &session {
+                tracing::debug!(pod = %name, error = %e, "holding an attach session");
+            }
+            ctx.index.slot_opened(&uid, session.ok());
+        });
+    futures::future::join_all(opens).await;
+    ready.into_iter().map(|(uid, _)| uid).collect()
+}
+
+async fn open_session(ctx: &Context, uid: &str, name: &str) -> Result<Attached, kube::Error> {
+    let ns = ctx.settings.sandbox_namespace();
+    let session = ctx.streams.attach(ns, name).await?;
+    // Guarded by the UID: never a pod of the same name made since.
+    let patch = serde_json::json!({
+        "metadata": {"uid": uid, "labels": {HELD_LABEL: crate::identity_label(&ctx.settings.identity)}}
+    });
+    let pods: Api<Pod> = Api::namespaced(ctx.api.pool.clone(), ns);
+    pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(session)
+}
+
+/// Keeps the pool at its size: the newest extra pods go; missing ones are made while there
+/// is room no waiting run needs.
+async fn resize(ctx: &Context, pool: &PoolSpec, mut live: Vec<Arc<Pod>>, applied: &Applied) {
+    let name = pool.name();
+    let seen: HashSet<String> = live.iter().map(|p| p.name_any()).collect();
+    let count = live.len() + ctx.index.pool_pending(&name, &seen);
+    let held = live
+        .iter()
+        .filter(|p| ctx.index.slot_is_open(&p.uid().unwrap_or_default()))
+        .count();
+    ctx.metrics
+        .pool
+        .idle
+        .get_or_create(&PoolLabels { pool: name.clone() })
+        .set(held as i64);
+    if count > pool.size {
+        live.sort_by_key(|p| std::cmp::Reverse(p.creation_timestamp().map(|t| t.0)));
+        for pod in live.iter().take(count - pool.size) {
+            remove(ctx, pod, "more than the pool's size").await;
+        }
+    } else if count < pool.size && ctx.index.waiting() == 0 {
+        refill(ctx, pool, pool.size - count, applied).await;
+    }
+}
+
+async fn refill(ctx: &Context, pool: &PoolSpec, missing: usize, applied: &Applied) {
+    let ns = ctx.settings.sandbox_namespace();
+    let mut room = ctx.room();
+    let shape = Shape::of_pool(pool);
+    let demand = Demand {
+        cpu_millicores: shape.cpu_request_millicores(),
+        memory_bytes: shape.memory_bytes(),
+    };
+    let api: Api<Pod> = Api::namespaced(ctx.api.pool.clone(), ns);
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    for _ in 0..missing {
+        if !room.take(demand) {
+            break;
+        }
+        let pod = pod_spec::pool_pod(pool, ns, ctx.cfg(), applied);
+        match api.create(&params, &pod).await {
+            Ok(p) => {
+                ctx.metrics
+                    .pool
+                    .created
+                    .get_or_create(&PoolLabels { pool: pool.name() })
+                    .inc();
+                ctx.index.pool_created(&pool.name(), &p.name_any());
+            }
+            Err(e) => {
+                tracing::warn!(pool = %pool.name(), error = %e, "creating a pool pod");
+                break;
+            }
+        }
+    }
+}
+
+async fn remove(ctx: &Context, pod: &Pod, why: &str) {
+    let api: Api<Pod> = Api::namespaced(ctx.api.pool.clone(), &pod.namespace().unwrap_or_default());
+    match delete_by_uid(&api, &pod.name_any(), pod.uid(), Some(0)).await {
+        Ok(()) => tracing::info!(pod = %pod.name_any(), why, "deleted a pool pod"),
+        Err(e) => tracing::warn!(pod = %pod.name_any(), error = %e, "deleting a pool pod"),
+    }
 }

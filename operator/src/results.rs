@@ -1,7 +1,7 @@
 //! Storing what a run produced: its output byte for byte, its output files, and last its
 //! record (a record's presence means everything it names is stored).
 use bytes::Bytes;
-use codeinterp_crds::{ArtifactRef, CodeRun};
+use codeinterp_crds::{ArtifactRef, CodeRun, StartMode};
 use codeinterp_store::{
     FileMeta, HEAD_BYTES, OutputStream, RECORD_VERSION, RunError, RunRecord, Store, StoreError,
     head, image_type,
@@ -25,66 +25,54 @@ pub struct Stored {
     pub record_key: String,
 }
 
+/// What is known of a finished run when its results are stored.
+pub struct Ended<'a> {
+    pub run: &'a CodeRun,
+    pub tenant: &'a str,
+    pub record: Option<&'a Record>,
+    pub outcome: &'a Outcome,
+    pub started_at: Option<i64>,
+    pub completed_at: i64,
+    pub start_mode: Option<StartMode>,
+}
+
 /// Stores the output, the files and the record of a finished run.
-pub async fn store(
-    store: &Store,
-    run: &CodeRun,
-    tenant: &str,
-    record: Option<&Record>,
-    outcome: &Outcome,
-    started_at: Option<i64>,
-    completed_at: i64,
-) -> Result<Stored, StoreError> {
-    let id = run.name_any();
-    let uid = run.uid().unwrap_or_default();
-    let ns = run.namespace().unwrap_or_default();
+pub async fn store(store: &Store, ended: &Ended<'_>) -> Result<Stored, StoreError> {
+    let uid = ended.run.uid().unwrap_or_default();
+    let ns = ended.run.namespace().unwrap_or_default();
+    let record = ended.record;
     let (stdout, stderr) = record.map_or((&[][..], &[][..]), |r| (&r.stdout[..], &r.stderr[..]));
     for (stream, bytes) in [
         (OutputStream::Stdout, stdout),
         (OutputStream::Stderr, stderr),
     ] {
         store
-            .put_output(tenant, &ns, &uid, stream, Bytes::copy_from_slice(bytes))
+            .put_output(
+                ended.tenant,
+                &ns,
+                &uid,
+                stream,
+                Bytes::copy_from_slice(bytes),
+            )
             .await?;
     }
-    let mut artifacts = Vec::new();
-    for a in record.map(|r| r.artifacts.as_slice()).unwrap_or_default() {
-        let file_id = artifact_id(&uid, &a.name);
-        let meta = FileMeta {
-            id: file_id.clone(),
-            tenant: tenant.to_string(),
-            bytes: a.bytes,
-            created_at: completed_at,
-            filename: a.name.clone(),
-            purpose: "assistants_output".into(),
-            sha256: a.sha256.clone(),
-            run_id: Some(id.clone()),
-            content_type: image_type(&a.content).map(str::to_string),
-        };
-        store
-            .put_file(&meta, Bytes::copy_from_slice(&a.content))
-            .await?;
-        artifacts.push(ArtifactRef {
-            id: file_id,
-            name: a.name.clone(),
-            bytes: a.bytes,
-            sha256: a.sha256.clone(),
-        });
-    }
+    let artifacts = store_artifacts(store, ended).await?;
+    let outcome = ended.outcome;
     let rec = RunRecord {
         v: RECORD_VERSION,
-        id,
+        id: ended.run.name_any(),
         uid,
-        tenant: tenant.to_string(),
+        tenant: ended.tenant.to_string(),
         namespace: ns,
         phase: outcome.phase,
-        language: run.spec.language,
-        created_at: run
+        language: ended.run.spec.language,
+        created_at: ended
+            .run
             .creation_timestamp()
             .map(|t| t.0.as_second())
-            .unwrap_or(completed_at),
-        started_at,
-        completed_at: Some(completed_at),
+            .unwrap_or(ended.completed_at),
+        started_at: ended.started_at,
+        completed_at: Some(ended.completed_at),
         exit_code: outcome.exit_code,
         signal: outcome.signal,
         stdout_head: head(stdout, HEAD_BYTES),
@@ -99,11 +87,45 @@ pub async fn store(
             code,
             message: outcome.message.clone().unwrap_or_default(),
         }),
-        start_mode: run.status.as_ref().and_then(|s| s.start_mode),
+        start_mode: ended.start_mode,
     };
     let record_key = store.put_run(&rec).await?;
     Ok(Stored {
         artifacts,
         record_key,
     })
+}
+
+/// The run's output files, each stored under an id derived from the run and its name.
+async fn store_artifacts(store: &Store, ended: &Ended<'_>) -> Result<Vec<ArtifactRef>, StoreError> {
+    let uid = ended.run.uid().unwrap_or_default();
+    let mut artifacts = Vec::new();
+    for a in ended
+        .record
+        .map(|r| r.artifacts.as_slice())
+        .unwrap_or_default()
+    {
+        let file_id = artifact_id(&uid, &a.name);
+        let meta = FileMeta {
+            id: file_id.clone(),
+            tenant: ended.tenant.to_string(),
+            bytes: a.bytes,
+            created_at: ended.completed_at,
+            filename: a.name.clone(),
+            purpose: "assistants_output".into(),
+            sha256: a.sha256.clone(),
+            run_id: Some(ended.run.name_any()),
+            content_type: image_type(&a.content).map(str::to_string),
+        };
+        store
+            .put_file(&meta, Bytes::copy_from_slice(&a.content))
+            .await?;
+        artifacts.push(ArtifactRef {
+            id: file_id,
+            name: a.name.clone(),
+            bytes: a.bytes,
+            sha256: a.sha256.clone(),
+        });
+    }
+    Ok(artifacts)
 }

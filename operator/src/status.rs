@@ -142,22 +142,18 @@ pub fn queued(mut status: CodeRunStatus, position: u32, why: &str) -> CodeRunSta
     status
 }
 
-/// The job was handed to the pod: the program runs.
-pub fn running(
+/// Where the program ran: its pod, how the run got it, and the isolation applied.
+pub fn ran_in(
     mut status: CodeRunStatus,
     pod_name: &str,
     mode: StartMode,
     applied: &Applied,
-    generation: Option<i64>,
 ) -> CodeRunStatus {
     let t = now();
-    status.phase = Some(Phase::Running);
     status.queue_position = None;
     status.pod_name = Some(pod_name.to_string());
     status.start_mode = Some(mode);
     status.applied = Some(applied.clone());
-    status.started_at.get_or_insert_with(|| t.clone());
-    status.observed_generation = generation;
     let how = match mode {
         StartMode::Warm => ConditionReason::PodClaimed,
         StartMode::Cold => ConditionReason::PodCreated,
@@ -170,12 +166,44 @@ pub fn running(
         &t,
     );
     status.set_condition(ConditionType::PodReady, true, how, pod_name, &t);
+    status
+}
+
+/// The job was handed to the pod and the program runs.
+pub fn running(
+    status: CodeRunStatus,
+    pod_name: &str,
+    mode: StartMode,
+    applied: &Applied,
+    generation: Option<i64>,
+) -> CodeRunStatus {
+    let mut status = ran_in(status, pod_name, mode, applied);
+    let t = now();
+    status.phase = Some(Phase::Running);
+    status.started_at.get_or_insert_with(|| t.clone());
+    status.observed_generation = generation;
     status.set_condition(
         ConditionType::Started,
         true,
         ConditionReason::ProgramStarted,
         "the job was handed to the runner",
         &t,
+    );
+    status
+}
+
+/// The run's pod never got its job: it is given a new one (nothing ran).
+pub fn restarted(mut status: CodeRunStatus, pod_name: &str, why: &str) -> CodeRunStatus {
+    status.phase = Some(Phase::Queued);
+    status.restarts += 1;
+    status.pod_name = None;
+    status.start_mode = None;
+    status.set_condition(
+        ConditionType::PodReady,
+        false,
+        ConditionReason::PodReplaced,
+        &format!("{pod_name}: {why}"),
+        &now(),
     );
     status
 }
@@ -210,6 +238,16 @@ pub fn finished(
     if let Some(usage) = &outcome.usage {
         status.duration = Some(format!("{:.2}s", usage.wall_ms as f64 / 1000.0));
         status.usage = Some(usage.clone());
+    }
+    if status.started_at.is_none()
+        && let Some(usage) = &outcome.usage
+    {
+        // A program that ended before its Running status was due: it started its wall time
+        // before it ended.
+        let started = completed_at.0.as_millisecond() - usage.wall_ms as i64;
+        status.started_at = k8s_openapi::jiff::Timestamp::from_millisecond(started)
+            .ok()
+            .map(Time);
     }
     status.completed_at = Some(completed_at.clone());
     if let Some(out) = output {

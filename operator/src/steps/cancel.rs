@@ -3,7 +3,6 @@
 //! wrapper, which kills the program and still writes what it printed) and keeps the pod, so
 //! its record can be read to the end.
 use std::sync::Arc;
-use std::time::Duration;
 
 use codeinterp_crds::{CodeRun, Reason};
 use k8s_openapi::api::core::v1::Pod;
@@ -12,12 +11,12 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
+use tokio::time::Duration;
 
 use crate::Error;
 use crate::context::Context;
 use crate::outcome::Outcome;
-use crate::reconcile::finish;
-use crate::session::{self, Delivery};
+use crate::steps::{finish, read};
 
 pub async fn unstarted(
     ctx: &Arc<Context>,
@@ -32,12 +31,9 @@ pub async fn unstarted(
 pub async fn stop(
     ctx: &Arc<Context>,
     run: &CodeRun,
-    pod: Option<&Pod>,
-    also_read: bool,
+    pod: &Pod,
+    read: bool,
 ) -> Result<Action, Error> {
-    let Some(pod) = pod else {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    };
     let deadline = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds);
     if deadline != Some(1) {
         let patch = json!({"spec": {"activeDeadlineSeconds": 1}});
@@ -48,16 +44,16 @@ pub async fn stop(
                 &Patch::Strategic(&patch),
             )
             .await?;
-        ctx.publish(
+        ctx.record(
             run,
             EventType::Normal,
             "Cancelling",
             "Cancel",
-            "stopping the program; its output so far is kept".into(),
+            "stopping the program; its output so far is kept",
         );
     }
-    if also_read {
-        session::start(ctx, run, pod.clone(), Delivery::Unknown, None);
+    if read {
+        read::start(ctx, run, pod.clone(), read::How::Resume);
     }
     Ok(Action::requeue(Duration::from_secs(2)))
 }

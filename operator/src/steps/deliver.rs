@@ -1,0 +1,165 @@
+//! Handing a pod its job: attach to it (or use the session held open to it), write the job
+//! to its stdin, and read the record from the same stream as the wrapper writes it, so the
+//! run is over when the end frame arrives, not when the kubelet notices the exit. `Running`
+//! is written once the program has run for a moment: a program that ends sooner goes from
+//! waiting to finished in one status write.
+use codeinterp_crds::CodeRun;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use runner_protocol::{Decoder, Event, Followed, Follower};
+use tokio::time::{Duration, Instant, sleep_until};
+
+use crate::Error;
+use crate::context::Context;
+use crate::inputs;
+use crate::kube_io::update_status;
+use crate::outcome::Outcome;
+use crate::status;
+use crate::steps::place::start_mode;
+use crate::streams::Attached;
+
+/// How long the program runs before its `Running` status is written.
+pub const RUNNING_GRACE: Duration = Duration::from_millis(100);
+/// Attempts at attaching to a pod that has no session held open.
+const ATTACH_ATTEMPTS: u32 = 3;
+
+pub enum Delivered {
+    /// The job was written (or the writing broke off: the record says so) and the stream
+    /// was read; `run` is the run as the `Running` write left it, if it was written.
+    Read {
+        followed: Box<Followed>,
+        run: Option<Box<CodeRun>>,
+    },
+    /// The pod could not be reached: the job never got to it.
+    NotHanded { why: String },
+    /// The run's inputs are refused: it ends without a pod.
+    Refused(Outcome),
+}
+
+pub async fn deliver(
+    ctx: &Context,
+    run: &CodeRun,
+    pod: &Pod,
+    held: Option<Attached>,
+    deadline: Instant,
+) -> Result<Delivered, Error> {
+    let inputs = match inputs::for_run(ctx, run).await {
+        Ok(inputs) => inputs,
+        Err(refusal) => {
+            return Ok(Delivered::Refused(Outcome::ended(
+                refusal.reason,
+                refusal.message,
+            )));
+        }
+    };
+    let mut session = match held {
+        Some(session) => session,
+        None => match attach(ctx, pod).await {
+            Ok(session) => session,
+            Err(why) => return Ok(Delivered::NotHanded { why }),
+        },
+    };
+    let (Some(mut stdin), Some(stdout)) = (session.stdin.take(), session.stdout.take()) else {
+        return Ok(Delivered::NotHanded {
+            why: "the attach session has no stdin or stdout".into(),
+        });
+    };
+    // The wrapper writes nothing before it has the whole job, so the write cannot wait on
+    // unread output. A write that breaks off leaves a job cut short: the record says so.
+    if let Err(e) = inputs.write(&ctx.store, &mut stdin).await {
+        tracing::warn!(pod = %pod.name_any(), error = %e, "writing the job");
+    }
+    ctx.record(
+        run,
+        EventType::Normal,
+        "Started",
+        "Run",
+        &format!("the job was handed to {}", pod.name_any()),
+    );
+    let follower = Follower::new(stdout, Decoder::new(&ctx.limits(run)));
+    let (followed, written) = read_stream(ctx, run, pod, follower, deadline).await;
+    // Holding stdin open until now keeps the stream whole; dropping it ends the session.
+    drop((stdin, session));
+    Ok(Delivered::Read {
+        followed: Box::new(followed),
+        run: written.map(Box::new),
+    })
+}
+
+async fn attach(ctx: &Context, pod: &Pod) -> Result<Attached, String> {
+    let ns = pod.namespace().unwrap_or_default();
+    let mut attempt = 0;
+    loop {
+        match ctx.streams.attach(&ns, &pod.name_any()).await {
+            Ok(session) => return Ok(session),
+            Err(e) if attempt + 1 < ATTACH_ATTEMPTS => {
+                attempt += 1;
+                tracing::debug!(pod = %pod.name_any(), error = %e, "attaching; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(format!("could not attach to the runner pod: {e}")),
+        }
+    }
+}
+
+type Write = BoxFuture<'static, Result<(CodeRun, bool), Error>>;
+
+/// Reads the record until its end frame, the stream's end or `deadline`, writing `Running`
+/// once the program has run for [`RUNNING_GRACE`].
+async fn read_stream<R>(
+    ctx: &Context,
+    run: &CodeRun,
+    pod: &Pod,
+    mut follower: Follower<R>,
+    deadline: Instant,
+) -> (Followed, Option<CodeRun>)
+where
+    R: futures::io::AsyncRead + Unpin,
+{
+    let mut started: Option<Instant> = None;
+    let mut writing: Option<Write> = None;
+    let mut written = None;
+    loop {
+        let due = started.filter(|_| writing.is_none() && written.is_none());
+        tokio::select! {
+            event = follower.next() => match event {
+                None => break,
+                Some(Event::Started) => started = Some(Instant::now()),
+                Some(_) => {}
+            },
+            _ = sleep_until(due.map_or(deadline, |t| t + RUNNING_GRACE)), if due.is_some() => {
+                writing = Some(write_running(ctx, run, pod));
+            }
+            result = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
+                writing = None;
+                written = Some(result);
+            }
+            _ = sleep_until(deadline) => break,
+        }
+    }
+    // A write in flight lands before the final one is made.
+    if let Some(write) = writing {
+        written = Some(write.await);
+    }
+    let written = written.and_then(|r| {
+        r.map_err(|e| tracing::warn!(error = %e, "writing the Running status"))
+            .ok()
+            .map(|(run, _)| run)
+    });
+    (follower.finish(), written)
+}
+
+fn write_running(ctx: &Context, run: &CodeRun, pod: &Pod) -> Write {
+    let api = ctx.runs_api(&run.namespace().unwrap_or_default());
+    let applied = ctx.isolation().unwrap_or_default();
+    let (run, pod_name, mode) = (run.clone(), pod.name_any(), start_mode(pod));
+    let generation = run.metadata.generation;
+    Box::pin(async move {
+        update_status(&api, &run, |s| {
+            status::running(s, &pod_name, mode, &applied, generation)
+        })
+        .await
+    })
+}
