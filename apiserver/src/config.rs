@@ -96,7 +96,6 @@ pub struct Settings {
 }
 
 impl Config {
-
     /// The settings, or what is wrong with them (naming the setting).
     pub fn settings(&self) -> Result<Settings, String> {
         let rate = |name: &str, rps: f64| {
@@ -176,7 +175,6 @@ pub enum KeysError {
     #[error("API_KEYS entry {0} (label {1:?}) repeats the token of entry {2}")]
     Duplicate(usize, String, usize),
 }
-
 
 /// A tenant label: a DNS label, so it fits a Kubernetes label value and a storage path.
 pub fn valid_label(label: &str) -> bool {

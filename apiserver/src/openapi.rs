@@ -8,8 +8,9 @@ use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{events, files, health, runs};
+use crate::runs::events;
 use crate::state::AppState;
+use crate::{files, health, runs};
 
 struct BearerAuth;
 

@@ -10,14 +10,14 @@ use kube::Client;
 
 use crate::auth::Keys;
 use crate::config::{Config, Settings, parse_api_keys};
-use crate::finished::FinishedRuns;
+use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimits, quota};
-use crate::routes::health::Readiness;
 use crate::run_cache::RunCache;
+use crate::runs::events::StreamSlots;
+use crate::runs::finished::FinishedRuns;
 use crate::signing::Signer;
 use crate::state::{AppState, BINDINGS_CACHED};
-use crate::streams::StreamSlots;
 
 fn signer(cfg: &Config) -> anyhow::Result<Signer> {
     match cfg.signing_key.as_deref().filter(|k| !k.is_empty()) {
@@ -86,7 +86,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let runs = RunCache::start(client.clone(), &settings.namespace, cfg.shared.shard.as_deref());
+    let runs = RunCache::start(
+        client.clone(),
+        &settings.namespace,
+        cfg.shared.shard.as_deref(),
+    );
     let state = state(&cfg, settings, store, client, runs)?;
     tracing::info!(
         port = cfg.port,
@@ -98,7 +102,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         "apiserver starting"
     );
     let metrics_listener = bind(cfg.metrics_port).await?;
-    let metrics_app = crate::routes::health::metrics_app(state.metrics.clone());
+    let metrics_app = crate::health::metrics_app(state.metrics.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(metrics_listener, metrics_app).await {
             tracing::warn!(error = %e, "metrics server stopped");
@@ -115,7 +119,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "listening");
     axum::serve(
         listener,
-        crate::routes::app(state).into_make_service_with_connect_info::<SocketAddr>(),
+        crate::app::router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown())
     .await

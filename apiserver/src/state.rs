@@ -8,11 +8,13 @@ use kube::{Api, Client};
 
 use crate::auth::Keys;
 use crate::config::Settings;
-use crate::finished::FinishedRuns;
+use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::run_cache::RunCache;
-use crate::run_object::Links;
+use crate::runs::events::StreamSlots;
+use crate::runs::finished::FinishedRuns;
+use crate::runs::model::Links;
 use crate::signing::Signer;
 
 #[derive(Clone)]
@@ -30,9 +32,9 @@ pub struct AppState {
     /// Run ids bound to the UID of the CodeRun created under them.
     pub bindings: Arc<quick_cache::sync::Cache<(String, String), String>>,
     /// The last readiness answer, reused for a moment.
-    pub readiness: Arc<crate::routes::health::Readiness>,
+    pub readiness: Arc<Readiness>,
     /// Open event streams per tenant.
-    pub streams: Arc<crate::streams::StreamSlots>,
+    pub streams: Arc<StreamSlots>,
 }
 
 /// Run ids whose binding is remembered.

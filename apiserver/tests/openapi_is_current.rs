@@ -119,3 +119,25 @@ fn the_documented_limit_ranges_are_the_enforced_ones() {
         &serde_json::json!(["python", "node", "ruby", "php"])
     );
 }
+
+#[test]
+fn every_operation_that_takes_a_key_declares_its_401() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&codeinterp_apiserver::openapi::document()).unwrap();
+    let mut keyed = 0;
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let takes_a_key = operation["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
+            if takes_a_key {
+                keyed += 1;
+                assert!(
+                    operation["responses"].get("401").is_some(),
+                    "{method} {path} does not declare 401"
+                );
+            }
+        }
+    }
+    assert!(keyed >= 10, "only {keyed} operations take a key");
+}

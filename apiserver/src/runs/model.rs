@@ -4,7 +4,7 @@
 //! nothing but the freshly signed artifact URLs.
 use bytes::Bytes;
 use codeinterp_crds::{ArtifactRef, CodeRun, Phase};
-use codeinterp_store::RunRecord;
+use codeinterp_store::{HEAD_BYTES, RunRecord, head};
 use futures::stream;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -93,8 +93,9 @@ pub struct RunErrorInfo {
     pub message: String,
 }
 
-/// A run. Timestamps are unix seconds. In a list, `stdout` and `stderr` hold at most the
-/// first 4 KiB of each (retrieve the run for all of it).
+/// A run. Timestamps are unix seconds. In a list, and inside the events of a stream,
+/// `stdout` and `stderr` hold at most the first 4 KiB of each (retrieve the run for all of
+/// it; a stream carries all of it once, in `run.output.delta` events).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Run {
     pub id: String,
@@ -119,6 +120,19 @@ pub struct Run {
     pub usage: RunUsage,
     pub artifacts: Vec<Artifact>,
     pub error: Option<RunErrorInfo>,
+}
+
+impl Run {
+    /// The run with at most the first [`HEAD_BYTES`] of each stream (cut at a character
+    /// boundary), as lists and events carry it: small whatever the program printed.
+    pub fn with_heads(mut self) -> Run {
+        for text in [&mut self.stdout, &mut self.stderr] {
+            if text.len() > HEAD_BYTES {
+                *text = head(text.as_bytes(), HEAD_BYTES);
+            }
+        }
+        self
+    }
 }
 
 /// Makes the signed URLs of artifacts, all expiring at the same moment.
@@ -171,7 +185,8 @@ pub fn from_record(rec: &RunRecord, stdout: &[u8], stderr: &[u8], links: &Links<
     }
 }
 
-/// A list item of a finished run: the heads its record carries.
+/// A finished run as lists and events show it: the heads its record carries (a record of
+/// the first layout carries its whole output there, so they are cut too).
 pub fn list_item(rec: &RunRecord, links: &Links<'_>) -> Run {
     from_record(
         rec,
@@ -179,6 +194,7 @@ pub fn list_item(rec: &RunRecord, links: &Links<'_>) -> Run {
         rec.stderr_head.as_bytes(),
         links,
     )
+    .with_heads()
 }
 
 /// The run as the CodeRun's status tells it (a preview of the output).
@@ -475,6 +491,15 @@ mod tests {
         let none = Prepared::new(run.clone(), vec![]);
         let got: Run = serde_json::from_slice(&none.chunks(&links(&s)).concat()).unwrap();
         assert!(got.artifacts.is_empty());
+    }
+
+    #[test]
+    fn a_run_with_heads_keeps_the_first_4_kib_of_each_stream_whole_characters_only() {
+        let s = signer();
+        let long = "é".repeat(3000);
+        let run = from_record(&record(), long.as_bytes(), b"short", &links(&s)).with_heads();
+        assert_eq!(run.stdout, "é".repeat(2048));
+        assert_eq!(run.stderr, "short");
     }
 
     #[test]

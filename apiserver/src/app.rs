@@ -1,10 +1,4 @@
 //! Every route of the API, and the middleware around them, in one place.
-pub mod admin;
-pub mod events;
-pub mod files;
-pub mod health;
-pub mod runs;
-
 use std::time::Duration;
 
 use axum::Router;
@@ -20,7 +14,7 @@ use tracing::Level;
 
 use crate::error::{self, ApiError};
 use crate::state::AppState;
-use crate::{auth, metrics, openapi, ratelimit};
+use crate::{admin, auth, files, health, metrics, openapi, ratelimit, runs};
 
 /// JSON bodies: code and stdin are 256 KiB each, and JSON escaping can make them up to six
 /// times longer.
@@ -29,7 +23,7 @@ pub const JSON_BODY_LIMIT: usize = 4 * 1024 * 1024;
 const WAIT_MARGIN: Duration = Duration::from_secs(30);
 
 /// The whole application.
-pub fn app(state: AppState) -> Router {
+pub fn router(state: AppState) -> Router {
     // The API proper: a bearer token (or, for downloads, a signature), then a rate limit.
     let v1 = Router::new()
         .merge(runs::router())

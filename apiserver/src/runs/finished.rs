@@ -10,7 +10,7 @@ use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 use tokio::sync::Semaphore;
 
-use crate::run_object::{Links, Prepared, from_record};
+use crate::runs::model::{Links, Prepared, from_record};
 
 /// Runs loaded from storage at once: each holds up to its whole output (2 MiB) escaped
 /// into JSON (up to six times that).

@@ -1,5 +1,5 @@
-//! Slots for open event streams: each tenant may hold a bounded number at once, so streams
-//! cannot tie up the server for others.
+//! Slots for open event streams: each tenant may hold a bounded number at once
+//! (`MAX_STREAMS_PER_TENANT`), so streams cannot tie up the server for others.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

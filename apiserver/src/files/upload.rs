@@ -1,0 +1,160 @@
+//! Receiving an upload: a multipart form of one `file` and a `purpose`. The file streams to
+//! object storage under the size cap as it arrives; a form refused for any reason leaves no
+//! bytes behind.
+use axum::extract::multipart::{Field, Multipart, MultipartError};
+use axum::http::StatusCode;
+use codeinterp_store::{FileMeta, UploadError};
+use futures::StreamExt;
+
+use super::model::{new_file_id, upload_filename, valid_purpose};
+use crate::error::ApiError;
+use crate::state::{AppState, now_unix};
+
+/// A file's bytes, stored; its metadata is written only once the whole form is accepted.
+struct Stored {
+    id: String,
+    filename: String,
+    bytes: u64,
+    sha256: String,
+}
+
+#[derive(Default)]
+struct Form {
+    file: Option<Stored>,
+    purpose: Option<String>,
+}
+
+/// Reads the form, storing its file, and returns the new file's metadata (not written yet).
+pub async fn receive(
+    state: &AppState,
+    tenant: &str,
+    mut multipart: Multipart,
+) -> Result<FileMeta, ApiError> {
+    let mut form = Form::default();
+    let read = read_form(state, tenant, &mut multipart, &mut form).await;
+    let (file, purpose) = match read.and_then(|()| form.accept()) {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            if let Some(file) = &form.file
+                && let Err(e) = state.store.discard_upload(tenant, &file.id).await
+            {
+                tracing::warn!(error = %e, "could not remove a refused upload");
+            }
+            return Err(e);
+        }
+    };
+    Ok(FileMeta {
+        id: file.id,
+        tenant: tenant.to_string(),
+        bytes: file.bytes,
+        created_at: now_unix(),
+        filename: file.filename,
+        purpose,
+        sha256: file.sha256,
+        run_id: None,
+        // Uploads are never served for display, whatever they hold.
+        content_type: None,
+    })
+}
+
+impl Form {
+    /// The file and purpose of a complete form (taken out of it), or what a client must fix
+    /// first; a refused form keeps its file, to be discarded.
+    fn accept(&mut self) -> Result<(Stored, String), ApiError> {
+        match &self.purpose {
+            Some(p) if valid_purpose(p) => {}
+            Some(p) => {
+                return Err(ApiError::invalid(
+                    format!("purpose {p:?} is not valid; use e.g. \"assistants\""),
+                    "purpose".to_string(),
+                ));
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    "Missing required parameter: 'purpose'.",
+                    "purpose".to_string(),
+                ));
+            }
+        }
+        match (self.file.take(), self.purpose.take()) {
+            (Some(file), Some(purpose)) => Ok((file, purpose)),
+            _ => Err(ApiError::invalid(
+                "Missing required parameter: 'file'.",
+                "file".to_string(),
+            )),
+        }
+    }
+}
+
+async fn read_form(
+    state: &AppState,
+    tenant: &str,
+    multipart: &mut Multipart,
+    form: &mut Form,
+) -> Result<(), ApiError> {
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("file") if form.file.is_some() => {
+                return Err(ApiError::invalid(
+                    "give one file per upload",
+                    "file".to_string(),
+                ));
+            }
+            Some("file") => form.file = Some(store_file(state, tenant, field).await?),
+            Some("purpose") => form.purpose = Some(field.text().await.map_err(multipart_error)?),
+            other => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "Unrecognized request argument supplied: {}; expected file and purpose",
+                        other.unwrap_or("(unnamed part)")
+                    ),
+                    other.map(str::to_string),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams the file part to storage under a new id.
+async fn store_file(state: &AppState, tenant: &str, field: Field<'_>) -> Result<Stored, ApiError> {
+    let filename = upload_filename(field.file_name())
+        .ok_or_else(|| ApiError::invalid("the file part needs a filename", "file".to_string()))?;
+    let id = new_file_id();
+    let max = state.settings.max_upload_bytes;
+    let upload = state
+        .store
+        .put_file_stream(tenant, &id, field.boxed(), max)
+        .await?;
+    match upload {
+        Ok((bytes, sha256)) => Ok(Stored {
+            id,
+            filename,
+            bytes,
+            sha256,
+        }),
+        Err(UploadError::TooLarge(max)) => Err(too_large(max)),
+        // The body limit (the multipart framing around the cap) cut it.
+        Err(UploadError::Body(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(too_large(max))
+        }
+        Err(UploadError::Body(e)) => Err(ApiError::invalid(
+            format!("upload failed: {}", e.body_text()),
+            "file".to_string(),
+        )),
+    }
+}
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge(format!("The upload is too large: {}", e.body_text()))
+    } else {
+        ApiError::invalid(format!("Invalid multipart body: {}", e.body_text()), None)
+    }
+}
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "The file is larger than the {max} bytes allowed (MAX_UPLOAD_BYTES)."
+    ))
+}

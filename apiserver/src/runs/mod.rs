@@ -1,0 +1,201 @@
+//! `/v1/runs`: create a run (and by default wait for it), read one, list them, cancel one,
+//! follow its events. The handlers here only translate HTTP; [`service`] finds, creates and
+//! waits for runs, [`model`] is the run object of the wire, [`request`] the body of
+//! `POST /v1/runs` and its validation, [`events`] the event streams, [`finished`] the
+//! answers of finished runs kept in memory.
+pub mod events;
+pub mod finished;
+pub mod model;
+pub mod request;
+pub mod service;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::time::Instant;
+use utoipa::IntoParams;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use crate::pagination::{Page, check_limit};
+use crate::runs::model::Run;
+use crate::runs::request::{CreateRunRequest, check_input_size, validate};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/runs", post(create_run).get(list_runs))
+        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/v1/runs/{id}/events", get(events::get_events))
+}
+
+fn run_not_found(id: &str) -> ApiError {
+    ApiError::not_found("run", id)
+}
+
+/// Create a run
+///
+/// Validates the request, creates a CodeRun and, unless `wait` is false, waits for the run
+/// to finish (up to its timeout plus slack) and returns it with its output. With `"stream":
+/// true` the answer is the run's events as they happen (`text/event-stream`, as
+/// `GET /v1/runs/{id}/events`). A tenant with as many runs waiting for room as it may have
+/// gets 429 `queue_full`.
+#[utoipa::path(
+    post,
+    path = "/v1/runs",
+    tag = "runs",
+    request_body = CreateRunRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Repeating a request with the same key returns the run the first one created")),
+    responses(
+        (status = 200, description = "The run: finished, or as far as it got within the wait", body = Run),
+        (status = 200, description = "With `stream`: the run's events", content_type = "text/event-stream", body = events::RunEvent),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not a JSON body", body = ErrorBody),
+        (status = 429, description = "Rate limited, the tenant's queue is full (`queue_full`), or with `stream` too many open streams", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<CreateRunRequest>,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let tenant = caller.tenant.as_str();
+    let run = validate(request, &state.settings.maxima)?;
+    let (files, sizes) = service::input_files(&state, tenant, &run).await?;
+    check_input_size(&run, &sizes, &state.settings.maxima)?;
+    let key = service::idempotent_name(&headers, tenant)?;
+    if let Some(name) = &key
+        && let Some(done) = service::collected(&state, tenant, name).await?
+    {
+        // The first run finished and its CodeRun was collected: its record is the answer.
+        return Ok(done.into_response(&state));
+    }
+    if key.is_none() {
+        service::check_queue_room(&state, tenant)?;
+    }
+    // A stream's slot is taken before the run exists: a refused stream starts nothing.
+    let slot = run
+        .stream
+        .then(|| events::take_slot(&state, tenant))
+        .transpose()?;
+    let created = service::create(&state, tenant, key.as_deref(), &run, files).await?;
+    if let Some(slot) = slot {
+        let id = created.metadata.name.clone().unwrap_or_default();
+        return Ok(events::respond(&state, tenant, &id, &headers, slot));
+    }
+    let reply = if run.wait {
+        service::wait_for_end(&state, tenant, created, &run, received).await?
+    } else {
+        service::answer_for(&state, tenant, &created).await?
+    };
+    Ok(reply.into_response(&state))
+}
+
+/// Retrieve a run
+///
+/// The run with all its output.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    tag = "runs",
+    params(("id" = String, Path, description = "The run's id", max_length = 63)),
+    responses(
+        (status = 200, body = Run),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such run for this API key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match service::answer(&state, &caller.tenant, &id).await? {
+        Some(a) => Ok(a.into_response(&state)),
+        None => Err(run_not_found(&id)),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListRunsQuery {
+    /// How many runs, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// The id of the last run of the previous page.
+    #[param(max_length = 63)]
+    after: Option<String>,
+}
+
+/// List runs
+///
+/// The caller's runs, newest first. A list item carries at most the first 4 KiB of the
+/// run's stdout and stderr; retrieve the run for all of it.
+#[utoipa::path(
+    get,
+    path = "/v1/runs",
+    tag = "runs",
+    params(ListRunsQuery),
+    responses(
+        (status = 200, body = Page<Run>),
+        (status = 400, description = "Invalid limit or cursor", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_runs(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListRunsQuery>,
+) -> Result<Json<Page<Run>>, ApiError> {
+    let limit = check_limit(query.limit)?;
+    let after = query.after.as_deref();
+    match service::list(&state, &caller.tenant, after, limit).await? {
+        Some(page) => Ok(Json(page)),
+        None => Err(ApiError::invalid(
+            format!(
+                "after is {:?}, which is not an id in this list",
+                after.unwrap_or_default()
+            ),
+            "after".to_string(),
+        )),
+    }
+}
+
+/// Cancel a run
+///
+/// Asks the run to stop; what it printed so far is kept. Returns the run as it is now (a
+/// finished run is returned unchanged).
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    tag = "runs",
+    params(("id" = String, Path, description = "The run's id", max_length = 63)),
+    responses(
+        (status = 200, body = Run),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such run for this API key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn cancel_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match service::cancel(&state, &caller.tenant, &id).await? {
+        Some(a) => Ok(a.into_response(&state)),
+        None => Err(run_not_found(&id)),
+    }
+}
