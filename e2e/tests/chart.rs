@@ -315,19 +315,6 @@ print(json.dumps({'status': run['status'], 'stdout': run['stdout'], 'artifact': 
     );
 }
 
-#[test]
-fn the_charts_crd_and_seccomp_profile_are_the_generated_ones() {
-    let read = |p: &str| std::fs::read(repo().join(p)).unwrap();
-    assert!(
-        read("charts/codeinterp/crds/coderun.yaml") == read("crds/coderun.yaml"),
-        "run `make crd`"
-    );
-    assert!(
-        read("charts/codeinterp/files/seccomp-runner.json") == read("policies/seccomp/runner.json"),
-        "run `make crd` to copy policies/seccomp/runner.json into the chart"
-    );
-}
-
 /// The environment of a rendered Deployment's only container, by name.
 fn deployment_env(rendered: &str, component: &str) -> std::collections::BTreeMap<String, String> {
     let doc = rendered
