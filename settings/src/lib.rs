@@ -116,7 +116,7 @@ mod tests {
             (&["--max-memory-mb", "100000"], "MAX_MEMORY_MB"),
             (&["--max-input-mb", "0"], "MAX_INPUT_MB"),
             (&["--max-queued-per-tenant", "0"], "MAX_QUEUED_PER_TENANT"),
-            (&["--shard", "-bad-"], "SHARD"),
+            (&["--shard=-bad-"], "SHARD"),
             (&["--sandbox-namespace", ""], "SANDBOX_NAMESPACE"),
         ] {
             let e = parse(args).unwrap_err();
