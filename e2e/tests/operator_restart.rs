@@ -1,71 +1,95 @@
-//! The active operator replica dying mid-burst. In a file of its own: test files run one
-//! after another, so no other test sees the leader go away.
+//! The active operator replica dying at each moment of a run's delivery: before its pod is
+//! up, while its job is being written, while its program runs. Every run must complete, and
+//! every program must run exactly once: a witness follows the log of every runner pod in the
+//! namespace and counts the pods in which each program printed its marker. In a file of its
+//! own: test files run one after another, so no other test sees the leader go away.
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use codeinterp_crds::{CodeRun, Language, Phase};
+use codeinterp_crds::{CodeRun, Phase};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, LogParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use runner_protocol::{Decoder, Event, Follower, RUNNER_CONTAINER};
+use serde_json::json;
+use testkit::rest::{Api as Rest, SANDBOX_NAMESPACE};
 use testkit::*;
 
-#[tokio::test]
-async fn the_leader_dying_mid_burst_hands_over_within_seconds_and_every_run_runs_once() {
-    let client = client().await;
-    let ns = TestNamespace::new(&client, "e2e-restart").await;
-    let runs = ns.runs();
-    let mut s = spec(
-        Language::Python,
-        "import time, os\nprint('once', os.getpid(), flush=True)\ntime.sleep(6)\nprint('done')",
-    );
-    s.limits.timeout_ms = Some(60_000);
-    runs.create(&PostParams::default(), &CodeRun::new("survivor", s))
-        .await
-        .unwrap();
-    wait_phase(&runs, "survivor", Phase::Running).await;
-    // Its pod's event recorded (events are written a moment after the step, off the run's
-    // critical path), so the count below is evidence.
-    let recorded = eventually_async(Duration::from_secs(10), || async {
-        events_for(&client, &ns.name, "survivor")
-            .await
-            .iter()
-            .any(|e| e.starts_with("PodCreated") || e.starts_with("PodClaimed"))
-    })
-    .await;
-    assert!(recorded, "the survivor's pod event was never recorded");
-    // A burst around the kill: some running, some waiting, some not yet seen by anyone.
-    let burst: Vec<String> = (0..24).map(|i| format!("burst-{i:02}")).collect();
-    let create = |names: &[String]| {
-        let runs = runs.clone();
-        let names = names.to_vec();
-        async move {
-            for name in names {
-                let mut s = spec(
-                    Language::Python,
-                    "import time\ntime.sleep(2)\nprint('burst')",
-                );
-                s.limits.memory_mb = Some(1024);
-                runs.create(&PostParams::default(), &CodeRun::new(&name, s))
-                    .await
-                    .unwrap();
+/// The pods in which each marker was printed.
+#[derive(Clone, Default)]
+struct Witness(Arc<Mutex<HashMap<String, HashSet<String>>>>);
+
+impl Witness {
+    /// Follows the log of every runner pod of the namespace from its start.
+    fn start(client: kube::Client, ns: &str) -> (Self, tokio::task::JoinHandle<()>) {
+        let witness = Witness::default();
+        let pods: Api<Pod> = Api::namespaced(client, ns);
+        let seen = witness.clone();
+        let task = tokio::spawn(async move {
+            let mut following = HashSet::new();
+            let config = watcher::Config::default().labels("codeinterp.dev/runner=true");
+            let mut events = std::pin::pin!(watcher(pods.clone(), config).applied_objects());
+            while let Some(Ok(pod)) = events.next().await {
+                let running =
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                if running && following.insert(pod.name_any()) {
+                    tokio::spawn(seen.clone().follow(pods.clone(), pod.name_any()));
+                }
+            }
+        });
+        (witness, task)
+    }
+
+    async fn follow(self, pods: Api<Pod>, pod: String) {
+        let params = LogParams {
+            container: Some(RUNNER_CONTAINER.into()),
+            follow: true,
+            ..Default::default()
+        };
+        let Ok(log) = pods.log_stream(&pod, &params).await else {
+            return;
+        };
+        let limits = codeinterp_crds::Maxima::default().max;
+        let mut follower = Follower::new(log, Decoder::events_only(&limits));
+        let mut text = Vec::new();
+        while let Some(event) = follower.next().await {
+            if let Event::Output { bytes, .. } = event {
+                text.extend_from_slice(&bytes);
             }
         }
-    };
-    create(&burst[..12]).await;
+        for line in String::from_utf8_lossy(&text).lines() {
+            if let Some(marker) = line.strip_prefix("ran ") {
+                let mut seen = self.0.lock().unwrap();
+                seen.entry(marker.to_string())
+                    .or_default()
+                    .insert(pod.clone());
+            }
+        }
+    }
 
-    // Two replicas run; kill the one holding the lease outright (no time to hand over).
-    let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let leader = stack_pod(&client, "operator").await;
-    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
-        kube::Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    fn pods_of(&self, marker: &str) -> usize {
+        self.0.lock().unwrap().get(marker).map_or(0, HashSet::len)
+    }
+}
+
+/// Deletes the leading replica outright (no time to hand over); waits for a standby to take
+/// the lease and for the Deployment to have its standby back. Returns how long the handover
+/// took.
+async fn kill_leader(client: &kube::Client) -> Duration {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let leader = stack_pod(client, "operator").await;
     let killed = Instant::now();
-    pods.delete(
-        &leader,
-        &kube::api::DeleteParams {
-            grace_period_seconds: Some(0),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    pods.delete(&leader, &now).await.unwrap();
     let took_over = eventually_async(Duration::from_secs(60), || async {
         leases
             .get("codeinterp-operator")
@@ -76,58 +100,156 @@ async fn the_leader_dying_mid_burst_hands_over_within_seconds_and_every_run_runs
     })
     .await;
     assert!(took_over, "no standby took the lease");
-    create(&burst[12..]).await;
     let handover = killed.elapsed();
-    eprintln!("the standby took over {handover:?} after the leader was killed");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let both_ready = eventually_async(Duration::from_secs(120), || async {
+        deployments
+            .get("codeinterp-operator")
+            .await
+            .ok()
+            .and_then(|d| d.status?.ready_replicas)
+            == Some(2)
+    })
+    .await;
+    assert!(both_ready, "the Deployment did not get its standby back");
+    handover
+}
+
+/// A program that prints its marker, then runs for `secs` (long enough for the witness to
+/// have its log).
+fn marked(marker: &str, secs: u32) -> serde_json::Value {
+    json!({
+        "language": "python",
+        "code": format!("import time\nprint('ran', '{marker}', flush=True)\ntime.sleep({secs})\nprint('done')"),
+        "wait": false,
+        // A shape no pool has: each run gets a pod made for it, whose start takes a moment.
+        "limits": {"timeout_ms": 60000, "memory_mb": 96, "disk_mb": 100},
+    })
+}
+
+/// Creates runs from `bodies`; returns their ids with their markers.
+async fn create(api: &Rest, bodies: Vec<(String, serde_json::Value)>) -> Vec<(String, String)> {
+    let mut ids = Vec::new();
+    for (marker, body) in bodies {
+        let run = api.create_run(body).await;
+        ids.push((run["id"].as_str().unwrap().to_string(), marker));
+    }
+    ids
+}
+
+fn phase(run: &CodeRun) -> Option<Phase> {
+    run.phase()
+}
+
+#[tokio::test]
+async fn the_leader_dying_at_each_moment_of_delivery_loses_no_run_and_runs_none_twice() {
+    let client = client().await;
+    let api = Rest::main();
+    let runs: Api<CodeRun> = Api::namespaced(client.clone(), SANDBOX_NAMESPACE);
+    let (witness, watching) = Witness::start(client.clone(), SANDBOX_NAMESPACE);
+    let tag = random_suffix();
+    let mut all = Vec::new();
+
+    // 1. Before the pods are up: runs created, the leader killed at once.
+    let early: Vec<_> = (0..6).map(|i| format!("{tag}-early-{i}")).collect();
+    let bodies = early.iter().map(|m| (m.clone(), marked(m, 3))).collect();
+    all.extend(create(&api, bodies).await);
+    let handover = kill_leader(&client).await;
+    eprintln!("killed before the pods were up; handover {handover:?}");
     assert!(handover < Duration::from_secs(20), "{handover:?}");
 
-    let run = wait_finished(&runs, "survivor", Duration::from_secs(90))
-        .await
-        .unwrap();
-    let st = run.status.as_ref().unwrap();
-    assert_eq!(st.phase, Some(Phase::Completed), "{st:?}");
-    let out = st.stdout_preview.clone().unwrap_or_default();
-    assert_eq!(
-        out.matches("once").count(),
-        1,
-        "the program ran more than once: {out}"
+    // 2. While jobs are being written: runs with a 96 MiB input, the leader killed once their
+    // pods run and before their programs do.
+    let input = vec![b'x'; 96 << 20];
+    let file = api.upload_ok("big.bin", &input).await;
+    let writing: Vec<_> = (0..4).map(|i| format!("{tag}-writing-{i}")).collect();
+    let bodies = writing
+        .iter()
+        .map(|m| {
+            let mut body = marked(m, 3);
+            body["files"] = json!([file]);
+            (m.clone(), body)
+        })
+        .collect();
+    let ids = create(&api, bodies).await;
+    all.extend(ids.clone());
+    let mid_delivery = eventually_async(Duration::from_secs(60), || async {
+        let mut delivering = false;
+        for (id, _) in &ids {
+            let Ok(run) = runs.get(id).await else {
+                continue;
+            };
+            let pod = ns_pod_running(&client, &run).await;
+            delivering |= pod && phase(&run) != Some(Phase::Running) && !run.is_finished();
+        }
+        delivering
+    })
+    .await;
+    assert!(
+        mid_delivery,
+        "no run was seen between its pod's start and its program's"
     );
-    assert!(out.ends_with("done\n"), "{out}");
-    let events = events_for(&client, &ns.name, "survivor").await;
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e.starts_with("PodCreated") || e.starts_with("PodClaimed"))
-            .count(),
-        1,
-        "{events:?}"
-    );
-    // Every run of the burst completed, with exactly one pod made (or claimed) for it.
-    for name in &burst {
-        let run = wait_finished(&runs, name, Duration::from_secs(240))
-            .await
-            .unwrap();
+    let handover = kill_leader(&client).await;
+    eprintln!("killed while a job was written; handover {handover:?}");
+
+    // 3. While programs run.
+    let running: Vec<_> = (0..4).map(|i| format!("{tag}-running-{i}")).collect();
+    let bodies = running.iter().map(|m| (m.clone(), marked(m, 8))).collect();
+    let ids = create(&api, bodies).await;
+    all.extend(ids.clone());
+    let started = eventually_async(Duration::from_secs(60), || async {
+        let mut n = 0;
+        for (id, _) in &ids {
+            if runs
+                .get(id)
+                .await
+                .is_ok_and(|r| phase(&r) == Some(Phase::Running))
+            {
+                n += 1;
+            }
+        }
+        n == ids.len()
+    })
+    .await;
+    assert!(started, "the programs did not start");
+    let handover = kill_leader(&client).await;
+    eprintln!("killed while programs ran; handover {handover:?}");
+
+    // Every run completes, and its program ran in exactly one pod.
+    for (id, marker) in &all {
+        let run = api.wait_run(id, Duration::from_secs(240)).await;
+        assert_eq!(run["status"], "completed", "{marker}: {run}");
+        assert!(run["stdout"].as_str().unwrap().ends_with("done\n"), "{run}");
+        let ran_in = eventually(Duration::from_secs(10), || witness.pods_of(marker) >= 1).await;
+        assert!(ran_in, "{marker}: the witness never saw the program run");
         assert_eq!(
-            run.phase(),
-            Some(Phase::Completed),
-            "{name} {:?}",
-            run.status
+            witness.pods_of(marker),
+            1,
+            "{marker} ran in more than one pod"
         );
-        let events = events_for(&client, &ns.name, name).await;
-        let pods = events
-            .iter()
-            .filter(|e| e.starts_with("PodCreated") || e.starts_with("PodClaimed"))
-            .count();
-        // An event published just before the kill may be lost with it: at most one.
-        assert!(pods <= 1, "{name}: {events:?}");
     }
-    // The new leader keeps serving: a run after the handover runs.
-    let after = run_to_end(
-        &runs,
-        spec(Language::Python, "print('after')"),
-        Duration::from_secs(90),
-    )
-    .await
-    .unwrap();
-    assert_eq!(after.phase(), Some(Phase::Completed));
+    watching.abort();
+    // The new leader keeps serving: a run after the handovers runs.
+    let after = api
+        .post(
+            "/v1/runs",
+            &json!({"language": "python", "code": "print('after')"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(after["status"], "completed", "{after}");
+}
+
+/// Whether the run's pod (found by the run's UID label) is running.
+async fn ns_pod_running(client: &kube::Client, run: &CodeRun) -> bool {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SANDBOX_NAMESPACE);
+    let selector = format!("codeinterp.dev/run-uid={}", run.uid().unwrap_or_default());
+    pods.list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        })
+        .unwrap_or(false)
 }

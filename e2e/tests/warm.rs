@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use codeinterp_crds::{CodeRun, CodeRunSpec, Language, Phase, StartMode};
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -128,8 +128,8 @@ async fn every_isolation_guarantee_holds_on_the_warm_path() {
 
 #[tokio::test]
 async fn of_two_claims_racing_for_one_pod_exactly_one_wins() {
-    // The claim is a merge patch guarded by the pod's resourceVersion, as the operator makes
-    // it; two of them race for the same pod here, as two runs would.
+    // Two runs claim the same idle pod at once through the operator's own claim
+    // (`pool::try_claim`: a merge patch guarded by the pod's resourceVersion).
     let client = client().await;
     let ns = TestNamespace::new(&client, "e2e-claim").await;
     start_pod(
@@ -143,44 +143,43 @@ async fn of_two_claims_racing_for_one_pod_exactly_one_wins() {
     // Settled (running, its status written): the version both claims start from.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = ns.pods().get("idle").await.unwrap();
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let mut owners = Vec::new();
+    let runs = ns.runs();
+    let mut claimants = Vec::new();
     for name in ["run-a", "run-b"] {
-        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        owners.push(maps.create(&PostParams::default(), &cm).await.unwrap());
+        let run = CodeRun::new(name, spec(Language::Python, "print(1)"));
+        claimants.push(runs.create(&PostParams::default(), &run).await.unwrap());
     }
-    let rv = idle.resource_version().unwrap();
-    let claims = owners.iter().map(|owner| {
-        let pods = ns.pods();
-        let patch = json!({"metadata": {
-            "resourceVersion": rv,
-            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": owner.name_any(),
-                "uid": owner.uid(), "controller": true}],
-            "labels": {"codeinterp.dev/run-uid": owner.uid()},
-        }});
-        async move {
-            pods.patch("idle", &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    });
-    let results = join_all(claims).await;
-    let won = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(won, 1, "{results:?}");
+    let cfg = <codeinterp_operator::config::Config as clap::Parser>::parse_from(["operator"]);
+    let limits = codeinterp_crds::Maxima::default().defaults;
+    let pods = ns.pods();
+    let claims = claimants
+        .iter()
+        .map(|run| codeinterp_operator::pool::try_claim(&pods, run, &idle, &limits, &cfg));
+    let results: Vec<_> = join_all(claims)
+        .await
+        .into_iter()
+        .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
     let lost = results.iter().find_map(|r| r.as_ref().err()).unwrap();
     assert!(
         lost.contains("the object has been modified") || lost.contains("409"),
         "{lost}"
     );
-    let owner = ns.pods().get("idle").await.unwrap().owner_references()[0]
-        .uid
-        .clone();
-    assert!(
-        owners
-            .iter()
-            .any(|o| o.uid().as_deref() == Some(owner.as_str()))
+    let claimed = ns.pods().get("idle").await.unwrap();
+    let winner = claimants
+        .iter()
+        .find(|run| codeinterp_operator::pod_spec::owned_by(&claimed, &run.uid().unwrap()))
+        .expect("the pod's controller is one of the runs");
+    assert_eq!(
+        claimed.labels().get(codeinterp_crds::RUN_UID_LABEL),
+        winner.uid().as_ref()
     );
+    assert_eq!(claimed.owner_references().len(), 1, "one owner, not two");
 }
 
 #[tokio::test]

@@ -105,19 +105,7 @@ pub async fn claim(
         let Some(session) = ctx.index.take_slot(&uid) else {
             continue;
         };
-        let idle = pod_spec::seconds_since_start(
-            &candidate,
-            k8s_openapi::jiff::Timestamp::now().as_second(),
-        );
-        let patch = pod_spec::claim_patch(run, &candidate, limits, ctx.cfg(), idle);
-        let params = PatchParams {
-            field_manager: Some(MANAGER.into()),
-            ..Default::default()
-        };
-        match api
-            .patch(&candidate.name_any(), &params, &Patch::Merge(&patch))
-            .await
-        {
+        match try_claim(&api, run, &candidate, limits, ctx.cfg()).await {
             Ok(pod) => return Some((pod, session)),
             Err(e) => {
                 tracing::debug!(pod = %candidate.name_any(), error = %e, "a claim failed; trying another pod");
@@ -126,6 +114,26 @@ pub async fn claim(
         }
     }
     None
+}
+
+/// The claim itself: a merge patch guarded by the pod's resourceVersion that makes the run
+/// the pod's controller, labels it with the run's UID and sets the deadline backstop. Of two
+/// claims of one pod, one wins; the other gets a conflict.
+pub async fn try_claim(
+    api: &Api<Pod>,
+    run: &CodeRun,
+    pod: &Pod,
+    limits: &EffectiveLimits,
+    cfg: &crate::config::Config,
+) -> Result<Pod, kube::Error> {
+    let idle = pod_spec::seconds_since_start(pod, k8s_openapi::jiff::Timestamp::now().as_second());
+    let patch = pod_spec::claim_patch(run, pod, limits, cfg, idle);
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch(&pod.name_any(), &params, &Patch::Merge(&patch))
+        .await
 }
 
 /// Tends the pools whenever the cluster's pods change (and every few seconds).
