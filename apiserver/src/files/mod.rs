@@ -1,5 +1,5 @@
 //! `/v1/files`, wire-compatible with OpenAI's files API: uploads stream to object storage
-//! under a size cap ([`upload`]), downloads stream back to a bearer token's tenant or to
+//! under a size cap (`upload`), downloads stream back to a bearer token's tenant or to
 //! whoever holds a signed URL ([`download`]); [`model`] holds the wire objects.
 pub mod download;
 pub mod model;

@@ -4,22 +4,23 @@
 //! `run.artifact` per output file, then one terminal event with the run. Every event's id is
 //! a cursor: reconnecting with `Last-Event-ID` resumes after it, with no gap and no repeat.
 //!
-//! A stream is small streams chained, each a stage of the run: [`phases`] (created, queued,
-//! in progress), [`live`] (the pod's log followed while the program runs, decoded by the
-//! protocol's own follower), then, once the run has finished, [`replay`] (the output not
+//! A stream is small streams chained, each a stage of the run: `phases` (created, queued,
+//! in progress), `live` (the pod's log followed while the program runs, decoded by the
+//! protocol's own follower), then, once the run has finished, `replay` (the output not
 //! streamed live, read from storage, then the artifacts and the terminal event). Stages make
-//! unnumbered events; [`wire::Cursor::stamp`] numbers them as they go out.
+//! unnumbered events; `Cursor::stamp` numbers them as they go out.
 //!
 //! Memory per stream is bounded whatever the program printed, and this composition is where
 //! the bound holds: every stage is pulled only as fast as the client reads (hyper stops
-//! polling a response whose ~400 KiB write buffer is full), and a stage holds one event at a
-//! time. The largest events are a delta of at most [`replay::DELTA_BYTES`] (16 KiB) of
+//! polling a response once its write buffer holds ~400 KiB), and a stage holds one event at
+//! a time. The largest events are a delta of at most `replay::DELTA_BYTES` (16 KiB) of
 //! output, at most 96 KiB as JSON (a control byte escapes to six), and a run object with at
 //! most 4 KiB of each stream ([`crate::runs::model::Run::with_heads`]; under 64 KiB as JSON
-//! with 64 artifacts). Replay reads storage one 16 KiB range at a time; following a log
-//! holds the follower's 64 KiB read buffer and at most a 64 KiB line. So a stream costs
-//! under 1 MiB, and `MAX_STREAMS_PER_TENANT` streams (32) of one tenant that read nothing
-//! cost under 32 MiB, not 32 copies of the run's output.
+//! with 64 artifacts). A replay reads storage one 16 KiB range at a time: a replaying stream
+//! costs under 1 MiB. Following a log adds the follower's 64 KiB read buffer, a line of at
+//! most 64 KiB and the log client's read buffer (~400 KiB): under 1.5 MiB. So the 32 streams
+//! one tenant may hold (`MAX_STREAMS_PER_TENANT`) cost under 48 MiB, never 32 copies of the
+//! run's output.
 mod live;
 mod phases;
 mod replay;

@@ -151,7 +151,7 @@ impl Cursor {
     }
 
     /// Numbers the event, moves the cursor past it, and makes it a server-sent event whose
-    /// id is the cursor after it; `None` for [`Emit::Stop`]. Every event of a stream goes
+    /// id is the cursor after it; `None` for `Emit::Stop`. Every event of a stream goes
     /// through here, in order.
     pub fn stamp(&mut self, emit: Emit, run_id: &str) -> Option<sse::Event> {
         let sequence_number = self.seq;
