@@ -278,7 +278,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         runs_api: Some(runs_api),
         store,
     };
-    let ended = serve(parts, tasks, supervisor).await?;
+    // The supervisor runs from here on: the watches serve() waits for are its tasks.
+    let supervising = tokio::spawn(supervisor.run());
+    serve(parts, tasks).await?;
+    let ended = async {
+        supervising
+            .await
+            .unwrap_or_else(|e| format!("the supervisor ({e})"))
+    };
     // Asked to stop, or the lease lost, this replica stops at once and hands the lease over:
     // what it was reading, the next leader reads from the pods' logs.
     tokio::select! {
@@ -397,13 +404,8 @@ async fn start_watches(ctx: &Arc<Context>, tasks: &Tasks, w: Watches) -> anyhow:
     Ok(())
 }
 
-/// Starts the watches, the controller and every service task; returns the supervisor's
-/// future, which ends when a service task does.
-async fn serve(
-    mut parts: Parts,
-    tasks: Tasks,
-    supervisor: tasks::Supervisor,
-) -> anyhow::Result<impl Future<Output = String>> {
+/// Starts the watches, the controller and every service task (in the running supervisor).
+async fn serve(mut parts: Parts, tasks: Tasks) -> anyhow::Result<()> {
     let w = watches();
     let (wake, woken) = futures::channel::mpsc::unbounded();
     let selector = parts.cfg.shared.shard_selector();
@@ -428,5 +430,5 @@ async fn serve(
             }
         });
     tasks.spawn("controller", Kind::Service, controlling);
-    Ok(supervisor.run())
+    Ok(())
 }
