@@ -257,13 +257,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("listing CodeRuns (is the CRD installed?)")?;
     let identity = identity();
     let lease_client = counted_client(&kube_config, &metrics, "lease")?;
+    // The supervisor runs from here on: a standby answers its health checks too, and the
+    // watches serve() waits for are its tasks.
+    let (tasks, supervisor) = tasks::supervisor();
+    tasks.spawn("metrics server", Kind::Service, serving);
+    let supervising = tokio::spawn(supervisor.run());
     let mut leadership = tokio::select! {
         l = leader::acquire(lease_client, &cfg, &identity) => l?,
         _ = leader::stop_signal() => return Ok(()),
     };
     metrics.is_leader.set(1);
-    let (tasks, supervisor) = tasks::supervisor();
-    tasks.spawn("metrics server", Kind::Service, serving);
     let clients = Clients {
         run: client.clone(),
         tidy: counted_client(&kube_config, &metrics, "tidy")?,
@@ -278,8 +281,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         runs_api: Some(runs_api),
         store,
     };
-    // The supervisor runs from here on: the watches serve() waits for are its tasks.
-    let supervising = tokio::spawn(supervisor.run());
     serve(parts, tasks).await?;
     let ended = async {
         supervising
