@@ -93,6 +93,11 @@ pub struct ExitReport {
     /// ran, so the run may be handed to another pod.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_job: bool,
+    /// The program ran in a kernel: an interpreter the wrapper started before the job, with
+    /// modules already imported (`CI_RUNNER_KERNEL`), instead of a fresh one. Its clock and CPU
+    /// count from the hand-over, not from the kernel's start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kernel: bool,
 }
 
 /// Why an output file was left out. The kinds that are a cap the run went over fail it as
@@ -168,4 +173,35 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
     let mut line = serde_json::to_vec(frame).expect("frames always serialize");
     line.push(b'\n');
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exit_report_says_kernel_only_when_a_kernel_ran_the_program() {
+        let fresh = encode_frame(&Frame::Exit(ExitReport::default()));
+        assert!(!String::from_utf8_lossy(&fresh).contains("kernel"));
+        let older: Frame = serde_json::from_str(
+            r#"{"t":"exit","exit_code":0,"signal":null,"timed_out":false,"oom_killed":false,
+                "cpu_limit_exceeded":false,"file_size_exceeded":false,"cancelled":false,
+                "wall_ms":1,"cpu_ms":1,"memory_peak_bytes":1,"stdout_bytes":0,"stderr_bytes":0,
+                "stdout_truncated":false,"stderr_truncated":false}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            older,
+            Frame::Exit(ExitReport { kernel: false, .. })
+        ));
+        let warm = Frame::Exit(ExitReport {
+            kernel: true,
+            ..ExitReport::default()
+        });
+        let line = encode_frame(&warm);
+        assert_eq!(
+            serde_json::from_slice::<Frame>(&line[..line.len() - 1]).unwrap(),
+            warm
+        );
+    }
 }

@@ -51,7 +51,7 @@ impl<W: Write> Emitter<W> {
         self.out.flush()
     }
 
-    #[cfg(test)]
+    /// The writer back, with everything written so far.
     pub fn into_inner(self) -> W {
         self.out
     }

@@ -17,7 +17,7 @@ use crate::settings::{PROGRAM_TMP, Settings};
 use crate::supervise::Launch;
 
 /// Where the program's stdin is written in the job folder.
-const STDIN_FILE: &str = "stdin";
+pub const STDIN_FILE: &str = "stdin";
 
 /// Why no job could be run.
 #[derive(Debug)]
@@ -53,9 +53,14 @@ fn receiving(what: &str) -> impl Fn(io::Error) -> NotReceived + '_ {
 }
 
 /// Reads the job header from `input` (blocking until the operator sends it), then its
-/// payload: the source and stdin into the job folder, the input files into the work folder.
-/// Nothing under the work folder is followed if it is a symbolic link.
-pub fn receive(input: &mut impl BufRead, settings: &Settings) -> Result<Job, NotReceived> {
+/// payload: the source and stdin into the job folder, the input files into the work folder,
+/// and (with `seed`) the image's seed into the program's `/tmp`. Nothing under the work folder
+/// is followed if it is a symbolic link.
+pub fn receive(
+    input: &mut impl BufRead,
+    settings: &Settings,
+    seed: bool,
+) -> Result<Job, NotReceived> {
     let mut line = Vec::new();
     input
         .by_ref()
@@ -96,11 +101,19 @@ pub fn receive(input: &mut impl BufRead, settings: &Settings) -> Result<Job, Not
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(err) => return Err(format!("cannot create the outputs folder: {err}").into()),
     }
+    if seed {
+        seed_tmp(settings);
+    }
+    Ok(job)
+}
+
+/// Copies the image's seed folder into the program's `/tmp`: a kernel needs it before it
+/// imports anything, a fresh program before it starts.
+pub fn seed_tmp(settings: &Settings) {
     if let Err(err) = copy_tree(&settings.tmp_seed, Path::new(PROGRAM_TMP)) {
         // Only a cache (e.g. matplotlib's fonts): the program still runs, slower.
         eprintln!("ci-runner: cannot seed {PROGRAM_TMP}: {err}");
     }
-    Ok(job)
 }
 
 fn create(path: &Path) -> Result<File, String> {
@@ -171,13 +184,28 @@ pub fn launch(job: &Job, settings: &Settings) -> Launch {
     let source = settings.job_dir.join(job.language.source_file());
     let mut argv = job.language.command(&source.to_string_lossy());
     argv.extend(job.args.iter().cloned());
+    Launch {
+        argv,
+        env: program_env(job.language, &settings.work_dir, &settings.program_path),
+        cwd: settings.work_dir.clone(),
+        stdin: job.stdin_bytes.map(|_| settings.job_dir.join(STDIN_FILE)),
+        limits: ChildLimits::for_job(&job.limits),
+        timeout: Duration::from_millis(job.limits.timeout_ms),
+        cpu_budget_ms: job.limits.cpu_ms,
+        max_output_bytes: job.limits.max_output_bytes,
+    }
+}
+
+/// The program's whole environment (nothing of the platform's own), which a kernel of the
+/// language gets too.
+pub fn program_env(language: Language, work_dir: &Path, path: &str) -> Vec<(String, String)> {
     let mut env = vec![
-        ("PATH", settings.program_path.clone()),
-        ("HOME", settings.work_dir.to_string_lossy().into_owned()),
+        ("PATH", path.to_string()),
+        ("HOME", work_dir.to_string_lossy().into_owned()),
         ("LANG", "C.UTF-8".into()),
         ("TMPDIR", PROGRAM_TMP.into()),
     ];
-    if job.language == Language::Python {
+    if language == Language::Python {
         env.extend([
             // No display: plots go to files.
             ("MPLBACKEND", "Agg".into()),
@@ -187,16 +215,7 @@ pub fn launch(job: &Job, settings: &Settings) -> Launch {
             ("PYTHONDONTWRITEBYTECODE", "1".into()),
         ]);
     }
-    Launch {
-        argv,
-        env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        cwd: settings.work_dir.clone(),
-        stdin: job.stdin_bytes.map(|_| settings.job_dir.join(STDIN_FILE)),
-        limits: ChildLimits::for_job(&job.limits),
-        timeout: Duration::from_millis(job.limits.timeout_ms),
-        cpu_budget_ms: job.limits.cpu_ms,
-        max_output_bytes: job.limits.max_output_bytes,
-    }
+    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 #[cfg(test)]

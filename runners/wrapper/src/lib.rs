@@ -9,12 +9,16 @@
 //!
 //! The wrapper is normally PID 1 of the container: it reaps every orphan and, once the program
 //! is over, kills everything left in the container.
+//!
+//! A pool pod may ask for a kernel (`CI_RUNNER_KERNEL`, see [`kernel`]): the interpreter is
+//! started, with its modules imported, before the job arrives, and the job's program runs in it.
 
 mod cgroup;
 mod collect;
 mod disk;
 mod emit;
 mod job;
+pub mod kernel;
 mod proctree;
 mod report;
 mod sandbox;
@@ -26,11 +30,14 @@ use std::io::{self, BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use runner_protocol::{ExitReport, Frame, PROTOCOL_VERSION};
+use runner_protocol::{ExitReport, Frame, Job, PROTOCOL_VERSION};
 
-pub use settings::Settings;
+pub use emit::Emitter;
+pub use kernel::{Kernel, KernelError, KernelSpec};
+pub use settings::{KernelSettings, Settings, default_preload};
 
-use crate::emit::Emitter;
+use crate::kernel::HandedOver;
+use crate::supervise::{Clock, Launch, Running};
 
 /// Runs the job described by the environment (see [`Settings::from_env`]) and writes the
 /// record to stdout. Exits 0 whenever a complete record was written, whatever the program did.
@@ -65,7 +72,12 @@ fn run<W: Write>(
     signals: &sandbox::Signals,
     emitter: &mut Emitter<W>,
 ) -> io::Result<()> {
-    let job = match job::receive(&mut BufReader::new(io::stdin().lock()), settings) {
+    let kernel = standby_kernel(settings);
+    let job = match job::receive(
+        &mut BufReader::new(io::stdin().lock()),
+        settings,
+        kernel.is_none(),
+    ) {
         Ok(job) => job,
         Err(err) => return not_started(emitter, err.message, err.cut_short),
     };
@@ -73,11 +85,18 @@ fn run<W: Write>(
     let cgroup = settings.cgroup.as_deref().map(cgroup::Cgroup::new);
     let oom_kills_before = cgroup.as_ref().and_then(|c| c.oom_kills());
 
-    let outcome = match supervise::run(&launch, signals, settings.is_pid1, emitter) {
-        Ok(outcome) => outcome,
-        Err(supervise::Error::Spawn(err)) => return not_started(emitter, err, false),
-        Err(supervise::Error::Record(err)) => return Err(err),
+    let started = match start_program(kernel, &job, &launch, settings) {
+        Ok(started) => started,
+        Err(err) => return not_started(emitter, err, false),
     };
+    let outcome = supervise::watch(
+        started.running,
+        started.clock,
+        &launch,
+        signals,
+        settings.is_pid1,
+        emitter,
+    )?;
 
     let usage = sandbox::children_usage();
     let disk_full = [
@@ -91,8 +110,8 @@ fn run<W: Write>(
         ended: outcome.ended,
         stop: outcome.stop,
         wall: outcome.wall,
-        cpu_ms: usage.cpu_ms,
-        cpu_hard_limit_ms: launch.limits.cpu_hard_secs.saturating_mul(1000),
+        cpu_ms: usage.cpu_ms.saturating_sub(started.clock.cpu_baseline_ms),
+        cpu_hard_limit_ms: started.cpu_hard_limit_ms,
         memory_peak_bytes: cgroup
             .as_ref()
             .and_then(|c| c.memory_peak())
@@ -104,6 +123,7 @@ fn run<W: Write>(
         disk_full,
         stdout: outcome.stdout,
         stderr: outcome.stderr,
+        kernel: started.kernel,
     };
     emitter.frame(&Frame::Exit(report::exit_report(&facts)))?;
     emitter.flush()?;
@@ -115,6 +135,79 @@ fn run<W: Write>(
     )?;
     emitter.frame(&Frame::End)?;
     emitter.flush()
+}
+
+/// The pod's kernel, started and preloading while the wrapper waits for the job, or `None`
+/// (none asked for, or it could not start: said on stderr, and the job runs fresh).
+fn standby_kernel(settings: &Settings) -> Option<Kernel> {
+    let wanted = settings.kernel.as_ref()?;
+    // matplotlib's cache must be in /tmp before the kernel imports it.
+    job::seed_tmp(settings);
+    let started = wanted
+        .language()
+        .map_err(KernelError::Start)
+        .and_then(|language| {
+            let spec = KernelSpec::new(
+                language,
+                wanted.preload(language),
+                &wanted.kernels_dir,
+                settings,
+            );
+            let mut kernel = Kernel::start(&spec)?;
+            kernel.idle_until_readable(io::stdin().as_fd())?;
+            Ok(kernel)
+        });
+    started
+        .inspect_err(|err| eprintln!("ci-runner: no kernel for the job: {err}"))
+        .ok()
+}
+
+/// The program as it was started, and what its report counts from.
+struct Started {
+    running: Running,
+    clock: Clock,
+    cpu_hard_limit_ms: u64,
+    kernel: bool,
+}
+
+/// Hands the job to the kernel, or starts a fresh interpreter when there is none or it cannot
+/// take the job (said on stderr, never in the program's output).
+fn start_program(
+    kernel: Option<Kernel>,
+    job: &Job,
+    launch: &Launch,
+    settings: &Settings,
+) -> Result<Started, String> {
+    if let Some(language) = settings.kernel.as_ref().and_then(|k| k.language().ok()) {
+        // Whether or not the kernel takes the job, it left its placeholders.
+        kernel::tidy_job_dir(&settings.job_dir, language, job);
+    }
+    if let Some(kernel) = kernel {
+        let ready_timeout = settings.kernel.as_ref().map(|k| k.ready_timeout);
+        match kernel::one_shot(kernel, job, launch, ready_timeout.unwrap_or_default()) {
+            Ok(HandedOver {
+                running,
+                clock,
+                cpu_hard_limit_ms,
+            }) => {
+                return Ok(Started {
+                    running,
+                    clock,
+                    cpu_hard_limit_ms,
+                    kernel: true,
+                });
+            }
+            Err(err) => eprintln!("ci-runner: {err}; starting a fresh interpreter"),
+        }
+    }
+    let running = supervise::spawn(launch)?;
+    Ok(Started {
+        running,
+        // After the kernel was reaped: its CPU is not the program's.
+        clock: Clock::now(),
+        cpu_hard_limit_ms: launch.limits.cpu_hard_secs.saturating_mul(1000),
+        kernel: false,
+    })
 }
 
 /// The program never ran: a record that says why, so the operator can report it (or, when

@@ -38,6 +38,8 @@ pub struct Facts {
     pub disk_full: bool,
     pub stdout: CappedStream,
     pub stderr: CappedStream,
+    /// The program ran in a kernel started before the job.
+    pub kernel: bool,
 }
 
 pub fn exit_report(f: &Facts) -> ExitReport {
@@ -71,6 +73,7 @@ pub fn exit_report(f: &Facts) -> ExitReport {
         stderr_truncated: f.stderr.truncated(),
         error: None,
         no_job: false,
+        kernel: f.kernel,
     }
 }
 
@@ -90,6 +93,7 @@ mod tests {
             disk_full: false,
             stdout: CappedStream::new(10),
             stderr: CappedStream::new(10),
+            kernel: false,
         }
     }
 

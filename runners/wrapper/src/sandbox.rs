@@ -11,7 +11,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeVal;
-use nix::unistd::{setsid, write};
+use nix::unistd::{Pid, setsid, write};
 use runner_protocol::EffectiveLimits;
 use runner_protocol::limits::MAX_OPEN_FILES;
 
@@ -93,14 +93,65 @@ impl ChildLimits {
     }
 }
 
+impl ChildLimits {
+    /// A kernel's limits before its job is known: what the wrapper has (a kernel is the image's
+    /// own code until the job arrives), but the file and core limits of every program. At the
+    /// hand-over [`lower_limits`] puts the job's on it.
+    pub fn before_job() -> Self {
+        ChildLimits {
+            cpu_soft_secs: u64::MAX,
+            cpu_hard_secs: u64::MAX,
+            file_bytes: u64::MAX,
+            open_files: MAX_OPEN_FILES,
+            processes: u64::MAX,
+        }
+    }
+}
+
+/// Puts a job's limits on a kernel already running: RLIMIT_CPU at what it has used plus the
+/// job's allowance (RLIMIT_CPU counts the process's whole life), the job's file size and process
+/// limits. Only lowers, which needs no privilege for a process of the same user. Returns the
+/// hard CPU limit set, in seconds of the process's life.
+pub fn lower_limits(pid: Pid, limits: ChildLimits, cpu_used_ms: u64) -> std::io::Result<u64> {
+    use rustix::process::{Resource as R, Rlimit, prlimit};
+    let target = rustix::process::Pid::from_raw(pid.as_raw())
+        .ok_or_else(|| std::io::Error::other("not a process id"))?;
+    let used_secs = cpu_used_ms.div_ceil(1000);
+    let cpu_soft = clamp(
+        Resource::RLIMIT_CPU,
+        used_secs.saturating_add(limits.cpu_soft_secs),
+    );
+    let cpu_hard = clamp(
+        Resource::RLIMIT_CPU,
+        used_secs.saturating_add(limits.cpu_hard_secs),
+    );
+    let set = |resource: R, soft: u64, hard: u64| {
+        let value = |v: u64| (v != nix::libc::RLIM_INFINITY).then_some(v);
+        let new = Rlimit {
+            current: value(soft),
+            maximum: value(hard),
+        };
+        prlimit(Some(target), resource, new).map(drop)
+    };
+    set(R::Cpu, cpu_soft, cpu_hard)?;
+    let fsize = clamp(Resource::RLIMIT_FSIZE, limits.file_bytes);
+    set(R::Fsize, fsize, fsize)?;
+    let nproc = clamp(Resource::RLIMIT_NPROC, limits.processes);
+    set(R::Nproc, nproc, nproc)?;
+    Ok(cpu_hard)
+}
+
+/// An unprivileged process cannot raise a hard limit: no more than the wrapper has.
+fn clamp(resource: Resource, value: u64) -> u64 {
+    match getrlimit(resource) {
+        Ok((_, hard)) => value.min(hard),
+        Err(_) => value,
+    }
+}
+
 /// Makes `command` start the program in a session of its own, under `limits`, first in line
 /// for the OOM killer.
 pub fn configure(command: &mut Command, limits: ChildLimits) {
-    // An unprivileged process cannot raise a hard limit: ask for no more than it has.
-    let clamp = |resource: Resource, value: u64| match getrlimit(resource) {
-        Ok((_, hard)) => value.min(hard),
-        Err(_) => value,
-    };
     let cpu_soft = clamp(Resource::RLIMIT_CPU, limits.cpu_soft_secs);
     let cpu_hard = clamp(Resource::RLIMIT_CPU, limits.cpu_hard_secs);
     let fsize = clamp(Resource::RLIMIT_FSIZE, limits.file_bytes);

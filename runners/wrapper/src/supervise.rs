@@ -32,13 +32,6 @@ pub struct Launch {
     pub max_output_bytes: u64,
 }
 
-pub enum Error {
-    /// The program could not be started; nothing was written.
-    Spawn(String),
-    /// The record could not be written (the wrapper's stdout is gone).
-    Record(io::Error),
-}
-
 pub struct Outcome {
     pub ended: Ended,
     pub stop: Option<Stop>,
@@ -57,21 +50,42 @@ const READS_PER_TURN: usize = 16;
 /// a person watching, coarse enough to bound the frames per second.
 const GATHER: Duration = Duration::from_millis(20);
 
-/// Starts the program, writes the start frame and its output frames, and returns once the
-/// program and everything it started are gone.
-pub fn run<W: Write>(
-    launch: &Launch,
-    signals: &Signals,
-    is_pid1: bool,
-    emitter: &mut Emitter<W>,
-) -> Result<Outcome, Error> {
-    let stdin =
-        match &launch.stdin {
-            Some(path) => Stdio::from(File::open(path).map_err(|err| {
-                Error::Spawn(format!("cannot open stdin {}: {err}", path.display()))
-            })?),
-            None => Stdio::null(),
-        };
+/// A started program (or kernel): its process, the leader of its own process group, and the
+/// read ends of its stdout and stderr.
+pub struct Running {
+    pub pid: Pid,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Where the program's clock and CPU count from: its start, or a kernel's hand-over (the CPU
+/// the kernel used before, and anything reaped before, is not the program's).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub started: Instant,
+    pub cpu_baseline_ms: u64,
+}
+
+impl Clock {
+    /// From now, with everything reaped so far not counted.
+    pub fn now() -> Self {
+        Clock {
+            started: Instant::now(),
+            cpu_baseline_ms: sandbox::children_usage().cpu_ms,
+        }
+    }
+}
+
+/// Starts `launch.argv` in the sandbox: its own session, the rlimits, a clean environment, the
+/// stdin file (or nothing), its output on pipes. Why not, when it cannot be started.
+pub fn spawn(launch: &Launch) -> Result<Running, String> {
+    let stdin = match &launch.stdin {
+        Some(path) => Stdio::from(
+            File::open(path)
+                .map_err(|err| format!("cannot open stdin {}: {err}", path.display()))?,
+        ),
+        None => Stdio::null(),
+    };
     let mut command = Command::new(&launch.argv[0]);
     command
         .args(&launch.argv[1..])
@@ -84,30 +98,42 @@ pub fn run<W: Write>(
     sandbox::configure(&mut command, launch.limits);
     let mut child = command
         .spawn()
-        .map_err(|err| Error::Spawn(format!("cannot start {}: {err}", launch.argv[0])))?;
-    let started = Instant::now();
-    let program = Pid::from_raw(child.id() as i32);
-    let mut pipes = [
-        Pipe::new(
-            child.stdout.take().map(OwnedFd::from),
-            Stream::Stdout,
-            launch,
-        ),
-        Pipe::new(
-            child.stderr.take().map(OwnedFd::from),
-            Stream::Stderr,
-            launch,
-        ),
-    ];
-    // The program is reaped below with waitpid(-1) like every other orphan; dropping the
-    // handle neither waits nor kills.
-    drop(child);
+        .map_err(|err| format!("cannot start {}: {err}", launch.argv[0]))?;
+    // The child is reaped with waitpid like every other orphan; dropping the handle neither
+    // waits nor kills.
+    Ok(Running {
+        pid: Pid::from_raw(child.id() as i32),
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
+    })
+}
 
+/// Writes the start frame and the output frames of a running program, holds it to the limits
+/// of `launch` from `clock`, and returns once it and everything it started are gone.
+pub fn watch<W: Write>(
+    running: Running,
+    clock: Clock,
+    launch: &Launch,
+    signals: &Signals,
+    is_pid1: bool,
+    emitter: &mut Emitter<W>,
+) -> io::Result<Outcome> {
+    let Running {
+        pid: program,
+        stdout,
+        stderr,
+    } = running;
+    let started = clock.started;
+    let mut pipes = [
+        Pipe::new(stdout, Stream::Stdout, launch.max_output_bytes),
+        Pipe::new(stderr, Stream::Stderr, launch.max_output_bytes),
+    ];
     let mut watch = Watch {
         program,
         is_pid1,
         deadline: started + launch.timeout,
         cpu_budget_ms: launch.cpu_budget_ms,
+        cpu_baseline_ms: clock.cpu_baseline_ms,
         next_cpu_check: started + CPU_CHECK_EVERY,
         ended: None,
         stop: None,
@@ -123,11 +149,10 @@ pub fn run<W: Write>(
         proctree::kill_everything(program, is_pid1);
     }
     watch.reap_the_rest(signals);
-    watched.map_err(Error::Record)?;
+    watched?;
     // Anything still gathered when the loop gave up waiting for the pipes to close.
     for pipe in &mut pipes {
-        pipe.flush(emitter, Instant::now(), true)
-            .map_err(Error::Record)?;
+        pipe.flush(emitter, Instant::now(), true)?;
     }
 
     let (ended, wall) = match watch.ended {
@@ -144,10 +169,11 @@ pub fn run<W: Write>(
     })
 }
 
-struct Pipe {
-    fd: Option<OwnedFd>,
+/// One of the program's output pipes, read without blocking into capped, gathered frames.
+pub(crate) struct Pipe {
+    pub(crate) fd: Option<OwnedFd>,
     stream: Stream,
-    cap: CappedStream,
+    pub(crate) cap: CappedStream,
     /// Output read but not yet written, and since when: small writes are gathered into one
     /// frame, so a program writing a byte at a time cannot blow up the record with framing.
     pending: Vec<u8>,
@@ -155,7 +181,7 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new(fd: Option<OwnedFd>, stream: Stream, launch: &Launch) -> Self {
+    pub(crate) fn new(fd: Option<OwnedFd>, stream: Stream, max_output_bytes: u64) -> Self {
         if let Some(fd) = &fd {
             // Reads must never block the loop that keeps the clock.
             if let Err(err) = fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)) {
@@ -165,20 +191,26 @@ impl Pipe {
         Pipe {
             fd,
             stream,
-            cap: CappedStream::new(launch.max_output_bytes),
+            cap: CappedStream::new(max_output_bytes),
             pending: Vec::with_capacity(CHUNK_BYTES),
             pending_since: None,
         }
     }
 
-    /// Reads what the pipe holds. Output over the cap is read and counted, not kept, so the
-    /// program never blocks on a full pipe. Full chunks are written at once.
-    fn drain<W: Write>(&mut self, emitter: &mut Emitter<W>, now: Instant) -> io::Result<()> {
+    /// Reads what the pipe holds, up to a turn's worth. Output over the cap is read and
+    /// counted, not kept, so the program never blocks on a full pipe. Full chunks are written
+    /// at once. Whether the pipe is empty (or closed) now.
+    pub(crate) fn drain<W: Write>(
+        &mut self,
+        emitter: &mut Emitter<W>,
+        now: Instant,
+    ) -> io::Result<bool> {
         let Some(fd) = &self.fd else {
-            return Ok(());
+            return Ok(true);
         };
         let mut buf = [0u8; CHUNK_BYTES];
         let mut closed = false;
+        let mut empty = false;
         for _ in 0..READS_PER_TURN {
             match read(fd, &mut buf) {
                 Ok(0) => {
@@ -197,7 +229,10 @@ impl Pipe {
                         self.pending.drain(..full);
                     }
                 }
-                Err(Errno::EAGAIN) => break,
+                Err(Errno::EAGAIN) => {
+                    empty = true;
+                    break;
+                }
                 Err(Errno::EINTR) => {}
                 Err(err) => {
                     eprintln!("ci-runner: reading the program's {:?}: {err}", self.stream);
@@ -212,16 +247,16 @@ impl Pipe {
         if self.pending.is_empty() {
             self.pending_since = None;
         }
-        Ok(())
+        Ok(empty || closed)
     }
 
     /// When the gathered output is due to be written.
-    fn due(&self) -> Option<Instant> {
+    pub(crate) fn due(&self) -> Option<Instant> {
         self.pending_since.map(|since| since + GATHER)
     }
 
     /// Writes the gathered output if it is due, or anyway when `all`.
-    fn flush<W: Write>(
+    pub(crate) fn flush<W: Write>(
         &mut self,
         emitter: &mut Emitter<W>,
         now: Instant,
@@ -242,6 +277,7 @@ struct Watch {
     is_pid1: bool,
     deadline: Instant,
     cpu_budget_ms: u64,
+    cpu_baseline_ms: u64,
     next_cpu_check: Instant,
     ended: Option<(Ended, Instant)>,
     stop: Option<Stop>,
@@ -264,7 +300,7 @@ impl Watch {
             let now = Instant::now();
             let over = self.ended.is_some() || self.killed_at.is_some();
             for pipe in pipes.iter_mut() {
-                pipe.drain(emitter, now)?;
+                let _ = pipe.drain(emitter, now)?;
                 pipe.flush(emitter, now, over)?;
             }
             emitter.flush()?;
@@ -316,7 +352,8 @@ impl Watch {
         }
         if self.cpu_budget_ms > 0 && now >= self.next_cpu_check {
             self.next_cpu_check = now + CPU_CHECK_EVERY;
-            let used = sandbox::children_usage().cpu_ms + proctree::running_cpu_ms();
+            let used = (sandbox::children_usage().cpu_ms + proctree::running_cpu_ms())
+                .saturating_sub(self.cpu_baseline_ms);
             if used > self.cpu_budget_ms {
                 return Some(Stop::CpuBudget);
             }
@@ -327,23 +364,8 @@ impl Watch {
     /// Reaps every child that has exited (the program, and orphans re-parented to the
     /// wrapper), keeping the program's status.
     fn reap(&mut self) {
-        loop {
-            let mut status = 0;
-            // SAFETY: waitpid only writes the status into the local it is given. It is called
-            // directly because nix's wrapper fails on a death by a real-time signal, which
-            // would lose the program's status.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                return; // 0: none has exited yet; -1: no children left
-            }
-            if pid == self.program.as_raw() {
-                let ended = if libc::WIFEXITED(status) {
-                    Ended::Exited(libc::WEXITSTATUS(status))
-                } else if libc::WIFSIGNALED(status) {
-                    Ended::Signaled(libc::WTERMSIG(status))
-                } else {
-                    continue;
-                };
+        while let Some((pid, ended)) = reap_one(-1) {
+            if let (true, Some(ended)) = (pid == self.program.as_raw(), ended) {
                 self.ended = Some((ended, Instant::now()));
             }
         }
@@ -370,7 +392,28 @@ impl Watch {
     }
 }
 
-fn poll_timeout(wait: Duration) -> PollTimeout {
+/// Reaps one exited child (`pid`, or any with -1) without blocking: its pid and how it ended
+/// (`None` for a stop or a continue), or `None` when none has exited.
+pub(crate) fn reap_one(pid: i32) -> Option<(i32, Option<Ended>)> {
+    let mut status = 0;
+    // SAFETY: waitpid only writes the status into the local it is given. It is called
+    // directly because nix's wrapper fails on a death by a real-time signal, which would
+    // lose the program's status.
+    let pid = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if pid <= 0 {
+        return None; // 0: none has exited yet; -1: no such child
+    }
+    let ended = if libc::WIFEXITED(status) {
+        Some(Ended::Exited(libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        Some(Ended::Signaled(libc::WTERMSIG(status)))
+    } else {
+        None
+    };
+    Some((pid, ended))
+}
+
+pub(crate) fn poll_timeout(wait: Duration) -> PollTimeout {
     // Round up: waking a moment early would only spin.
     let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
