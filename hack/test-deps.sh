@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# What the end-to-end tests need on the host besides the cluster: headless Chromium and its
-# WebDriver for the admin page test (e2e/tests/admin.rs), and an S3-compatible server for the
-# S3 storage test (e2e/tests/rest_s3.rs). Idempotent and quick once installed.
+# What the tests need on the host besides the cluster: headless Chromium and its WebDriver for
+# the admin page test (e2e/tests/admin.rs), an S3-compatible server for the S3 storage test
+# (e2e/tests/rest_s3.rs), and Ruby and PHP beside the host's python3 and node for the runner
+# wrapper's kernel tests in all four languages (runners/wrapper/tests/kernel.rs, session.rs).
+# Idempotent and quick once installed.
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "$0")" && pwd)"
 
@@ -11,6 +13,12 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     chromium chromium-driver >/dev/null
+fi
+
+if ! command -v ruby >/dev/null || ! command -v php >/dev/null; then
+  echo "[test-deps] installing ruby and php-cli" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ruby php-cli >/dev/null
 fi
 
 "$HACK_DIR/s3/install.sh" >/dev/null
