@@ -42,76 +42,10 @@
     if (process.cwd() !== startup.cwd) process.chdir(startup.cwd);
   };
 
-  const channel = {
-    inbox: fs.openSync(path.join(folder, 'in'), 'r'),
-    outbox: fs.openSync(path.join(folder, 'out'), 'w'),
-    pending: Buffer.alloc(0),
-    // The next message as [verb, ...words]; null once the wrapper has gone. Blocks.
-    receive() {
-      for (;;) {
-        const at = this.pending.indexOf(10);
-        if (at >= 0) {
-          const line = this.pending.subarray(0, at).toString('latin1');
-          this.pending = this.pending.subarray(at + 1);
-          return line.split(' ');
-        }
-        const chunk = Buffer.alloc(65536);
-        const n = fs.readSync(this.inbox, chunk, 0, chunk.length, null);
-        if (n === 0) return null;
-        this.pending = Buffer.concat([this.pending, chunk.subarray(0, n)]);
-      }
-    },
-    send(...words) {
-      const line = Buffer.from(`${words.join(' ')}\n`, 'latin1');
-      for (let done = 0; done < line.length; ) done += fs.writeSync(this.outbox, line, done);
-    },
-    close() {
-      fs.closeSync(this.inbox);
-      fs.closeSync(this.outbox);
-    },
-  };
-
+  const channel = openChannel(folder);
   const first = channel.receive();
   if (!first || first[0] !== 'preload') process.exit(70);
-  const names = first.slice(1).map(text);
-  // What a preload writes to a full pipe would wait in Node's queue and come out in the
-  // program's time, past the wrapper's discarding: it is dropped here instead. The streams are
-  // lazy, and creating one opens descriptors: only a stream the preload itself creates is muted.
-  const muted = new Set();
-  const getters = ['stdout', 'stderr'].map((name) => [
-    name,
-    Object.getOwnPropertyDescriptor(process, name),
-  ]);
-  for (const [name, descriptor] of getters) {
-    if (!descriptor || !descriptor.get || !descriptor.configurable) continue;
-    Object.defineProperty(process, name, {
-      ...descriptor,
-      get() {
-        const stream = descriptor.get.call(process);
-        if (!muted.has(stream)) {
-          muted.add(stream);
-          stream.write = (chunk, encoding, callback) => {
-            const done = typeof encoding === 'function' ? encoding : callback;
-            if (typeof done === 'function') process.nextTick(done);
-            return true;
-          };
-        }
-        return stream;
-      },
-    });
-  }
-  const load = Module.createRequire(script);
-  for (const name of names) {
-    try {
-      load(name);
-    } catch (err) {
-      channel.send('note', hex(`cannot preload ${name}: ${err && err.message}`));
-    }
-  }
-  for (const [name, descriptor] of getters) {
-    if (descriptor) Object.defineProperty(process, name, descriptor);
-  }
-  for (const stream of muted) delete stream.write;
+  preload(first.slice(1).map(text), channel);
   restore();
   channel.send('ready', 'interruptible');
 
@@ -134,6 +68,78 @@
     Module.runMain = runMain;
     serve(channel, text(words[0]), restore);
   };
+
+  function openChannel(dir) {
+    return {
+      inbox: fs.openSync(path.join(dir, 'in'), 'r'),
+      outbox: fs.openSync(path.join(dir, 'out'), 'w'),
+      pending: Buffer.alloc(0),
+      // The next message as [verb, ...words]; null once the wrapper has gone. Blocks.
+      receive() {
+        for (;;) {
+          const at = this.pending.indexOf(10);
+          if (at >= 0) {
+            const line = this.pending.subarray(0, at).toString('latin1');
+            this.pending = this.pending.subarray(at + 1);
+            return line.split(' ');
+          }
+          const chunk = Buffer.alloc(65536);
+          const n = fs.readSync(this.inbox, chunk, 0, chunk.length, null);
+          if (n === 0) return null;
+          this.pending = Buffer.concat([this.pending, chunk.subarray(0, n)]);
+        }
+      },
+      send(...words) {
+        const line = Buffer.from(`${words.join(' ')}\n`, 'latin1');
+        for (let done = 0; done < line.length; ) done += fs.writeSync(this.outbox, line, done);
+      },
+      close() {
+        fs.closeSync(this.inbox);
+        fs.closeSync(this.outbox);
+      },
+    };
+  }
+
+  function preload(names, control) {
+    // What a preload writes to a full pipe would wait in Node's queue and come out in the
+    // program's time, past the wrapper's discarding: it is dropped here instead. The streams
+    // are lazy, and creating one opens descriptors: only a stream the preload creates is muted.
+    const muted = new Set();
+    const getters = ['stdout', 'stderr'].map((name) => [
+      name,
+      Object.getOwnPropertyDescriptor(process, name),
+    ]);
+    for (const [name, descriptor] of getters) {
+      if (!descriptor || !descriptor.get || !descriptor.configurable) continue;
+      Object.defineProperty(process, name, {
+        ...descriptor,
+        get() {
+          const stream = descriptor.get.call(process);
+          if (!muted.has(stream)) {
+            muted.add(stream);
+            stream.write = (chunk, encoding, callback) => {
+              const done = typeof encoding === 'function' ? encoding : callback;
+              if (typeof done === 'function') process.nextTick(done);
+              return true;
+            };
+          }
+          return stream;
+        },
+      });
+    }
+    const load = Module.createRequire(script);
+    for (const name of names) {
+      try {
+        load(name);
+      } catch (err) {
+        control.send('note', hex(`cannot preload ${name}: ${err && err.message}`));
+      }
+    }
+    for (const [name, descriptor] of getters) {
+      if (descriptor) Object.defineProperty(process, name, descriptor);
+    }
+    for (const stream of muted) delete stream.write;
+  }
 
   function serve(control, firstSnippet, restoreStartup) {
     const net = require('net');

@@ -186,7 +186,7 @@ impl Interrupter {
 }
 
 /// A kernel that became the job's program: hand these to [`supervise::watch`].
-pub struct HandedOver {
+pub(crate) struct HandedOver {
     pub running: Running,
     /// From `run`: the wall clock, and the CPU used before it (not the program's).
     pub clock: Clock,
@@ -248,9 +248,9 @@ impl Kernel {
         self.language
     }
 
-    /// The kernel's process, the leader of its own process group.
-    pub fn pid(&self) -> Pid {
-        self.pid
+    /// The kernel's process id (the leader of its own process group), as `Child::id`.
+    pub fn id(&self) -> u32 {
+        self.pid.as_raw().unsigned_abs()
     }
 
     /// Whether SIGINT ends a running snippet and keeps the state (known once ready).
@@ -285,7 +285,7 @@ impl Kernel {
 
     /// Waits until `input` is readable (the job is arriving), meanwhile discarding what the
     /// kernel writes, so that a noisy preload never blocks on a full pipe.
-    pub fn idle_until_readable(&mut self, input: BorrowedFd<'_>) -> Result<(), KernelError> {
+    pub(crate) fn idle_until_readable(&mut self, input: BorrowedFd<'_>) -> Result<(), KernelError> {
         while !self.idle(Some(input), None)? {}
         Ok(())
     }
@@ -293,7 +293,7 @@ impl Kernel {
     /// One-shot: makes the kernel the job's program. Whatever the preload wrote is discarded,
     /// the job's limits are put on the process (CPU counted from now), and `run` is sent; the
     /// clock starts as it is sent.
-    pub fn hand_over(
+    pub(crate) fn hand_over(
         mut self,
         args: &[String],
         stdin: bool,
@@ -438,7 +438,7 @@ impl Drop for Kernel {
 
 /// The one-shot path of a pool pod: hands the job to the kernel started before it, or says why
 /// it cannot (the wrapper then starts a fresh interpreter, and the kernel is gone by then).
-pub fn one_shot(
+pub(crate) fn one_shot(
     kernel: Kernel,
     job: &runner_protocol::Job,
     launch: &Launch,
@@ -458,7 +458,7 @@ pub fn one_shot(
 
 /// What a kernel's placeholders leave in the job folder that a fresh program would not find:
 /// the stdin file of a job without stdin, the source file of another language.
-pub fn tidy_job_dir(job_dir: &Path, kernel: Language, job: &runner_protocol::Job) {
+pub(crate) fn tidy_job_dir(job_dir: &Path, kernel: Language, job: &runner_protocol::Job) {
     if job.stdin_bytes.is_none() {
         let _ = std::fs::remove_file(job_dir.join(STDIN_FILE));
     }
