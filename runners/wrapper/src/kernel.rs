@@ -207,7 +207,7 @@ impl Kernel {
         for placeholder in [&stdin, &source] {
             File::create(placeholder).map_err(|e| start(&placeholder.to_string_lossy(), &e))?;
         }
-        let mut channel = Channel::create(&spec.job_dir).map_err(|e| start("control", &e))?;
+        let channel = Channel::create(&spec.job_dir).map_err(|e| start("control", &e))?;
         let control = channel.dir().expect("a new channel has its folder");
         let (argv, extra_env) = spec.command(control);
         let mut env = job::program_env(spec.language, &spec.work_dir, &spec.program_path);
@@ -223,11 +223,7 @@ impl Kernel {
             max_output_bytes: 0,
         };
         let running = supervise::spawn(&launch).map_err(KernelError::Start)?;
-        for fd in [&running.stdout, &running.stderr].into_iter().flatten() {
-            // Read without blocking while the kernel waits: its output is discarded.
-            fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(|e| start("pipe", &e))?;
-        }
-        let sent = channel.send(&ToKernel::Preload(&spec.preload));
+        // From here on, an error drops the kernel, which kills it.
         let mut kernel = Kernel {
             language: spec.language,
             pid: running.pid,
@@ -239,7 +235,14 @@ impl Kernel {
             shared: Arc::default(),
             handed_over: false,
         };
-        sent.map_err(|e| start("control", &e))?;
+        for fd in [&kernel.stdout, &kernel.stderr].into_iter().flatten() {
+            // Read without blocking while the kernel waits: its output is discarded.
+            fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(|e| start("pipe", &e))?;
+        }
+        kernel
+            .channel
+            .send(&ToKernel::Preload(&spec.preload))
+            .map_err(|e| start("control", &e))?;
         kernel.check_alive()?;
         Ok(kernel)
     }
