@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= /var/cache/codeinterp/cargo-target
 
-.PHONY: up down test bench cluster images build lint unit e2e crd
+.PHONY: up down test bench cluster images build lint unit e2e crd deps
 
 ## up: build what is missing, start the cluster, load the images, start the operator and API
 up: cluster images build
@@ -33,14 +33,19 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	hack/lint/function-length.py operator/src apiserver/src
 
-## unit: tests that need no cluster
-unit:
-	cargo test --workspace --exclude e2e
-
-## e2e: tests on the real cluster (brought up first), with their tools (Chromium, an S3 server)
-e2e: up
+## deps: what the tests need on the host (Chromium, an S3 server, Ruby and PHP)
+deps:
 	hack/test-deps.sh
-	cargo test -p e2e -- --test-threads=4
+
+## unit: tests that need no cluster (the Python SDK's included)
+unit: deps
+	cargo test --workspace --exclude e2e
+	hack/sdk/test.sh unit
+
+## e2e: tests on the real cluster (brought up first), the SDK's live tests last
+e2e: up deps
+	cargo test -p e2e --no-fail-fast -- --test-threads=4
+	hack/sdk/test.sh live
 
 test: lint unit e2e
 

@@ -37,15 +37,16 @@ impl Witness {
             while let Some(Ok(pod)) = events.next().await {
                 let running =
                     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-                if running && following.insert(pod.name_any()) {
-                    tokio::spawn(seen.clone().follow(pods.clone(), pod.name_any()));
+                // By UID: a run's new pod may have its old pod's name.
+                if running && following.insert(pod.uid().unwrap_or_default()) {
+                    tokio::spawn(seen.clone().follow(pods.clone(), pod.name_any(), pod.uid()));
                 }
             }
         });
         (witness, task)
     }
 
-    async fn follow(self, pods: Api<Pod>, pod: String) {
+    async fn follow(self, pods: Api<Pod>, pod: String, uid: Option<String>) {
         let params = LogParams {
             container: Some(RUNNER_CONTAINER.into()),
             follow: true,
@@ -227,6 +228,13 @@ async fn the_leader_dying_at_each_moment_of_delivery_loses_no_run_and_runs_none_
             1,
             "{marker} ran in more than one pod"
         );
+        let restarts = runs
+            .get(id)
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .map_or(0, |s| s.restarts);
+        eprintln!("{marker}: ran once; new pods given: {restarts}");
     }
     watching.abort();
     // The new leader keeps serving: a run after the handovers runs.

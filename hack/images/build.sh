@@ -92,7 +92,7 @@ build_runner() {
   local ref="localhost/codeinterp/runner-$lang:dev"
   local dockerfile="$REPO_ROOT/runners/$lang/Dockerfile"
   local key
-  key=$(printf '%s %s\n' "$(content_key "$dockerfile" "$WRAPPER")" "$BASE_KEY" | sha256sum | cut -c1-16)
+  key=$(printf '%s %s\n' "$(content_key "$dockerfile" "$WRAPPER" "$REPO_ROOT/runners/kernels/$lang")" "$BASE_KEY" | sha256sum | cut -c1-16)
   local archive="$IMAGE_CACHE/runner-$lang-$key.tar"
   if [[ ! -f $archive ]]; then
     log "building $ref"

@@ -66,11 +66,6 @@ pub async fn deliver(
             why: "the attach session has no stdin or stdout".into(),
         });
     };
-    // The wrapper writes nothing before it has the whole job, so the write cannot wait on
-    // unread output. A write that breaks off leaves a job cut short: the record says so.
-    if let Err(e) = inputs.write(&ctx.store, &mut stdin).await {
-        tracing::warn!(pod = %pod.name_any(), error = %e, "writing the job");
-    }
     ctx.record(
         run,
         EventType::Normal,
@@ -78,14 +73,40 @@ pub async fn deliver(
         "Run",
         &format!("the job was handed to {}", pod.name_any()),
     );
-    let follower = Follower::new(stdout, Decoder::new(&ctx.limits(run)));
-    let (followed, written) = read_stream(ctx, run, pod, follower, deadline).await;
+    // The job is written while the stream is read: a pod whose stdin is gone (it took a
+    // job from an earlier leader a moment ago) never reads ours, and its stream, not our
+    // write, says how the run went. A write that breaks off leaves a job cut short: the
+    // record says so.
+    let (read, stop_writing) = tokio::sync::oneshot::channel::<()>();
+    let writing = async {
+        let limit = write_limit(inputs.job.payload_bytes());
+        tokio::select! {
+            written = tokio::time::timeout(limit, inputs.write(&ctx.store, &mut stdin)) => match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(pod = %pod.name_any(), error = %e, "writing the job"),
+                Err(_) => tracing::warn!(pod = %pod.name_any(), "the job's write stalled; reading on"),
+            },
+            _ = stop_writing => {}
+        }
+    };
+    let reading = async {
+        let follower = Follower::new(stdout, Decoder::new(&ctx.limits(run)));
+        let out = read_stream(ctx, run, pod, follower, deadline).await;
+        let _ = read.send(());
+        out
+    };
+    let ((), (followed, written)) = tokio::join!(writing, reading);
     // Holding stdin open until now keeps the stream whole; dropping it ends the session.
     drop((stdin, session));
     Ok(Delivered::Read {
         followed: Box::new(followed),
         run: written.map(Box::new),
     })
+}
+
+/// How long writing a job of `payload` bytes may take: ample at a few MiB a second.
+fn write_limit(payload: u64) -> Duration {
+    Duration::from_secs(30 + payload / (2 << 20))
 }
 
 async fn attach(ctx: &Context, pod: &Pod) -> Result<Attached, String> {

@@ -49,6 +49,9 @@ struct Script {
     attach_fails: bool,
     /// The program keeps running: the stream stays open after `record`.
     keeps_running: bool,
+    /// The pod's stdin is gone (an earlier session took a job): nothing reads it, and
+    /// `record` (that job's) comes out all the same.
+    stdin_gone: bool,
 }
 
 #[derive(Default)]
@@ -99,9 +102,16 @@ impl PodStreams for Arc<FakeStreams> {
             if script.attach_fails {
                 return Err(kube::Error::Service("no such pod".into()));
             }
-            let (op_in, pod_in) = tokio::io::duplex(1 << 20);
-            let (pod_out, op_out) = tokio::io::duplex(1 << 20);
-            tokio::spawn(fake_wrapper(pod_in, pod_out, script, me, pod));
+            let (op_in, pod_in) = tokio::io::duplex(if script.stdin_gone { 64 } else { 1 << 20 });
+            let (mut pod_out, op_out) = tokio::io::duplex(1 << 20);
+            if script.stdin_gone {
+                tokio::spawn(async move {
+                    let _unread = pod_in;
+                    let _ = pod_out.write_all(&script.record).await;
+                });
+            } else {
+                tokio::spawn(fake_wrapper(pod_in, pod_out, script, me, pod));
+            }
             Ok(Attached::new(
                 Box::pin(op_in),
                 Box::pin(op_out.compat()),
@@ -907,4 +917,33 @@ async fn a_namespace_without_its_deny_all_policy_gets_it_before_any_pod() {
         assert_eq!(create.method, "POST");
     };
     tokio::join!(reconcile, server);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_whose_stdin_is_gone_is_read_from_its_stream_without_waiting_on_the_write() {
+    let mut h = harness(&[]);
+    let mut r = run("r1");
+    // A job that does not fit the pipe: its write blocks while nothing reads it.
+    r.spec.files = vec![codeinterp_crds::InputFile {
+        name: "data.bin".into(),
+        file_id: None,
+        content_base64: Some(base64::engine::general_purpose::STANDARD.encode(vec![7u8; 100_000])),
+    }];
+    h.show_run(&r);
+    let pod = running(h.cold_pod(&r));
+    let script = Script {
+        record: printed("from the earlier session\n"),
+        stdin_gone: true,
+        ..Default::default()
+    };
+    h.streams.script("r1", script);
+    h.show_pod(&pod);
+    h.reconcile(&r).await;
+    let write = h.api.status_write(&r).await;
+    assert_eq!(phase_of(&write), "Completed");
+    assert_eq!(
+        write.body["status"]["stdoutPreview"],
+        "from the earlier session\n"
+    );
+    h.read_done(&r).await;
 }
