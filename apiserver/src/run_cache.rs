@@ -42,8 +42,13 @@ fn slim(run: &mut CodeRun) {
 }
 
 impl RunCache {
-    /// Starts watching the namespace (the shard's runs in it) in the background.
-    pub fn start(client: Client, namespace: &str, shard: Option<&str>) -> Self {
+    /// The cache of the namespace (the shard's runs in it), and the watch that fills it: the
+    /// caller runs that future for as long as it serves.
+    pub fn start(
+        client: Client,
+        namespace: &str,
+        shard: Option<&str>,
+    ) -> (Self, impl Future<Output = ()> + Send + use<>) {
         let (reader, writer) = reflector::store::<CodeRun>();
         let (tx, changes) = watch::channel(0u64);
         let synced = Arc::new(AtomicBool::new(false));
@@ -53,7 +58,7 @@ impl RunCache {
             .modify(slim)
             .reflect(writer);
         let flag = synced.clone();
-        tokio::spawn(async move {
+        let watching = async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
                 match event {
@@ -63,14 +68,15 @@ impl RunCache {
                 }
                 tx.send_modify(|n| *n = n.wrapping_add(1));
             }
-        });
-        RunCache {
+        };
+        let cache = RunCache {
             reader,
             changes,
             synced,
             namespace: namespace.to_string(),
             shard: shard.map(str::to_string),
-        }
+        };
+        (cache, watching)
     }
 
     /// A cache that is never filled, for tests of the routes that need no cluster.

@@ -86,7 +86,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let runs = RunCache::start(
+    let (runs, watching) = RunCache::start(
         client.clone(),
         &settings.namespace,
         cfg.shared.shard.as_deref(),
@@ -103,27 +103,29 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     );
     let metrics_listener = bind(cfg.metrics_port).await?;
     let metrics_app = crate::health::metrics_app(state.metrics.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(metrics_listener, metrics_app).await {
-            tracing::warn!(error = %e, "metrics server stopped");
-        }
-    });
+    let metrics = axum::serve(metrics_listener, metrics_app);
     let limits = state.rate_limits.clone();
-    tokio::spawn(async move {
+    let housekeeping = async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             limits.housekeeping();
         }
-    });
+    };
     let listener = bind(cfg.port).await?;
     tracing::info!(address = %listener.local_addr()?, "listening");
-    axum::serve(
+    let api = axum::serve(
         listener,
         crate::app::router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown())
-    .await
-    .context("serving")?;
+    .with_graceful_shutdown(shutdown());
+    // Every task of the process is here: the API ends it (asked to stop); any other that
+    // ends is a failure that must not go unnoticed, so it ends the process too.
+    tokio::select! {
+        served = api => served.context("serving")?,
+        _ = watching => anyhow::bail!("the CodeRun watch ended"),
+        served = metrics => anyhow::bail!("the metrics server stopped: {served:?}"),
+        () = housekeeping => unreachable!("housekeeping never ends"),
+    }
     tracing::info!("apiserver stopped");
     Ok(())
 }
