@@ -66,9 +66,9 @@ impl Witness {
         for line in String::from_utf8_lossy(&text).lines() {
             if let Some(marker) = line.strip_prefix("ran ") {
                 let mut seen = self.0.lock().unwrap();
-                seen.entry(marker.to_string())
-                    .or_default()
-                    .insert(pod.clone());
+                // By UID too: a run's new pod may have its old pod's name.
+                let who = format!("{pod}/{}", uid.as_deref().unwrap_or_default());
+                seen.entry(marker.to_string()).or_default().insert(who);
             }
         }
     }
