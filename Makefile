@@ -22,10 +22,9 @@ images:
 build:
 	cargo build --release --workspace --bins
 
-## crd: regenerate the CRD from the Rust types, and the chart's copies of it and the seccomp profile
+## crd: regenerate the CRDs from the Rust types, and the chart's copies of them and the seccomp profile
 crd:
-	cargo run -q -p codeinterp-crds --bin crdgen > crds/coderun.yaml
-	cp crds/coderun.yaml charts/codeinterp/crds/coderun.yaml
+	cargo run -q -p codeinterp-crds --bin crdgen -- crds charts/codeinterp/crds
 	cp policies/seccomp/runner.json charts/codeinterp/files/seccomp-runner.json
 
 lint:

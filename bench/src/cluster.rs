@@ -280,12 +280,14 @@ impl Helm {
         ])
     }
 
-    /// A Python warm pool of `size`.
+    /// A Python warm pool of exactly `size` (its minimum and maximum).
     pub fn set_python_pool(&self, chart: &str, size: usize) -> anyhow::Result<()> {
         progress(&format!("helm: Python warm pool of {size}"));
         self.set(
             chart,
-            &format!("warmPools[0].language=python,warmPools[0].size={size}"),
+            &format!(
+                "warmPools[0].name=python,warmPools[0].language=python,warmPools[0].minReplicas={size},warmPools[0].maxReplicas={size}"
+            ),
         )
     }
 

@@ -13,11 +13,13 @@ fn read(path: &str) -> Vec<u8> {
 }
 
 #[test]
-fn the_charts_crd_is_the_generated_one() {
-    assert!(
-        read("charts/codeinterp/crds/coderun.yaml") == read("crds/coderun.yaml"),
-        "charts/codeinterp/crds/coderun.yaml differs from crds/coderun.yaml: run `make crd`"
-    );
+fn the_charts_crds_are_the_generated_ones() {
+    for (file, _) in codeinterp_crds::crds() {
+        assert!(
+            read(&format!("charts/codeinterp/crds/{file}")) == read(&format!("crds/{file}")),
+            "charts/codeinterp/crds/{file} differs from crds/{file}: run `make crd`"
+        );
+    }
 }
 
 #[test]

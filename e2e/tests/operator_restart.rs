@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use codeinterp_crds::{CodeRun, Phase};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, LogParams};
@@ -102,17 +101,29 @@ async fn kill_leader(client: &kube::Client) -> Duration {
     .await;
     assert!(took_over, "no standby took the lease");
     let handover = killed.elapsed();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let both_ready = eventually_async(Duration::from_secs(120), || async {
-        deployments
-            .get("codeinterp-operator")
+    // The Deployment replaces the killed replica: wait for that standby to be ready, so the
+    // next kill again leaves one to take over.
+    let holder = stack_pod(client, "operator").await;
+    let standby_back = eventually_async(Duration::from_secs(120), || async {
+        let selector = "app.kubernetes.io/component=operator";
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(selector))
             .await
-            .ok()
-            .and_then(|d| d.status?.ready_replicas)
-            == Some(2)
+            .map(|l| l.items)
+            .unwrap_or_default();
+        list.iter().any(|p| {
+            let name = p.name_any();
+            name != leader
+                && name != holder
+                && p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| cs.iter().all(|c| c.ready))
+        })
     })
     .await;
-    assert!(both_ready, "the Deployment did not get its standby back");
+    assert!(standby_back, "the Deployment did not get its standby back");
     handover
 }
 

@@ -21,7 +21,6 @@ async fn a_full_queue_is_429_a_cancelled_queued_run_gets_no_pod_and_a_long_wait_
             ("MAX_CONCURRENT_RUNS", "1".into()),
             ("MAX_QUEUED_PER_TENANT", "3".into()),
             ("QUEUE_TIMEOUT_SECONDS", "25".into()),
-            ("WARM_POOLS", String::new()),
         ],
     )
     .await;

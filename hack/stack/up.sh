@@ -29,7 +29,7 @@ fi
 
 log "installing the chart (release $RELEASE in $RELEASE_NAMESPACE)"
 # Helm installs a CRD only on first install; keep it current on upgrades too.
-kubectl_admin apply --server-side --force-conflicts -f "$REPO_ROOT/charts/codeinterp/crds/coderun.yaml" >/dev/null
+kubectl_admin apply --server-side --force-conflicts -f "$REPO_ROOT/charts/codeinterp/crds/" >/dev/null
 helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/codeinterp" -n "$RELEASE_NAMESPACE" --create-namespace \
   -f "$REPO_ROOT/hack/stack/values-local.yaml" --set-string "restartKey=$image_key" --wait --timeout 5m 2>&1 |
   grep -v 'unrecognized format' || true

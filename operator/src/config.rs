@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use codeinterp_crds::{EffectiveLimits, Language, Maxima};
+use codeinterp_crds::{EffectiveLimits, Language, Maxima, RunnerPool};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AppArmorMode {
@@ -54,26 +54,82 @@ impl Seccomp {
     }
 }
 
-/// A warm pool: `size` idle pods of one language and shape.
+/// A warm pool as the operator runs it: a `RunnerPool` with its defaults resolved.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolSpec {
+    /// The RunnerPool's name (its pods' name prefix and label value) and UID (their owner
+    /// until a run claims one).
+    pub name: String,
+    pub uid: String,
     pub language: Language,
-    pub size: usize,
+    pub min: usize,
+    pub max: usize,
+    /// The shape of the runs it serves.
     pub memory_mb: u64,
     pub cpu_millicores: u64,
     pub disk_mb: u64,
+    /// Whether its pods start their interpreter before the job, and what it imports.
+    pub kernel: bool,
+    pub preload: Vec<String>,
+    /// Memory each pod has on top of the run's, for the waiting interpreter.
+    pub preload_memory_mb: u64,
 }
 
 impl PoolSpec {
+    /// The pool a RunnerPool describes, or why the operator cannot run it.
+    pub fn of(pool: &RunnerPool, maxima: &Maxima) -> Result<Self, String> {
+        let spec = &pool.spec;
+        let (d, m) = (&maxima.defaults, &maxima.max);
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        let resolved = PoolSpec {
+            language: spec.language,
+            min: spec.min_replicas as usize,
+            max: spec.max_replicas as usize,
+            memory_mb: spec.memory_mb.unwrap_or(d.memory_mb),
+            cpu_millicores: spec.cpu_millicores.unwrap_or(d.cpu_millicores),
+            disk_mb: spec.disk_mb.unwrap_or(d.disk_mb),
+            kernel: spec.kernel(),
+            preload: spec.preload(),
+            preload_memory_mb: spec.preload_memory_mb(),
+            uid: pool.metadata.uid.clone().unwrap_or_default(),
+            name,
+        };
+        let over = |what: &str, value: u64, max: u64| {
+            format!(
+                "pool {}: {what} is {value}; the operator allows at most {max}",
+                resolved.name
+            )
+        };
+        if resolved.memory_mb > m.memory_mb {
+            return Err(over("memoryMb", resolved.memory_mb, m.memory_mb));
+        }
+        if resolved.cpu_millicores > m.cpu_millicores {
+            return Err(over(
+                "cpuMillicores",
+                resolved.cpu_millicores,
+                m.cpu_millicores,
+            ));
+        }
+        if resolved.disk_mb > m.disk_mb {
+            return Err(over("diskMb", resolved.disk_mb, m.disk_mb));
+        }
+        Ok(resolved)
+    }
+
     /// The pool's name, also its pods' name prefix and label value.
     pub fn name(&self) -> String {
-        format!(
-            "pool-{}-{}m-{}c-{}d",
-            self.language.as_str(),
-            self.memory_mb,
-            self.cpu_millicores,
-            self.disk_mb
-        )
+        self.name.clone()
+    }
+
+    /// A pool of `language` in the run defaults' shape, for tests.
+    pub fn for_tests(language: Language, max: usize) -> Self {
+        let pool: RunnerPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "codeinterp.dev/v1alpha1", "kind": "RunnerPool",
+            "metadata": {"name": language.as_str(), "namespace": "codeinterp", "uid": "pool-uid"},
+            "spec": {"language": language.as_str(), "minReplicas": 0, "maxReplicas": max},
+        }))
+        .expect("a valid pool");
+        PoolSpec::of(&pool, &Maxima::default()).expect("within the maxima")
     }
 
     /// Whether a run with these limits fits this pool's pods exactly.
@@ -83,50 +139,6 @@ impl PoolSpec {
             && self.cpu_millicores == limits.cpu_millicores
             && self.disk_mb == limits.disk_mb
     }
-}
-
-/// Parses `WARM_POOLS`: comma-separated `language[:memory_mb[:cpu_millicores[:disk_mb]]]=size`;
-/// unset parts take the run defaults, so `python=2` serves runs that set no limits.
-pub fn parse_pools(raw: &str, defaults: &EffectiveLimits) -> Result<Vec<PoolSpec>, String> {
-    let mut pools: Vec<PoolSpec> = Vec::new();
-    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let bad = |why: &str| format!("WARM_POOLS entry {entry:?}: {why}");
-        let (shape, size) = entry
-            .split_once('=')
-            .ok_or_else(|| bad("expected language[:memory_mb[:cpu_millicores[:disk_mb]]]=size"))?;
-        let size: usize = size
-            .trim()
-            .parse()
-            .map_err(|_| bad("the size is not a number"))?;
-        let mut parts = shape.split(':');
-        let language: Language = parts
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .parse()
-            .map_err(|e: String| bad(&e))?;
-        let mut number = |default: u64, what: &str| -> Result<u64, String> {
-            match parts.next() {
-                None | Some("") => Ok(default),
-                Some(n) => n
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad(&format!("{what} is not a number"))),
-            }
-        };
-        let pool = PoolSpec {
-            language,
-            size,
-            memory_mb: number(defaults.memory_mb, "memory_mb")?,
-            cpu_millicores: number(defaults.cpu_millicores, "cpu_millicores")?,
-            disk_mb: number(defaults.disk_mb, "disk_mb")?,
-        };
-        if pools.iter().any(|p| p.name() == pool.name()) {
-            return Err(bad("the same pool is given twice"));
-        }
-        pools.push(pool);
-    }
-    Ok(pools)
 }
 
 #[derive(Clone, Debug, Parser)]
@@ -210,9 +222,6 @@ pub struct Config {
     /// A run waiting for room this long fails as `queue_timeout`.
     #[arg(long, env = "QUEUE_TIMEOUT_SECONDS", default_value_t = 900)]
     pub queue_timeout_seconds: u64,
-    /// Warm pools, comma-separated `language[:memory_mb[:cpu_millicores[:disk_mb]]]=size`.
-    #[arg(long, env = "WARM_POOLS", default_value = "")]
-    pub warm_pools: String,
     /// An idle pool pod older than this is replaced by a fresh one.
     #[arg(long, env = "POOL_MAX_IDLE_SECONDS", default_value_t = 1800)]
     pub pool_max_idle_seconds: u64,
@@ -244,10 +253,6 @@ impl Config {
         self.shared.maxima()
     }
 
-    pub fn pools(&self) -> Vec<PoolSpec> {
-        parse_pools(&self.warm_pools, &self.maxima().defaults).unwrap_or_default()
-    }
-
     pub fn lease_namespace(&self) -> String {
         self.lease_namespace
             .clone()
@@ -270,31 +275,6 @@ impl Config {
         if self.lease_duration_seconds < 2 {
             return Err("LEASE_DURATION_SECONDS must be at least 2".into());
         }
-        let maxima = self.maxima();
-        for pool in parse_pools(&self.warm_pools, &maxima.defaults)? {
-            let m = &maxima.max;
-            if pool.memory_mb > m.memory_mb || pool.memory_mb < 32 {
-                return Err(format!(
-                    "WARM_POOLS: pool {} asks memory_mb outside 32..={}",
-                    pool.name(),
-                    m.memory_mb
-                ));
-            }
-            if pool.cpu_millicores > m.cpu_millicores || pool.cpu_millicores < 100 {
-                return Err(format!(
-                    "WARM_POOLS: pool {} asks cpu_millicores outside 100..={}",
-                    pool.name(),
-                    m.cpu_millicores
-                ));
-            }
-            if pool.disk_mb > m.disk_mb || pool.disk_mb == 0 {
-                return Err(format!(
-                    "WARM_POOLS: pool {} asks disk_mb outside 1..={}",
-                    pool.name(),
-                    m.disk_mb
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -308,35 +288,38 @@ impl Config {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pools_take_the_run_defaults_for_unset_parts() {
-        let d = Maxima::default().defaults;
-        let pools = parse_pools("python=2, node:256=1,ruby:128:500:16=3", &d).unwrap();
-        assert_eq!(pools.len(), 3);
-        assert_eq!(
-            (pools[0].language, pools[0].size, pools[0].memory_mb),
-            (Language::Python, 2, d.memory_mb)
-        );
-        assert!(pools[0].serves(Language::Python, &d));
-        assert_eq!((pools[1].memory_mb, pools[1].disk_mb), (256, d.disk_mb));
-        assert_eq!((pools[2].cpu_millicores, pools[2].disk_mb), (500, 16));
-        assert!(!pools[1].serves(Language::Node, &d));
-        assert_eq!(parse_pools("", &d).unwrap(), vec![]);
+    fn pool(spec: serde_json::Value) -> RunnerPool {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "codeinterp.dev/v1alpha1", "kind": "RunnerPool",
+            "metadata": {"name": "py", "namespace": "codeinterp"},
+            "spec": spec,
+        }))
+        .unwrap()
     }
 
     #[test]
-    fn bad_pools_are_errors_that_name_the_entry() {
-        let d = Maxima::default().defaults;
-        for bad in [
-            "python",
-            "cobol=1",
-            "python=x",
-            "python:lots=1",
-            "python=1,python=2",
-        ] {
-            let e = parse_pools(bad, &d).unwrap_err();
-            assert!(e.starts_with("WARM_POOLS entry"), "{bad}: {e}");
-        }
+    fn a_pool_takes_the_run_defaults_and_its_languages_preload() {
+        let maxima = Maxima::default();
+        let p = PoolSpec::of(
+            &pool(serde_json::json!({"language": "python", "maxReplicas": 4})),
+            &maxima,
+        )
+        .unwrap();
+        assert_eq!((p.name.as_str(), p.min, p.max), ("py", 0, 4));
+        assert!(p.serves(Language::Python, &maxima.defaults));
+        assert!(p.kernel && p.preload.contains(&"pandas".to_string()));
+        assert_eq!(p.preload_memory_mb, 160);
+        let plain = serde_json::json!({"language": "node", "maxReplicas": 1, "kernel": false});
+        let p = PoolSpec::of(&pool(plain), &maxima).unwrap();
+        assert!(!p.kernel && p.preload.is_empty() && p.preload_memory_mb == 0);
+    }
+
+    #[test]
+    fn a_pool_over_the_operators_maxima_is_refused_naming_the_field() {
+        let maxima = Maxima::with_ceilings(300_000, 1024, 100);
+        let big = serde_json::json!({"language": "python", "maxReplicas": 1, "memoryMb": 2048});
+        let e = PoolSpec::of(&pool(big), &maxima).unwrap_err();
+        assert!(e.contains("memoryMb") && e.contains("1024"), "{e}");
     }
 
     #[test]
@@ -349,11 +332,6 @@ mod tests {
                 .and_then(|c| c.check())
         };
         assert!(check(&[]).is_ok());
-        assert!(
-            check(&["--warm-pools", "python:9999=1"])
-                .unwrap_err()
-                .contains("WARM_POOLS")
-        );
         assert!(check(&["--seccomp", "/etc/x.json"]).is_err());
         assert!(check(&["--seccomp", "../x.json"]).is_err());
     }

@@ -2,7 +2,9 @@
 //! index of what this process knows, and handles to its tasks.
 use std::sync::Arc;
 
-use codeinterp_crds::{Applied, CodeRun, EffectiveLimits, Maxima, POOL_LABEL, RUNNER_LABEL};
+use codeinterp_crds::{
+    Applied, CodeRun, EffectiveLimits, Maxima, POOL_LABEL, RUNNER_LABEL, RunnerPool,
+};
 use codeinterp_store::Store;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::events::EventType;
@@ -28,7 +30,6 @@ use crate::tasks::Tasks;
 pub struct Settings {
     pub cfg: Config,
     pub maxima: Maxima,
-    pub pools: Vec<PoolSpec>,
     /// This process, as it holds the lease (and marks the pool pods it holds).
     pub identity: String,
 }
@@ -37,7 +38,6 @@ impl Settings {
     pub fn new(cfg: Config, identity: String) -> Self {
         Settings {
             maxima: cfg.maxima(),
-            pools: cfg.pools(),
             cfg,
             identity,
         }
@@ -63,6 +63,8 @@ pub struct Cluster {
     pub pods: Cache<Pod>,
     pub nodes: Cache<Node>,
     pub runs: Cache<CodeRun>,
+    /// The warm pools (RunnerPools of the sandbox namespace).
+    pub pools: Cache<RunnerPool>,
     /// Counts pod changes: a step waiting for a pod to change waits on it.
     pub pod_changes: watch::Receiver<u64>,
 }
@@ -192,16 +194,39 @@ impl Context {
         pod_spec::decide_isolation(self.cfg(), apparmor_on_nodes)
     }
 
+    /// The warm pools as they are now (those the operator cannot run are left out, with a
+    /// warning at most once a minute).
+    pub fn pools(&self) -> Vec<PoolSpec> {
+        let ns = self.settings.sandbox_namespace();
+        let mut pools: Vec<PoolSpec> = self
+            .cluster
+            .pools
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(ns))
+            .filter_map(|p| match PoolSpec::of(p, &self.settings.maxima) {
+                Ok(spec) => Some(spec),
+                Err(why) => {
+                    if self.index.once_a_minute(&format!("pool: {why}")) {
+                        tracing::warn!(%why, "a RunnerPool is left out");
+                    }
+                    None
+                }
+            })
+            .collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        pools
+    }
+
     /// The pool whose pods fit the run, if the run may use one (pools live in the REST
     /// API's namespace).
-    pub fn pool_for(&self, run: &CodeRun, limits: &EffectiveLimits) -> Option<&PoolSpec> {
+    pub fn pool_for(&self, run: &CodeRun, limits: &EffectiveLimits) -> Option<PoolSpec> {
         if run.namespace().as_deref() != Some(self.settings.sandbox_namespace()) {
             return None;
         }
-        self.settings
-            .pools
-            .iter()
-            .find(|p| p.size > 0 && p.serves(run.spec.language, limits))
+        self.pools()
+            .into_iter()
+            .find(|p| p.max > 0 && p.serves(run.spec.language, limits))
     }
 
     /// The run as a candidate for admission.
@@ -216,7 +241,7 @@ impl Context {
                 cpu_millicores: shape.cpu_request_millicores(),
                 memory_bytes: shape.memory_bytes(),
             },
-            pool: self.pool_for(run, &limits).map(PoolSpec::name),
+            pool: self.pool_for(run, &limits).map(|p| p.name),
             created: run
                 .creation_timestamp()
                 .map(|t| t.0.as_second())

@@ -67,6 +67,33 @@ pub enum Slot {
     Claiming,
 }
 
+/// What a pool has seen lately: runs asking it for a pod, how long its pods took to be
+/// ready, and since when it has had more idle pods than it needs.
+#[derive(Default)]
+struct PoolDemand {
+    arrivals: std::collections::VecDeque<Instant>,
+    hits: u64,
+    misses: u64,
+    ready_secs: Option<f64>,
+    above_since: Option<Instant>,
+}
+
+/// A pool's demand as sizing reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Demand {
+    /// Runs a second lately (0 when none came within [`ARRIVAL_WINDOW`]).
+    pub rate_per_sec: f64,
+    /// Seconds a new pod takes to be ready, as lately measured.
+    pub ready_secs: Option<f64>,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// Arrivals further back than this say nothing about the rate now.
+pub const ARRIVAL_WINDOW: Duration = Duration::from_secs(60);
+/// The rate is read from at most this many of the latest arrivals.
+const ARRIVALS_KEPT: usize = 20;
+
 #[derive(Default)]
 struct State {
     work: HashMap<String, Work>,
@@ -77,6 +104,8 @@ struct State {
     slots: HashMap<String, Slot>,
     /// Pool name -> pods created for it that the cache may not show yet.
     pool_created: HashMap<String, Vec<(String, Instant)>>,
+    /// Pool name -> what it has seen lately.
+    demand: HashMap<String, PoolDemand>,
     /// Pod UIDs this process asked the API to delete.
     removing: HashMap<String, Instant>,
     /// Namespaces whose deny-all policy was checked, and when.
@@ -236,7 +265,17 @@ impl Index {
             .is_some_and(|at| at.elapsed() < ENDED_MEMORY)
     }
 
-    /// Whether the namespace's deny-all policy needs checking; notes it as checked now.
+    /// Whether `key` was not noted within [`POLICY_RECHECK`]; notes it now if so (a warning
+    /// said at most once a minute).
+    pub fn once_a_minute(&self, key: &str) -> bool {
+        let due = self.policy_due(key);
+        if due {
+            self.policy_checked(key);
+        }
+        due
+    }
+
+    /// Whether the namespace's deny-all policy needs checking.
     pub fn policy_due(&self, namespace: &str) -> bool {
         let s = self.lock();
         s.policies
@@ -356,6 +395,67 @@ impl Index {
         self.lock().slots.retain(|uid, _| idle.contains(uid));
     }
 
+    /// A run asked the pool for a pod: it got one (`hit`) or started cold.
+    pub fn pool_arrival(&self, pool: &str, hit: bool) {
+        let mut s = self.lock();
+        let d = s.demand.entry(pool.to_string()).or_default();
+        d.arrivals.push_back(Instant::now());
+        while d.arrivals.len() > ARRIVALS_KEPT {
+            d.arrivals.pop_front();
+        }
+        if hit {
+            d.hits += 1;
+        } else {
+            d.misses += 1;
+        }
+    }
+
+    /// A pod of the pool became ready this long after it was made.
+    pub fn pool_ready(&self, pool: &str, secs: f64) {
+        let mut s = self.lock();
+        let d = s.demand.entry(pool.to_string()).or_default();
+        // A moving average: recent pods count most, one slow start does not swing it.
+        d.ready_secs = Some(d.ready_secs.map_or(secs, |r| 0.7 * r + 0.3 * secs));
+    }
+
+    pub fn pool_demand(&self, pool: &str) -> Demand {
+        let s = self.lock();
+        let Some(d) = s.demand.get(pool) else {
+            return Demand::default();
+        };
+        let recent: Vec<Instant> = d
+            .arrivals
+            .iter()
+            .copied()
+            .filter(|t| t.elapsed() < ARRIVAL_WINDOW)
+            .collect();
+        // n arrivals over the span from the first to now: a burst that just began reads as
+        // its own rate at once; one that stopped fades as now moves on.
+        let rate_per_sec = match (recent.first(), recent.len()) {
+            (Some(first), n) if n >= 2 => n as f64 / first.elapsed().as_secs_f64().max(1.0),
+            _ => 0.0,
+        };
+        Demand {
+            rate_per_sec,
+            ready_secs: d.ready_secs,
+            hits: d.hits,
+            misses: d.misses,
+        }
+    }
+
+    /// Notes whether the pool has more idle pods than it needs; returns since when it has
+    /// had (without a break).
+    pub fn pool_above_target(&self, pool: &str, above: bool) -> Option<Instant> {
+        let mut s = self.lock();
+        let d = s.demand.entry(pool.to_string()).or_default();
+        d.above_since = match (above, d.above_since) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, since) => since,
+        };
+        d.above_since
+    }
+
     /// A pod was created for the pool.
     pub fn pool_created(&self, pool: &str, pod: &str) {
         self.lock()
@@ -447,6 +547,26 @@ mod tests {
         tokio::time::advance(ENDED_MEMORY).await;
         assert!(!i.is_removing("pod-uid"));
         assert!(i.removing("pod-uid"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pools_rate_follows_a_stream_at_once_and_fades_when_it_stops() {
+        let i = index();
+        assert_eq!(i.pool_demand("p").rate_per_sec, 0.0);
+        for _ in 0..7 {
+            i.pool_arrival("p", true);
+            tokio::time::advance(Duration::from_millis(333)).await;
+        }
+        let rate = i.pool_demand("p").rate_per_sec;
+        assert!((2.5..=3.5).contains(&rate), "{rate}");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(i.pool_demand("p").rate_per_sec < 0.3);
+        tokio::time::advance(ARRIVAL_WINDOW).await;
+        assert_eq!(i.pool_demand("p").rate_per_sec, 0.0);
+        assert_eq!(i.pool_demand("p").hits, 7);
+        i.pool_ready("p", 2.0);
+        i.pool_ready("p", 1.0);
+        assert_eq!(i.pool_demand("p").ready_secs, Some(1.7));
     }
 
     #[tokio::test(start_paused = true)]

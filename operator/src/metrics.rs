@@ -65,6 +65,8 @@ pub struct PoolMetrics {
     pub hits: Family<LanguageLabels, Counter>,
     pub misses: Family<LanguageLabels, Counter>,
     pub idle: Family<PoolLabels, Gauge>,
+    /// The size each pool is kept at now (from its arrival rate, within its bounds).
+    pub target: Family<PoolLabels, Gauge>,
     pub created: Family<PoolLabels, Counter>,
 }
 
@@ -87,6 +89,12 @@ impl PoolMetrics {
                 r,
                 "pool_idle_pods",
                 "Idle, ready warm pods by pool",
+                Family::default(),
+            ),
+            target: registered(
+                r,
+                "pool_target_pods",
+                "The size each pool is kept at now, by pool",
                 Family::default(),
             ),
             created: registered(

@@ -7,13 +7,13 @@ use codeinterp_crds::{
     Applied, CodeRun, EffectiveLimits, Language, POOL_LABEL, RUN_UID_LABEL, RUNNER_LABEL,
 };
 use k8s_openapi::api::core::v1::{
-    AppArmorProfile, Capabilities, Container, EmptyDirVolumeSource, Pod, PodDNSConfig,
+    AppArmorProfile, Capabilities, Container, EmptyDirVolumeSource, EnvVar, Pod, PodDNSConfig,
     PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
     VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use runner_protocol::{JOB_DIR, WORK_DIR};
@@ -54,10 +54,11 @@ impl Shape {
         }
     }
 
+    /// A pool's pods have the run's memory and what the waiting interpreter takes.
     pub fn of_pool(pool: &PoolSpec) -> Self {
         Shape {
             language: pool.language,
-            memory_mb: pool.memory_mb,
+            memory_mb: pool.memory_mb + pool.preload_memory_mb,
             cpu_millicores: pool.cpu_millicores,
             disk_mb: pool.disk_mb,
         }
@@ -274,13 +275,52 @@ pub fn pool_pod(pool: &PoolSpec, namespace: &str, cfg: &Config, applied: &Applie
         applied,
         applied.apparmor.starts_with("Localhost/"),
     );
-    pod.metadata.generate_name = Some(format!("{}-", pool.name()));
+    pod.metadata.generate_name = Some(format!("pool-{}-", pool.name()));
     pod.metadata.namespace = Some(namespace.to_string());
+    // The pool owns its idle pods (they go with it); a claim makes the run their owner.
+    pod.metadata.owner_references = Some(vec![pool_owner(pool)]);
+    if pool.kernel {
+        // The wrapper starts the interpreter (and its imports) before the job arrives.
+        let env = pod.spec.as_mut().and_then(|s| s.containers.first_mut());
+        let env = env
+            .expect("a runner container")
+            .env
+            .get_or_insert_with(Vec::new);
+        env.push(EnvVar {
+            name: "CI_RUNNER_KERNEL".into(),
+            value: Some("1".into()),
+            ..Default::default()
+        });
+        env.push(EnvVar {
+            name: "CI_RUNNER_PRELOAD".into(),
+            value: Some(pool.preload.join(",")),
+            ..Default::default()
+        });
+    }
     let digest = spec_digest(&pod);
     let labels = pod.labels_mut();
     labels.insert(POOL_LABEL.into(), pool.name());
     labels.insert(SPEC_LABEL.into(), digest);
     pod
+}
+
+/// The owner reference of a pool's idle pods.
+pub fn pool_owner(pool: &PoolSpec) -> OwnerReference {
+    OwnerReference {
+        api_version: "codeinterp.dev/v1alpha1".into(),
+        kind: "RunnerPool".into(),
+        name: pool.name(),
+        uid: pool.uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }
+}
+
+/// Whether the pod is one of the pool's idle pods: its controller is the pool.
+pub fn owned_by_pool(pod: &Pod, pool: &PoolSpec) -> bool {
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.kind == "RunnerPool" && o.uid == pool.uid)
 }
 
 /// The merge patch by which a run claims an idle pool pod: guarded by the pod's
@@ -596,14 +636,13 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_pod_has_no_owner_or_deadline_until_claimed() {
+    fn a_pool_pod_is_its_pools_with_no_deadline_until_claimed() {
         let cfg = Config::for_tests();
         let applied = decide_isolation(&cfg, false).unwrap();
-        let pool = crate::config::parse_pools("python=1", &cfg.maxima().defaults)
-            .unwrap()
-            .remove(0);
+        let pool = PoolSpec::for_tests(Language::Python, 1);
         let pod = pool_pod(&pool, "sandbox", &cfg, &applied);
-        assert!(pod.metadata.owner_references.is_none());
+        assert!(owned_by_pool(&pod, &pool), "the pool owns its idle pods");
+        assert!(run_of(&pod).is_none(), "no run does");
         assert!(pod.spec.as_ref().unwrap().active_deadline_seconds.is_none());
         assert_eq!(pod.labels()[POOL_LABEL], pool.name());
         assert!(is_trusted_pool_pod(&pod, &pool, &cfg, &applied));
@@ -624,9 +663,7 @@ mod tests {
     fn a_pod_that_only_looks_like_a_pool_pod_is_not_trusted() {
         let cfg = Config::for_tests();
         let applied = decide_isolation(&cfg, false).unwrap();
-        let pool = crate::config::parse_pools("python=1", &cfg.maxima().defaults)
-            .unwrap()
-            .remove(0);
+        let pool = PoolSpec::for_tests(Language::Python, 1);
         let honest = pool_pod(&pool, "sandbox", &cfg, &applied);
         type Tamper = Box<dyn Fn(&mut PodSpec)>;
         let tamper: Vec<Tamper> = vec![

@@ -1,10 +1,12 @@
-//! Warm pools: pods started ahead of time, each waiting on stdin for one job. A run whose
-//! limits match a pool's shape claims an idle pod (an optimistic write guarded by the pod's
-//! resourceVersion: of two claims one wins, the other tries another pod or goes cold),
-//! becomes its owner, gets its job over the attach session this process holds open to the
-//! pod, and the pod is deleted when the run ends: never reused. The pools are tended as the
-//! cluster's pods change: each kept at its size, idle pods past their age replaced, refills
-//! made only with room no waiting run needs.
+//! Warm pools (`RunnerPool`s): pods started ahead of time, each with its interpreter waiting
+//! (its modules imported) for one job on stdin. A run whose limits match a pool's shape
+//! claims an idle pod (an optimistic write guarded by the pod's resourceVersion: of two
+//! claims one wins, the other tries another pod or goes cold), becomes its owner, gets its
+//! job over the attach session this process holds open to the pod, and the pod is deleted
+//! when the run ends: never reused. The pools are tended as the cluster's pods change: each
+//! kept at its target size (from the arrival rate of its runs and the time its pods take to
+//! be ready, within its minimum and maximum), idle pods past their age replaced, refills made
+//! only with room no waiting run needs.
 //!
 //! Runner containers have `stdinOnce`: when a session closes, the pod's stdin closes for
 //! good, its wrapper sees no job and exits. So a session is never dropped while its pod
@@ -12,7 +14,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use codeinterp_crds::{Applied, CodeRun, EffectiveLimits, HELD_LABEL, POOL_LABEL, RUN_UID_LABEL};
+use codeinterp_crds::{
+    Applied, CodeRun, EffectiveLimits, HELD_LABEL, POOL_LABEL, RUN_UID_LABEL, RunnerPool,
+    RunnerPoolStatus,
+};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -57,7 +62,7 @@ fn pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
             p.namespace().as_deref() == Some(ns)
                 && p.labels().get(POOL_LABEL) == Some(&name)
                 && !p.labels().contains_key(RUN_UID_LABEL)
-                && p.owner_references().is_empty()
+                && pod_spec::owned_by_pool(p, pool)
                 && !is_gone_or_going(p)
         })
         .collect()
@@ -81,8 +86,7 @@ pub fn free_counts(ctx: &Context) -> HashMap<String, usize> {
     let Ok(applied) = ctx.isolation() else {
         return HashMap::new();
     };
-    ctx.settings
-        .pools
+    ctx.pools()
         .iter()
         .map(|p| (p.name(), claimable(ctx, p, &applied).len()))
         .collect()
@@ -138,9 +142,6 @@ pub async fn try_claim(
 
 /// Tends the pools whenever the cluster's pods change (and every few seconds).
 pub async fn run(ctx: Arc<Context>, changes: impl Stream<Item = ()> + Send + 'static) {
-    if ctx.settings.pools.is_empty() {
-        return std::future::pending().await;
-    }
     let mut changes = std::pin::pin!(changes);
     loop {
         ctx.churn.quiet().await;
@@ -166,9 +167,9 @@ async fn tend(ctx: &Context) {
         return;
     }
     let mut idle = HashSet::new();
-    for pool in &ctx.settings.pools {
+    for pool in &ctx.pools() {
         let live = keep_fresh(ctx, pool, &applied).await;
-        let ready = hold_sessions(ctx, &live).await;
+        let ready = hold_sessions(ctx, pool, &live).await;
         idle.extend(ready);
         resize(ctx, pool, live, &applied).await;
     }
@@ -197,23 +198,38 @@ async fn keep_fresh(ctx: &Context, pool: &PoolSpec, applied: &Applied) -> Vec<Ar
 }
 
 /// Opens a session to each running idle pod that has none, and marks the pod as held by
-/// this process. Returns the UIDs of the running idle pods.
-async fn hold_sessions(ctx: &Context, live: &[Arc<Pod>]) -> Vec<String> {
+/// this process; how long each took to be ready is noted for the pool's sizing. Returns the
+/// UIDs of the running idle pods.
+async fn hold_sessions(ctx: &Context, pool: &PoolSpec, live: &[Arc<Pod>]) -> Vec<String> {
     let ready: Vec<(String, String)> = live
         .iter()
         .filter(|p| is_running(p))
         .filter_map(|p| Some((p.uid()?, p.name_any())))
         .collect();
+    let made: HashMap<String, i64> = live
+        .iter()
+        .filter_map(|p| Some((p.uid()?, p.creation_timestamp()?.0.as_second())))
+        .collect();
     let opens = ctx
         .index
         .slots_to_open(&ready)
         .into_iter()
-        .map(|(uid, name)| async move {
-            let session = open_session(ctx, &uid, &name).await;
-            if let Err(e) = &session {
-                tracing::debug!(pod = %name, error = %e, "holding an attach session");
+        .map(|(uid, name)| {
+            let made = made.get(&uid).copied();
+            async move {
+                let session = open_session(ctx, &uid, &name).await;
+                match (&session, made) {
+                    (Err(e), _) => {
+                        tracing::debug!(pod = %name, error = %e, "holding an attach session")
+                    }
+                    (Ok(_), Some(made)) => {
+                        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+                        ctx.index.pool_ready(&pool.name, (now - made).max(0) as f64);
+                    }
+                    (Ok(_), None) => {}
+                }
+                ctx.index.slot_opened(&uid, session.ok());
             }
-            ctx.index.slot_opened(&uid, session.ok());
         });
     futures::future::join_all(opens).await;
     ready.into_iter().map(|(uid, _)| uid).collect()
@@ -232,28 +248,89 @@ async fn open_session(ctx: &Context, uid: &str, name: &str) -> Result<Attached, 
     Ok(session)
 }
 
-/// Keeps the pool at its size: the newest extra pods go; missing ones are made while there
-/// is room no waiting run needs.
+/// How many idle pods a pool needs: enough that a steady stream of runs at `rate_per_sec`
+/// never finds it empty while claimed pods are replaced (`ready_secs` each, with a margin),
+/// within its minimum and maximum.
+pub fn target(pool: &PoolSpec, rate_per_sec: f64, ready_secs: f64) -> usize {
+    let needed = if rate_per_sec > 0.0 {
+        (rate_per_sec * ready_secs * 1.5).ceil() as usize + 1
+    } else {
+        0
+    };
+    needed.clamp(pool.min, pool.max.max(pool.min))
+}
+
+/// Idle pods above the target go only after it has stayed below for this long, so a pause
+/// in a stream does not throw away the pods its next runs need.
+pub const SCALE_DOWN_AFTER: Duration = Duration::from_secs(60);
+/// A pool's pods are assumed to take this long to be ready until one was measured.
+const READY_SECS_GUESS: f64 = 2.0;
+
+/// Keeps the pool at its target: extra pods go (the newest first) once the target has been
+/// below for a while; missing ones are made while there is room no waiting run needs.
 async fn resize(ctx: &Context, pool: &PoolSpec, mut live: Vec<Arc<Pod>>, applied: &Applied) {
     let name = pool.name();
     let seen: HashSet<String> = live.iter().map(|p| p.name_any()).collect();
     let count = live.len() + ctx.index.pool_pending(&name, &seen);
+    let demand = ctx.index.pool_demand(&name);
+    let want = target(
+        pool,
+        demand.rate_per_sec,
+        demand.ready_secs.unwrap_or(READY_SECS_GUESS),
+    );
     let held = live
         .iter()
         .filter(|p| ctx.index.slot_is_open(&p.uid().unwrap_or_default()))
         .count();
+    let labels = PoolLabels { pool: name.clone() };
     ctx.metrics
         .pool
         .idle
-        .get_or_create(&PoolLabels { pool: name.clone() })
+        .get_or_create(&labels)
         .set(held as i64);
-    if count > pool.size {
+    ctx.metrics
+        .pool
+        .target
+        .get_or_create(&labels)
+        .set(want as i64);
+    report(ctx, pool, held, want).await;
+    let above = ctx.index.pool_above_target(&name, count > want);
+    if above.is_some_and(|since| since.elapsed() >= SCALE_DOWN_AFTER) {
         live.sort_by_key(|p| std::cmp::Reverse(p.creation_timestamp().map(|t| t.0)));
-        for pod in live.iter().take(count - pool.size) {
-            remove(ctx, pod, "more than the pool's size").await;
+        for pod in live.iter().take(count - want) {
+            remove(ctx, pod, "more than the pool needs").await;
         }
-    } else if count < pool.size && ctx.index.waiting() == 0 {
-        refill(ctx, pool, pool.size - count, applied).await;
+    } else if count < want && ctx.index.waiting() == 0 {
+        refill(ctx, pool, want - count, applied).await;
+    }
+}
+
+/// Writes the pool's status when it changed (its idle pods, target, hits and misses, the
+/// rate and ready time it is sized from, and the selector the scale subresource reports).
+async fn report(ctx: &Context, pool: &PoolSpec, idle: usize, target: usize) {
+    let demand = ctx.index.pool_demand(&pool.name);
+    let status = RunnerPoolStatus {
+        replicas: idle as u32,
+        target: target as u32,
+        hits: demand.hits,
+        misses: demand.misses,
+        arrivals_per_minute: (demand.rate_per_sec * 600.0).round() / 10.0,
+        ready_seconds: (demand.ready_secs.unwrap_or(0.0) * 10.0).round() / 10.0,
+        selector: format!("{POOL_LABEL}={}", pool.name),
+    };
+    let ns = ctx.settings.sandbox_namespace();
+    let key = kube::runtime::reflector::ObjectRef::new(&pool.name).within(ns);
+    let shown = ctx.cluster.pools.get(&key).and_then(|p| p.status.clone());
+    if shown.as_ref() == Some(&status) {
+        return;
+    }
+    let api: Api<RunnerPool> = Api::namespaced(ctx.api.pool.clone(), ns);
+    let patch = serde_json::json!({ "status": status });
+    if let Err(e) = api
+        .patch_status(&pool.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::debug!(pool = %pool.name, error = %e, "writing a pool's status");
     }
 }
 
@@ -297,5 +374,39 @@ async fn remove(ctx: &Context, pod: &Pod, why: &str) {
     match delete_by_uid(&api, &pod.name_any(), pod.uid(), Some(0)).await {
         Ok(()) => tracing::info!(pod = %pod.name_any(), why, "deleted a pool pod"),
         Err(e) => tracing::warn!(pod = %pod.name_any(), error = %e, "deleting a pool pod"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codeinterp_crds::Language;
+
+    fn pool(min: usize, max: usize) -> PoolSpec {
+        PoolSpec {
+            name: "python".into(),
+            uid: "pool-uid".into(),
+            language: Language::Python,
+            min,
+            max,
+            memory_mb: 512,
+            cpu_millicores: 1000,
+            disk_mb: 64,
+            kernel: true,
+            preload: vec![],
+            preload_memory_mb: 160,
+        }
+    }
+
+    #[test]
+    fn a_pool_holds_what_a_stream_claims_while_its_pods_are_replaced() {
+        // 3 runs a second, pods ready in 2 s: 6 claimed per refill, half again as margin.
+        assert_eq!(target(&pool(2, 16), 3.0, 2.0), 10);
+        // Within its bounds.
+        assert_eq!(target(&pool(2, 8), 3.0, 2.0), 8);
+        assert_eq!(target(&pool(2, 8), 0.0, 2.0), 2);
+        assert_eq!(target(&pool(0, 8), 0.1, 1.0), 2);
+        // A minimum above the maximum (a scale past it) keeps the minimum.
+        assert_eq!(target(&pool(5, 3), 0.0, 1.0), 5);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
-use codeinterp_crds::{CodeRun, RUNNER_LABEL};
+use codeinterp_crds::{CodeRun, RUNNER_LABEL, RunnerPool};
 use codeinterp_store::Store;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -82,8 +82,10 @@ fn notifications(notify: Arc<Notify>) -> impl futures::Stream<Item = ()> + Send 
 struct Watches {
     pods: reflector::Store<Pod>,
     nodes: reflector::Store<Node>,
+    pools: reflector::Store<RunnerPool>,
     pod_writer: reflector::store::Writer<Pod>,
     node_writer: reflector::store::Writer<Node>,
+    pool_writer: reflector::store::Writer<RunnerPool>,
     pod_changes: watch::Sender<u64>,
     /// Notified on every change: the queue's pump waits on one, the pools on the other.
     changed: Arc<Notify>,
@@ -93,11 +95,14 @@ struct Watches {
 fn watches() -> Watches {
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (nodes, node_writer) = reflector::store::<Node>();
+    let (pools, pool_writer) = reflector::store::<RunnerPool>();
     Watches {
         pods,
         nodes,
+        pools,
         pod_writer,
         node_writer,
+        pool_writer,
         pod_changes: watch::Sender::new(0),
         changed: Arc::new(Notify::new()),
         pool_changed: Arc::new(Notify::new()),
@@ -154,6 +159,27 @@ async fn watch_nodes(
             warn!(watch = "nodes", error = %e, "watching the cluster");
         }
         changed.iter().for_each(|n| n.notify_one());
+    }
+}
+
+/// Watches the warm pools (the shard's RunnerPools of the sandbox namespace); a change of
+/// one is tended at once.
+async fn watch_pools(
+    client: Client,
+    (ns, shard): (String, String),
+    writer: reflector::store::Writer<RunnerPool>,
+    changed: Arc<Notify>,
+) {
+    let config = watcher::Config::default().labels(&shard);
+    let events = watcher(Api::<RunnerPool>::namespaced(client, &ns), config)
+        .default_backoff()
+        .reflect(writer);
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        if let Err(e) = event {
+            warn!(watch = "runnerpools", error = %e, "watching the pools");
+        }
+        changed.notify_one();
     }
 }
 
@@ -359,6 +385,7 @@ fn context(
         cluster: Cluster {
             pods: w.pods.clone(),
             nodes: w.nodes.clone(),
+            pools: w.pools.clone(),
             runs,
             pod_changes: w.pod_changes.subscribe(),
         },
@@ -395,8 +422,14 @@ async fn start_watches(ctx: &Arc<Context>, tasks: &Tasks, w: Watches) -> anyhow:
     tasks.spawn(
         "nodes watch",
         Kind::Service,
-        watch_nodes(client, w.node_writer, both),
+        watch_nodes(client.clone(), w.node_writer, both),
     );
+    let scope = (
+        ctx.settings.sandbox_namespace().to_string(),
+        ctx.cfg().shared.shard_selector(),
+    );
+    let pools = watch_pools(client, scope, w.pool_writer, w.pool_changed.clone());
+    tasks.spawn("pools watch", Kind::Service, pools);
     w.pods.wait_until_ready().await.context("listing pods")?;
     w.nodes.wait_until_ready().await.context("listing nodes")?;
     tasks.spawn("queue pump", Kind::Service, pump(ctx.clone(), w.changed));
@@ -422,7 +455,7 @@ async fn serve(mut parts: Parts, tasks: Tasks) -> anyhow::Result<()> {
     let removing = queues.tidy.run(ctx.api.tidy.clone(), ctx.churn.clone());
     tasks.spawn("pod remover", Kind::Service, removing);
     tasks.spawn("housekeeping", Kind::Service, housekeeping(ctx.clone()));
-    info!(pools = ctx.settings.pools.len(), "operator started");
+    info!("operator started");
     let controlling = controller
         .run(steps::reconcile, steps::error_policy, ctx)
         .for_each(|res| async move {

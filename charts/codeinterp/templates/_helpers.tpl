@@ -64,10 +64,4 @@ envFrom:
 - {name: SHARD, value: {{ . | quote }}}
 {{- end }}
 {{- end }}
-{{- define "codeinterp.warmPools" -}}
-{{- $pools := list -}}
-{{- range .Values.warmPools -}}
-{{- $pools = append $pools (printf "%s:%v:%v:%v=%v" .language (.memoryMb | default "") (.cpuMillicores | default "") (.diskMb | default "") .size) -}}
-{{- end -}}
-{{- join "," $pools -}}
-{{- end }}
+

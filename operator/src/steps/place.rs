@@ -45,7 +45,9 @@ async fn claim_warm(ctx: &Arc<Context>, run: &CodeRun, applied: &Applied) -> boo
     let language = LanguageLabels {
         language: run.spec.language.as_str().into(),
     };
-    let Some((pod, session)) = crate::pool::claim(ctx, run, &limits, pool, applied).await else {
+    let claimed = crate::pool::claim(ctx, run, &limits, &pool, applied).await;
+    ctx.index.pool_arrival(&pool.name, claimed.is_some());
+    let Some((pod, session)) = claimed else {
         ctx.metrics.pool.misses.get_or_create(&language).inc();
         return false;
     };

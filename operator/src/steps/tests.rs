@@ -281,6 +281,7 @@ struct Harness {
     pods: reflector::store::Writer<Pod>,
     runs: reflector::store::Writer<CodeRun>,
     nodes: reflector::store::Writer<Node>,
+    pools: reflector::store::Writer<codeinterp_crds::RunnerPool>,
     pod_changes: watch::Sender<u64>,
     events: EventQueue,
     tidy: TidyQueue,
@@ -299,6 +300,7 @@ fn harness(args: &[&str]) -> Harness {
     let (pods, pods_writer) = reflector::store();
     let (runs, runs_writer) = reflector::store();
     let (nodes, nodes_writer) = reflector::store();
+    let (pools, pools_writer) = reflector::store();
     let pod_changes = watch::Sender::new(0);
     let (events, event_queue) = events::channel();
     let (tidy, tidy_queue) = collect::tidy();
@@ -321,6 +323,7 @@ fn harness(args: &[&str]) -> Harness {
             pods,
             nodes,
             runs,
+            pools,
             pod_changes: pod_changes.subscribe(),
         },
         index: Index::new(queue),
@@ -336,6 +339,7 @@ fn harness(args: &[&str]) -> Harness {
         pods: pods_writer,
         runs: runs_writer,
         nodes: nodes_writer,
+        pools: pools_writer,
         pod_changes,
         events: event_queue,
         tidy: tidy_queue,
@@ -392,6 +396,18 @@ impl Harness {
         }))
         .unwrap();
         self.nodes.apply_watcher_event(&watcher::Event::Apply(node));
+    }
+
+    /// A RunnerPool of Python in the run defaults' shape, as the chart makes it.
+    fn python_pool(&mut self) -> crate::config::PoolSpec {
+        let pool: codeinterp_crds::RunnerPool = serde_json::from_value(json!({
+            "apiVersion": "codeinterp.dev/v1alpha1", "kind": "RunnerPool",
+            "metadata": {"name": "python", "namespace": NS, "uid": "pool-uid"},
+            "spec": {"language": "python", "minReplicas": 1, "maxReplicas": 1},
+        }))
+        .unwrap();
+        self.pools.apply_watcher_event(&watcher::Event::Apply(pool));
+        self.ctx.pools().remove(0)
     }
 
     fn show_run(&mut self, run: &CodeRun) {
@@ -699,10 +715,10 @@ async fn a_run_restarted_too_often_fails_instead_of_looping() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pool_pod_lost_in_a_claim_race_goes_back_to_the_pool_and_the_run_goes_cold() {
-    let mut h = harness(&["--warm-pools", "python=1"]);
+    let mut h = harness(&[]);
     let r = run("r1");
     h.show_run(&r);
-    let pool = h.ctx.settings.pools[0].clone();
+    let pool = h.python_pool();
     let applied = h.ctx.isolation().unwrap();
     let mut idle = running(pod_spec::pool_pod(&pool, NS, h.ctx.cfg(), &applied));
     idle.metadata.name = Some("pool-pod".into());
@@ -753,10 +769,10 @@ async fn a_pool_pod_lost_in_a_claim_race_goes_back_to_the_pool_and_the_run_goes_
 
 #[tokio::test(start_paused = true)]
 async fn a_claimed_pool_pod_gets_its_job_over_the_session_held_open_to_it() {
-    let mut h = harness(&["--warm-pools", "python=1"]);
+    let mut h = harness(&[]);
     let r = run("r1");
     h.show_run(&r);
-    let pool = h.ctx.settings.pools[0].clone();
+    let pool = h.python_pool();
     let applied = h.ctx.isolation().unwrap();
     let mut idle = running(pod_spec::pool_pod(&pool, NS, h.ctx.cfg(), &applied));
     idle.metadata.name = Some("pool-pod".into());
