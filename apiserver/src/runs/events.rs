@@ -103,9 +103,22 @@ impl Delivered {
         self.0.lock().expect("cursor lock").stamp(emit, run_id)
     }
 
+    fn advance(&self, emit: Emit, run_id: &str) -> Option<RunEvent> {
+        self.0.lock().expect("cursor lock").advance(emit, run_id)
+    }
+
     fn get(&self) -> Cursor {
         *self.0.lock().expect("cursor lock")
     }
+}
+
+/// The stages of a run's stream from the cursor `from` on, unnumbered.
+fn stages(ctx: Arc<Ctx>, from: Cursor, delivered: Delivered) -> impl Stream<Item = Emit> {
+    let ending = ending(ctx.clone(), delivered);
+    phases::opening(ctx.clone(), from.seq)
+        .chain(phases::started(ctx.clone(), from.seq))
+        .chain(live::output(ctx, from.out))
+        .chain(ending)
 }
 
 /// The run's events from the client's cursor on, holding the stream's slot until it ends.
@@ -115,15 +128,31 @@ fn run_events(
     slot: Slot,
 ) -> impl Stream<Item = Result<sse::Event, Infallible>> + Send + 'static {
     let delivered = Delivered(Arc::new(Mutex::new(from)));
-    let ending = ending(ctx.clone(), delivered.clone());
     let id = ctx.id.clone();
-    phases::opening(ctx.clone(), from.seq)
-        .chain(phases::started(ctx.clone(), from.seq))
-        .chain(live::output(ctx, from.out))
-        .chain(ending)
-        .scan(slot, move |_slot, emit| {
-            ready(delivered.stamp(emit, &id).map(Ok))
-        })
+    stages(ctx, from, delivered.clone()).scan(slot, move |_slot, emit| {
+        ready(delivered.stamp(emit, &id).map(Ok))
+    })
+}
+
+/// A run's events from its start, as values rather than server-sent events, for other
+/// front ends of the same stream (MCP's progress notifications). It holds the slot until it
+/// ends, like a stream does.
+pub fn follow(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+    slot: Slot,
+) -> impl Stream<Item = RunEvent> + Send + 'static {
+    let ctx = Arc::new(Ctx {
+        state: state.clone(),
+        tenant: tenant.to_string(),
+        id: id.to_string(),
+    });
+    let from = Cursor::default();
+    let delivered = Delivered(Arc::new(Mutex::new(from)));
+    let id = ctx.id.clone();
+    stages(ctx, from, delivered.clone())
+        .scan(slot, move |_slot, emit| ready(delivered.advance(emit, &id)))
 }
 
 /// Once the run has finished, from one look at it: what the client has not had of its

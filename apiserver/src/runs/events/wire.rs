@@ -53,7 +53,7 @@ pub enum RunEvent {
 }
 
 impl RunEvent {
-    fn name(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             RunEvent::Created { .. } => "run.created",
             RunEvent::Queued { .. } => "run.queued",
@@ -154,6 +154,17 @@ impl Cursor {
     /// id is the cursor after it; `None` for `Emit::Stop`. Every event of a stream goes
     /// through here, in order.
     pub fn stamp(&mut self, emit: Emit, run_id: &str) -> Option<sse::Event> {
+        let event = self.advance(emit, run_id)?;
+        let event = sse::Event::default()
+            .event(event.name())
+            .id(self.id())
+            .json_data(&event)
+            .expect("events serialize");
+        Some(event)
+    }
+
+    /// Numbers the event and moves the cursor past it; `None` for `Emit::Stop`.
+    pub fn advance(&mut self, emit: Emit, run_id: &str) -> Option<RunEvent> {
         let sequence_number = self.seq;
         let run_id = run_id.to_string();
         let event = match emit {
@@ -195,11 +206,6 @@ impl Cursor {
             Emit::Terminal(run) => RunEvent::terminal(run, sequence_number),
         };
         self.seq += 1;
-        let event = sse::Event::default()
-            .event(event.name())
-            .id(self.id())
-            .json_data(&event)
-            .expect("events serialize");
         Some(event)
     }
 }
