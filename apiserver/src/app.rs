@@ -14,7 +14,7 @@ use tracing::Level;
 
 use crate::error::{self, ApiError};
 use crate::state::AppState;
-use crate::{admin, auth, files, health, metrics, openapi, ratelimit, runs};
+use crate::{admin, auth, files, health, mcp, metrics, openapi, ratelimit, runs};
 
 /// JSON bodies: code and stdin are 256 KiB each, and JSON escaping can make them up to six
 /// times longer.
@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .merge(v1)
+        .merge(mcp::router(&state))
         .merge(health::router())
         .merge(admin::router())
         .merge(openapi::router())
@@ -89,13 +90,14 @@ fn request_span(req: &Request) -> tracing::Span {
     )
 }
 
-/// Whether a request may wait for a run to finish.
+/// Whether a request may wait for a run to finish: creating one, or an MCP call (which may
+/// be `run_code`).
 fn waits_for_a_run(method: &Method, route: Option<&str>) -> bool {
-    method == Method::POST && route == Some("/v1/runs")
+    method == Method::POST && matches!(route, Some("/v1/runs" | mcp::MCP_PATH))
 }
 
-/// Every request has a deadline; a `POST /v1/runs` gets its longest wait and a margin, so
-/// the deadline never cuts a wait short.
+/// Every request has a deadline; a `POST /v1/runs` (and `POST /mcp`) gets its longest wait
+/// and a margin, so the deadline never cuts a wait short.
 async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -126,6 +128,7 @@ mod tests {
     #[test]
     fn only_creating_a_run_may_wait_past_the_request_timeout() {
         assert!(waits_for_a_run(&Method::POST, Some("/v1/runs")));
+        assert!(waits_for_a_run(&Method::POST, Some("/mcp")));
         assert!(!waits_for_a_run(&Method::GET, Some("/v1/runs")));
         assert!(!waits_for_a_run(&Method::POST, Some("/v1/files")));
         assert!(!waits_for_a_run(&Method::POST, None));

@@ -74,6 +74,11 @@ pub struct Config {
     /// Live output streams (`/events`) one tenant may hold open at once.
     #[arg(long, env = "MAX_STREAMS_PER_TENANT", default_value_t = 32)]
     pub max_streams_per_tenant: usize,
+    /// Browser origins allowed to call `/mcp`, comma-separated (`https://app.example.com`).
+    /// A request with any other `Origin` is refused; requests without one (agents, SDKs)
+    /// are not affected. Default: none.
+    #[arg(long, env = "MCP_ALLOWED_ORIGINS", default_value = "")]
+    pub mcp_allowed_origins: String,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     pub print_openapi: bool,
@@ -93,6 +98,8 @@ pub struct Settings {
     pub max_queued_per_tenant: usize,
     pub max_streams_per_tenant: usize,
     pub trusted_proxy_header: Option<axum::http::HeaderName>,
+    /// Normalized origins (`scheme://host:port`) that may call `/mcp`.
+    pub mcp_allowed_origins: Vec<String>,
 }
 
 impl Config {
@@ -145,6 +152,7 @@ impl Config {
             max_queued_per_tenant: self.shared.max_queued_per_tenant(),
             max_streams_per_tenant: self.max_streams_per_tenant,
             trusted_proxy_header,
+            mcp_allowed_origins: crate::mcp::parse_allowed_origins(&self.mcp_allowed_origins)?,
         })
     }
 }
@@ -329,5 +337,6 @@ mod tests {
         assert!(check(&["--auth-failure-rps=-1"]).contains("AUTH_FAILURE_RPS"));
         assert!(check(&["--metrics-port", "8080"]).contains("METRICS_PORT"));
         assert!(check(&["--trusted-proxy-header", "bad header"]).contains("TRUSTED_PROXY_HEADER"));
+        assert!(check(&["--mcp-allowed-origins", "example.com"]).contains("MCP_ALLOWED_ORIGINS"));
     }
 }

@@ -244,6 +244,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Deserializes a JSON value (an MCP tool's arguments) with the same errors as a body.
+pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(json_error)
+}
+
 /// `Json` with errors in the API's shape and the failing field named in `param`.
 pub struct ApiJson<T>(pub T);
 

@@ -2,8 +2,8 @@
 //! reads them back from a reflector cache and object storage, `/v1/files` stores inputs and
 //! serves outputs (with signed URLs), plus health, metrics, OpenAPI and an admin page.
 //!
-//! Layout: [`app`] assembles the routes of [`runs`], [`files`], [`health`], [`admin`] and
-//! [`openapi`] under the middleware ([`auth`], [`ratelimit`], [`metrics`]); [`serve`] starts
+//! Layout: [`app`] assembles the routes of [`runs`], [`files`], [`mcp`], [`health`],
+//! [`admin`] and [`openapi`] under the middleware ([`auth`], [`ratelimit`], [`metrics`]); [`serve`] starts
 //! it all from the [`config`]; [`state`] is what handlers share.
 #![forbid(unsafe_code)]
 
@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod health;
+pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod pagination;

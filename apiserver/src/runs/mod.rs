@@ -163,14 +163,19 @@ async fn list_runs(
     let after = query.after.as_deref();
     match service::list(&state, &caller.tenant, after, limit).await? {
         Some(page) => Ok(Json(page)),
-        None => Err(ApiError::invalid(
-            format!(
-                "after is {:?}, which is not an id in this list",
-                after.unwrap_or_default()
-            ),
-            "after".to_string(),
-        )),
+        None => Err(unknown_cursor(after)),
     }
+}
+
+/// A list's `after` that is not one of its ids.
+pub fn unknown_cursor(after: Option<&str>) -> ApiError {
+    ApiError::invalid(
+        format!(
+            "after is {:?}, which is not an id in this list",
+            after.unwrap_or_default()
+        ),
+        "after".to_string(),
+    )
 }
 
 /// Cancel a run
