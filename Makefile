@@ -41,10 +41,12 @@ unit: deps
 	cargo test --workspace --exclude e2e
 	hack/sdk/test.sh unit
 
-## e2e: tests on the real cluster (brought up first), the SDK's live tests last
+## e2e: tests on the real cluster (brought up first), then the SDK's live tests and the MCP
+## endpoint through the official MCP Python SDK
 e2e: up deps
 	cargo test -p e2e --no-fail-fast -- --test-threads=4
 	hack/sdk/test.sh live
+	hack/mcp/test.sh
 
 test: lint unit e2e
 
