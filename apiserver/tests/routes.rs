@@ -222,6 +222,7 @@ impl Harness {
             artifacts: vec![],
             error: None,
             start_mode: None,
+            preloaded: false,
         };
         for (stream, bytes) in [
             (OutputStream::Stdout, stdout),

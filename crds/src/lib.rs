@@ -65,6 +65,7 @@ pub const NAMESPACE_TENANT_PREFIX: &str = "_ns-";
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","priority":1}"#,
     printcolumn = r#"{"name":"Queue","type":"integer","jsonPath":".status.queuePosition","priority":1}"#,
     printcolumn = r#"{"name":"Start","type":"string","jsonPath":".status.startMode","priority":1}"#,
+    printcolumn = r#"{"name":"Preloaded","type":"boolean","jsonPath":".status.preloaded","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.metadata.name.size() <= 63").message("a CodeRun's name must be at most 63 characters (it names its pod)")
 )]

@@ -237,6 +237,10 @@ pub struct CodeRunStatus {
     /// Warm (claimed from the pool) or cold (created for the run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_mode: Option<StartMode>,
+    /// The program ran in an interpreter started before its job arrived (a warm pool's
+    /// waiting interpreter, its modules already imported).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preloaded: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<Applied>,
     /// Times the run was given a new pod because its job never reached the old one (the old

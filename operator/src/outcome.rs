@@ -110,6 +110,8 @@ pub struct Outcome {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub usage: Option<Usage>,
+    /// The program ran in an interpreter started before its job.
+    pub preloaded: bool,
 }
 
 impl Outcome {
@@ -122,6 +124,7 @@ impl Outcome {
             exit_code: None,
             signal: None,
             usage: None,
+            preloaded: false,
         }
     }
 
@@ -133,6 +136,7 @@ impl Outcome {
             exit_code,
             signal: None,
             usage: None,
+            preloaded: false,
         }
     }
 }
@@ -170,6 +174,7 @@ pub fn judge(
             cpu_ms: exit.cpu_ms,
             memory_peak_bytes: exit.memory_peak_bytes,
         }),
+        preloaded: exit.kernel,
     }
 }
 

@@ -88,6 +88,7 @@ pub async fn store(store: &Store, ended: &Ended<'_>) -> Result<Stored, StoreErro
             message: outcome.message.clone().unwrap_or_default(),
         }),
         start_mode: ended.start_mode,
+        preloaded: outcome.preloaded,
     };
     let record_key = store.put_run(&rec).await?;
     Ok(Stored {

@@ -235,6 +235,7 @@ pub fn finished(
     status.queue_position = None;
     status.exit_code = outcome.exit_code;
     status.signal = outcome.signal;
+    status.preloaded = outcome.preloaded;
     if let Some(usage) = &outcome.usage {
         status.duration = Some(format!("{:.2}s", usage.wall_ms as f64 / 1000.0));
         status.usage = Some(usage.clone());

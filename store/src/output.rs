@@ -138,6 +138,7 @@ mod tests {
             artifacts: vec![],
             error: None,
             start_mode: None,
+            preloaded: false,
         }
     }
 

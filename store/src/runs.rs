@@ -74,6 +74,9 @@ pub struct RunRecord {
     pub error: Option<RunError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_mode: Option<StartMode>,
+    /// The program ran in an interpreter started before its job (a warm pool's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preloaded: bool,
 }
 
 /// What the REST API writes when it creates a run: the CodeRun it created under the id.
@@ -400,6 +403,7 @@ mod tests {
             artifacts: vec![],
             error: None,
             start_mode: Some(StartMode::Warm),
+            preloaded: false,
         }
     }
 

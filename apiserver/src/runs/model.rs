@@ -379,6 +379,7 @@ mod tests {
                 message: "the program ran past its timeout".into(),
             }),
             start_mode: None,
+            preloaded: false,
         }
     }
 

@@ -90,6 +90,31 @@ def _preload(names, channel):
             channel.note(f"cannot preload {name}: {type(err).__name__}: {err}")
 
 
+def _warm_up(names, channel):
+    """Runs what a data-science program's first moments run, once, so its code paths and
+    caches (fonts, the PNG writer, the CSV parser) are warm: the first plot of a run costs
+    about half as much. Leaves no figure, option or name behind."""
+    try:
+        if "pandas" in names:
+            import io
+
+            import pandas
+
+            frame = pandas.read_csv(io.StringIO("g,x\n0,1\n1,2\n0,3\n"))
+            frame.groupby("g")["x"].mean()
+        if "matplotlib.pyplot" in names:
+            import io
+
+            import matplotlib.pyplot as plt
+
+            figure = plt.figure(figsize=(2, 2))
+            figure.gca().bar([0, 1], [1, 2])
+            figure.savefig(io.BytesIO(), format="png")
+            plt.close("all")
+    except BaseException as err:  # a warm-up must never kill the kernel
+        channel.note(f"warm-up failed: {type(err).__name__}: {err}")
+
+
 def _fresh(words, channel, startup):
     stdin, args = words[0], [_text(w) for w in words[1:]]
     channel.close()
@@ -260,7 +285,9 @@ def _main():
     message = channel.receive()
     if message is None or message[0] != "preload":
         os._exit(70)
-    _preload([_text(w) for w in message[1]], channel)
+    preload = [_text(w) for w in message[1]]
+    _preload(preload, channel)
+    _warm_up(preload, channel)
     # What a preload wrote must be in the pipes now, where the wrapper discards it.
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     for stream in (sys.stdout, sys.stderr):
