@@ -35,10 +35,10 @@ pub struct Limits {
     #[schemars(range(min = 0, max = 64))]
     pub max_artifacts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 4194304))]
+    #[schemars(range(min = 0, max = 1073741824))]
     pub max_artifact_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 4194304))]
+    #[schemars(range(min = 0, max = 1073741824))]
     pub max_artifact_total_bytes: Option<u64>,
     /// Processes and threads the program may have at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,13 +69,13 @@ impl Default for Maxima {
                 cpu_millicores: 1000,
                 max_output_bytes: 256 * 1024,
                 max_artifacts: 32,
-                max_artifact_bytes: 4 * 1024 * 1024,
-                max_artifact_total_bytes: 4 * 1024 * 1024,
+                max_artifact_bytes: 100 * 1024 * 1024,
+                max_artifact_total_bytes: 100 * 1024 * 1024,
                 max_processes: 128,
                 disk_mb: 64,
             },
-            // Output and artifacts travel base64-encoded in the container log, which the
-            // kubelet rotates at 10 MiB by default: 2 x 1 MiB + 4 MiB stays under it.
+            // Output files stream from the attach stream into object storage: as large as a
+            // run's inputs may be (`MAX_INPUT_MB`).
             max: EffectiveLimits {
                 timeout_ms: 300_000,
                 memory_mb: 4096,
@@ -83,8 +83,8 @@ impl Default for Maxima {
                 cpu_millicores: 2000,
                 max_output_bytes: 1024 * 1024,
                 max_artifacts: 64,
-                max_artifact_bytes: 4 * 1024 * 1024,
-                max_artifact_total_bytes: 4 * 1024 * 1024,
+                max_artifact_bytes: 100 * 1024 * 1024,
+                max_artifact_total_bytes: 100 * 1024 * 1024,
                 max_processes: 512,
                 disk_mb: 1024,
             },
@@ -103,6 +103,12 @@ impl Maxima {
         m.defaults.timeout_ms = m.defaults.timeout_ms.min(max_timeout_ms);
         m.defaults.memory_mb = m.defaults.memory_mb.min(max_memory_mb);
         m.max_input_bytes = max_input_mb.saturating_mul(1024 * 1024);
+        // Output files may be as large as inputs.
+        m.max.max_artifact_bytes = m.max_input_bytes;
+        m.max.max_artifact_total_bytes = m.max_input_bytes;
+        m.defaults.max_artifact_bytes = m.defaults.max_artifact_bytes.min(m.max_input_bytes);
+        m.defaults.max_artifact_total_bytes =
+            m.defaults.max_artifact_total_bytes.min(m.max_input_bytes);
         m
     }
 }

@@ -50,6 +50,7 @@ reasons! {
     ArtifactLimitExceeded = "artifact_limit_exceeded" => Failed, "Output files over `max_artifacts`, `max_artifact_bytes` or `max_artifact_total_bytes` were left out.";
     RunnerError = "runner_error" => Failed, "The wrapper could not run the program (no interpreter, a broken job).";
     InvalidRunnerOutput = "invalid_runner_output" => Failed, "The runner's record failed validation.";
+    RecordLost = "record_lost" => Failed, "The operator changed leaders while the program ran and the record (its output files) was larger than the pod's log keeps: it could not be read back.";
     InvalidInput = "invalid_input" => Failed, "An input file could not be resolved (unknown `fileId`, bad base64).";
     InputsTooLarge = "inputs_too_large" => Failed, "The inputs are over what a run may be given.";
     JobDeliveryFailed = "job_delivery_failed" => Failed, "The job could not be handed to the runner pod.";

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod artifacts;
 pub mod churn;
 pub mod config;
 pub mod context;

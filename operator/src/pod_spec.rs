@@ -106,6 +106,13 @@ fn quantity(s: String) -> Quantity {
     Quantity(s)
 }
 
+/// What a runner container's log may take on the node: the record of the largest output
+/// files a run may hand back (base64 in frames, about 1.4 times their size) and its output.
+fn log_storage(cfg: &Config) -> String {
+    let files = cfg.maxima().max.max_artifact_total_bytes;
+    format!("{}Mi", 64 + (files * 14 / 10).div_ceil(1024 * 1024))
+}
+
 /// The pod every run gets, before it is named for a run or a pool: waits for its job on
 /// stdin, no network, no token, no privileges, read-only root, capped memory-backed volumes.
 fn runner_pod(shape: &Shape, cfg: &Config, applied: &Applied, apparmor_on: bool) -> Pod {
@@ -130,8 +137,9 @@ fn runner_pod(shape: &Shape, cfg: &Config, applied: &Applied, apparmor_on: bool)
             quantity(format!("{}m", shape.cpu_millicores)),
         ),
         ("memory".to_string(), quantity(memory.clone())),
-        // The container log (the record, at most about 12 MiB); /work and /tmp are memory.
-        ("ephemeral-storage".to_string(), quantity("64Mi".into())),
+        // The container log: the record, whose output files are base64 (/work and /tmp are
+        // memory).
+        ("ephemeral-storage".to_string(), quantity(log_storage(cfg))),
     ]);
     let requests = BTreeMap::from([
         (

@@ -11,6 +11,8 @@ use codeinterp_crds::Reason;
 use k8s_openapi::api::core::v1::ContainerStateTerminated;
 use runner_protocol::{Followed, ParseError, Record};
 
+use crate::artifacts::StoredFile;
+
 use crate::outcome::{Outcome, judge};
 
 /// What the pod's log showed before reading began (for a pod this process did not just
@@ -62,14 +64,39 @@ pub fn plan(start: Start, pod_ended: bool) -> Plan {
     }
 }
 
+/// A record as read from one stream, with the output files stored as they came.
+#[derive(Debug)]
+pub struct Read {
+    pub followed: Followed,
+    pub files: Vec<StoredFile>,
+}
+
+impl Read {
+    pub fn nothing() -> Self {
+        Read {
+            followed: Followed {
+                record: Ok(Record::default()),
+                complete: false,
+            },
+            files: Vec::new(),
+        }
+    }
+}
+
 /// The better of what the stream gave and the whole log read afterwards (when the stream
 /// ended without its end frame): a complete record first, then one that says how the
 /// program ended.
-pub fn better_of(stream: Followed, log: Option<Followed>) -> Followed {
-    let has_exit = |f: &Followed| f.record.as_ref().is_ok_and(|r| r.exit.is_some());
+pub fn better_of(stream: Read, log: Option<Read>) -> Read {
+    let has_exit = |r: &Read| r.followed.record.as_ref().is_ok_and(|r| r.exit.is_some());
     match log {
-        Some(log) if log.complete || (has_exit(&log) && !has_exit(&stream)) => log,
-        Some(log) if !stream.complete && stream.record.is_err() && log.record.is_ok() => log,
+        Some(log) if log.followed.complete || (has_exit(&log) && !has_exit(&stream)) => log,
+        Some(log)
+            if !stream.followed.complete
+                && stream.followed.record.is_err()
+                && log.followed.record.is_ok() =>
+        {
+            log
+        }
         _ => stream,
     }
 }
@@ -99,6 +126,14 @@ pub fn conclude(
 ) -> Conclusion {
     let rec = match record {
         Ok(rec) => rec,
+        // Read from a log whose beginning was rotated away: the record was too large for it.
+        Err(ParseError::BeforeStart(_)) => {
+            let why = "the record's beginning was no longer in the pod's log (it was larger than the log keeps)";
+            return Conclusion::Finish {
+                record: None,
+                outcome: Outcome::ended(Reason::RecordLost, why),
+            };
+        }
         Err(e) => {
             return Conclusion::Finish {
                 record: None,
@@ -297,17 +332,20 @@ mod tests {
 
     #[test]
     fn the_whole_log_wins_when_it_is_complete_or_the_stream_missed_the_exit() {
-        let f = |rec: Record, complete: bool| Followed {
-            record: Ok(rec),
-            complete,
+        let f = |rec: Record, complete: bool| Read {
+            followed: Followed {
+                record: Ok(rec),
+                complete,
+            },
+            files: vec![],
         };
         let stream = f(started(None), false);
         let log = f(exited(0), true);
-        assert!(better_of(stream, Some(log)).complete);
+        assert!(better_of(stream, Some(log)).followed.complete);
         let stream = f(exited(1), false);
         let log = f(started(None), false);
-        let kept = better_of(stream, Some(log));
+        let kept = better_of(stream, Some(log)).followed;
         assert_eq!(kept.record.unwrap().exit.unwrap().exit_code, Some(1));
-        assert!(!better_of(f(started(None), false), None).complete);
+        assert!(!better_of(f(started(None), false), None).followed.complete);
     }
 }

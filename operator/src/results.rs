@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use runner_protocol::Record;
 use sha2::{Digest, Sha256};
 
+use crate::artifacts::StoredFile;
 use crate::outcome::Outcome;
 
 /// Output files get ids derived from the run and the name, so storing twice (an operator
@@ -34,6 +35,8 @@ pub struct Ended<'a> {
     pub started_at: Option<i64>,
     pub completed_at: i64,
     pub start_mode: Option<StartMode>,
+    /// Its output files, stored as the record brought them.
+    pub files: &'a [StoredFile],
 }
 
 /// Stores the output, the files and the record of a finished run.
@@ -97,35 +100,28 @@ pub async fn store(store: &Store, ended: &Ended<'_>) -> Result<Stored, StoreErro
     })
 }
 
-/// The run's output files, each stored under an id derived from the run and its name.
+/// The run's output files: their bytes were stored as the record brought them; their
+/// metadata, written now, lists them.
 async fn store_artifacts(store: &Store, ended: &Ended<'_>) -> Result<Vec<ArtifactRef>, StoreError> {
-    let uid = ended.run.uid().unwrap_or_default();
     let mut artifacts = Vec::new();
-    for a in ended
-        .record
-        .map(|r| r.artifacts.as_slice())
-        .unwrap_or_default()
-    {
-        let file_id = artifact_id(&uid, &a.name);
+    for file in ended.files {
         let meta = FileMeta {
-            id: file_id.clone(),
+            id: file.id.clone(),
             tenant: ended.tenant.to_string(),
-            bytes: a.bytes,
+            bytes: file.bytes,
             created_at: ended.completed_at,
-            filename: a.name.clone(),
+            filename: file.name.clone(),
             purpose: "assistants_output".into(),
-            sha256: a.sha256.clone(),
+            sha256: file.sha256.clone(),
             run_id: Some(ended.run.name_any()),
-            content_type: image_type(&a.content).map(str::to_string),
+            content_type: image_type(&file.head).map(str::to_string),
         };
-        store
-            .put_file(&meta, Bytes::copy_from_slice(&a.content))
-            .await?;
+        store.put_file_meta(&meta).await?;
         artifacts.push(ArtifactRef {
-            id: file_id,
-            name: a.name.clone(),
-            bytes: a.bytes,
-            sha256: a.sha256.clone(),
+            id: file.id.clone(),
+            name: file.name.clone(),
+            bytes: file.bytes,
+            sha256: file.sha256.clone(),
         });
     }
     Ok(artifacts)

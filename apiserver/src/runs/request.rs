@@ -119,11 +119,12 @@ pub struct RunLimits {
     /// Output files collected from /work/outputs (default 32).
     #[schema(minimum = 0, maximum = 64)]
     pub max_artifacts: Option<u32>,
-    /// Largest output file kept (default 4194304).
-    #[schema(minimum = 0, maximum = 4194304)]
+    /// Largest output file kept (default and most: the service's input cap, 104857600 unless
+    /// MAX_INPUT_MB says otherwise).
+    #[schema(minimum = 0, maximum = 1073741824)]
     pub max_artifact_bytes: Option<u64>,
-    /// Output files' bytes together (default 4194304).
-    #[schema(minimum = 0, maximum = 4194304)]
+    /// Output files' bytes together (default and most: as `max_artifact_bytes`).
+    #[schema(minimum = 0, maximum = 1073741824)]
     pub max_artifact_total_bytes: Option<u64>,
     /// Processes and threads at once (default 128).
     #[schema(minimum = 8, maximum = 512)]

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use runner_protocol::{Decoder, Event, Followed, Follower};
+use runner_protocol::{Decoder, Event, Follower};
 use tokio::time::{Duration, Instant, sleep_until};
 
 use crate::Error;
@@ -16,6 +16,7 @@ use crate::context::Context;
 use crate::inputs;
 use crate::kube_io::update_status;
 use crate::outcome::Outcome;
+use crate::reading::Read;
 use crate::status;
 use crate::steps::place::start_mode;
 use crate::streams::Attached;
@@ -29,7 +30,7 @@ pub enum Delivered {
     /// The job was written (or the writing broke off: the record says so) and the stream
     /// was read; `run` is the run as the `Running` write left it, if it was written.
     Read {
-        followed: Box<Followed>,
+        read: Box<Read>,
         run: Option<Box<CodeRun>>,
     },
     /// The pod could not be reached: the job never got to it.
@@ -90,16 +91,16 @@ pub async fn deliver(
         }
     };
     let reading = async {
-        let follower = Follower::new(stdout, Decoder::new(&ctx.limits(run)));
+        let follower = Follower::new(stdout, Decoder::streaming(&ctx.limits(run)));
         let out = read_stream(ctx, run, pod, follower, deadline).await;
         let _ = read.send(());
         out
     };
-    let ((), (followed, written)) = tokio::join!(writing, reading);
+    let ((), (done, written)) = tokio::join!(writing, reading);
     // Holding stdin open until now keeps the stream whole; dropping it ends the session.
     drop((stdin, session));
     Ok(Delivered::Read {
-        followed: Box::new(followed),
+        read: Box::new(done),
         run: written.map(Box::new),
     })
 }
@@ -127,18 +128,19 @@ async fn attach(ctx: &Context, pod: &Pod) -> Result<Attached, String> {
 
 type Write = BoxFuture<'static, Result<(CodeRun, bool), Error>>;
 
-/// Reads the record until its end frame, the stream's end or `deadline`, writing `Running`
-/// once the program has run for [`RUNNING_GRACE`].
+/// Reads the record until its end frame, the stream's end or `deadline`, storing its files
+/// as they come and writing `Running` once the program has run for [`RUNNING_GRACE`].
 async fn read_stream<R>(
     ctx: &Context,
     run: &CodeRun,
     pod: &Pod,
     mut follower: Follower<R>,
     deadline: Instant,
-) -> (Followed, Option<CodeRun>)
+) -> (Read, Option<CodeRun>)
 where
     R: futures::io::AsyncRead + Unpin,
 {
+    let mut files = crate::artifacts::for_run(ctx, run);
     let mut started: Option<Instant> = None;
     let mut writing: Option<Write> = None;
     let mut written = None;
@@ -148,7 +150,7 @@ where
             event = follower.next() => match event {
                 None => break,
                 Some(Event::Started) => started = Some(Instant::now()),
-                Some(_) => {}
+                Some(event) => files.take(&event).await,
             },
             _ = sleep_until(due.map_or(deadline, |t| t + RUNNING_GRACE)), if due.is_some() => {
                 writing = Some(write_running(ctx, run, pod));
@@ -169,7 +171,11 @@ where
             .ok()
             .map(|(run, _)| run)
     });
-    (follower.finish(), written)
+    let read = Read {
+        followed: follower.finish(),
+        files: files.finish().await,
+    };
+    (read, written)
 }
 
 fn write_running(ctx: &Context, run: &CodeRun, pod: &Pod) -> Write {

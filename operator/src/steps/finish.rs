@@ -9,6 +9,7 @@ use runner_protocol::Record;
 use tokio::time::{Duration, Instant};
 
 use crate::Error;
+use crate::artifacts::StoredFile;
 use crate::context::Context;
 use crate::kube_io::update_status;
 use crate::metrics::{LanguageLabels, RunLabels};
@@ -37,6 +38,7 @@ pub async fn end(
         started_at: started_at(run),
         completed_at: status::now().0.as_second(),
         start_mode: run.status.as_ref().and_then(|s| s.start_mode),
+        files: &[],
     };
     let (outcome, stored) = match results::store(&ctx.store, &ended).await {
         Ok(stored) => (outcome, Some(stored)),
@@ -53,8 +55,16 @@ pub async fn from_record(
     run: &CodeRun,
     pod: Option<&Pod>,
     record: Option<&Record>,
+    files: &[StoredFile],
     outcome: Outcome,
 ) -> Result<(), Error> {
+    let outcome = match unstored(record, files) {
+        Some(name) => Outcome::ended(
+            Reason::StorageFailed,
+            format!("the output file {name:?} could not be stored"),
+        ),
+        None => outcome,
+    };
     let completed = status::now().0.as_second();
     let wall_secs = outcome.usage.as_ref().map_or(0, |u| u.wall_ms / 1000) as i64;
     let tenant = ctx.tenant(run);
@@ -66,6 +76,7 @@ pub async fn from_record(
         started_at: started_at(run).or(Some(completed - wall_secs)),
         completed_at: completed,
         start_mode: pod.map(crate::steps::place::start_mode),
+        files,
     };
     let since = Instant::now();
     let mut backoff = Duration::from_millis(500);
@@ -95,6 +106,19 @@ pub async fn from_record(
         stderr_truncated: r.stderr_truncated,
     });
     conclude(ctx, run, pod, output, outcome, stored).await
+}
+
+/// An output file the record names that was not stored whole.
+fn unstored<'a>(record: Option<&'a Record>, files: &[StoredFile]) -> Option<&'a str> {
+    record?
+        .artifacts
+        .iter()
+        .find(|a| {
+            !files
+                .iter()
+                .any(|f| f.name == a.name && f.sha256 == a.sha256)
+        })
+        .map(|a| a.name.as_str())
 }
 
 fn started_at(run: &CodeRun) -> Option<i64> {

@@ -9,13 +9,13 @@ use codeinterp_crds::CodeRun;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
-use runner_protocol::{Decoder, EffectiveLimits, Followed, Follower, Record};
+use runner_protocol::{Decoder, EffectiveLimits, Follower};
 use tokio::time::{Duration, Instant};
 
 use crate::Error;
 use crate::context::Context;
 use crate::outcome::{self, PodProgress};
-use crate::reading::{Conclusion, Ending, LogState, Plan, Start, better_of, conclude, plan};
+use crate::reading::{Conclusion, Ending, LogState, Plan, Read, Start, better_of, conclude, plan};
 use crate::steps::deliver::{self, Delivered};
 use crate::steps::{finish, restart};
 use crate::streams::Attached;
@@ -85,29 +85,23 @@ async fn read(ctx: &Arc<Context>, run: &CodeRun, pod: &Pod, how: How) -> Result<
     };
     let (stream, written) = match plan(start, ended(pod)) {
         Plan::Deliver => match deliver::deliver(ctx, run, pod, session, deadline).await? {
-            Delivered::Read { followed, run } => (*followed, run.map(|r| *r)),
+            Delivered::Read { read, run } => (*read, run.map(|r| *r)),
             Delivered::NotHanded { why } => return restart::restart(ctx, run, pod, &why).await,
             Delivered::Refused(outcome) => {
                 return finish::end(ctx, run, Some(pod), outcome).await;
             }
         },
-        Plan::Follow => (follow_log(ctx, pod, &limits, deadline).await, None),
-        Plan::Conclude => (nothing_read(), None),
+        Plan::Follow => (from_log(ctx, run, pod, true, deadline).await, None),
+        Plan::Conclude => (Read::nothing(), None),
     };
-    let (followed, ending) = complete(ctx, pod, &limits, stream).await;
+    let (done, ending) = complete(ctx, run, pod, stream).await;
     let latest = latest(ctx, run, written);
-    match conclude(followed.record, &ending, latest.cancel_requested()) {
+    match conclude(done.followed.record, &ending, latest.cancel_requested()) {
         Conclusion::Finish { record, outcome } => {
-            finish::from_record(ctx, &latest, Some(pod), record.as_deref(), outcome).await
+            let record = record.as_deref();
+            finish::from_record(ctx, &latest, Some(pod), record, &done.files, outcome).await
         }
         Conclusion::Restart { why } => restart::restart(ctx, &latest, pod, &why).await,
-    }
-}
-
-fn nothing_read() -> Followed {
-    Followed {
-        record: Ok(Record::default()),
-        complete: false,
     }
 }
 
@@ -134,39 +128,44 @@ async fn probe(ctx: &Context, pod: &Pod, limits: &EffectiveLimits) -> LogState {
     }
 }
 
-/// Follows the container's log from its start until the end frame, its end, or `deadline`.
-async fn follow_log(
+/// The record from the container's log (followed while the container runs, when `follow`,
+/// until the end frame, its end, or `deadline`), its files stored as they come.
+async fn from_log(
     ctx: &Context,
+    run: &CodeRun,
     pod: &Pod,
-    limits: &EffectiveLimits,
+    follow: bool,
     deadline: Instant,
-) -> Followed {
+) -> Read {
     let ns = pod.namespace().unwrap_or_default();
-    match ctx.streams.log(&ns, &pod.name_any(), true).await {
-        Ok(log) => {
-            let mut follower = Follower::new(log, Decoder::new(limits));
-            let _ = tokio::time::timeout_at(deadline, follower.to_end()).await;
-            follower.finish()
-        }
+    let log = match ctx.streams.log(&ns, &pod.name_any(), follow).await {
+        Ok(log) => log,
         Err(e) => {
-            tracing::warn!(pod = %pod.name_any(), error = %e, "following the runner's log");
-            nothing_read()
+            tracing::warn!(pod = %pod.name_any(), error = %e, "reading the runner's log");
+            return Read::nothing();
         }
+    };
+    let mut follower = Follower::new(log, Decoder::streaming(&ctx.limits(run)));
+    let mut files = crate::artifacts::for_run(ctx, run);
+    let reading = async {
+        while let Some(event) = follower.next().await {
+            files.take(&event).await;
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, reading).await;
+    Read {
+        followed: follower.finish(),
+        files: files.finish().await,
     }
 }
 
 /// Without the end frame, the kubelet's word on how the container ended completes the
 /// record, and the log (which holds everything the container wrote) is read whole once more.
-async fn complete(
-    ctx: &Context,
-    pod: &Pod,
-    limits: &EffectiveLimits,
-    stream: Followed,
-) -> (Followed, Ending) {
+async fn complete(ctx: &Context, run: &CodeRun, pod: &Pod, stream: Read) -> (Read, Ending) {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let done = |p: Option<&Pod>| p.is_none_or(ended);
-    let until = if stream.complete {
+    let until = if stream.followed.complete {
         Instant::now()
     } else {
         Instant::now() + EXIT_REPORT_WAIT
@@ -182,18 +181,11 @@ async fn complete(
         },
         _ => Ending::default(),
     };
-    if stream.complete {
+    if stream.followed.complete {
         return (stream, ending);
     }
-    let log = match ctx.streams.log(&ns, &name, false).await {
-        Ok(log) => {
-            let mut follower = Follower::new(log, Decoder::new(limits));
-            follower.to_end().await;
-            Some(follower.finish())
-        }
-        Err(_) => None,
-    };
-    (better_of(stream, log), ending)
+    let whole = from_log(ctx, run, pod, false, Instant::now() + EXIT_REPORT_WAIT).await;
+    (better_of(stream, Some(whole)), ending)
 }
 
 /// The freshest view of the run: what the Running write returned, unless the cache has since

@@ -963,3 +963,61 @@ async fn a_pod_whose_stdin_is_gone_is_read_from_its_stream_without_waiting_on_th
     );
     h.read_done(&r).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_records_output_files_are_stored_as_they_arrive_and_listed_with_the_run() {
+    use sha2::Digest;
+    let mut h = harness(&[]);
+    let r = run("r1");
+    h.show_run(&r);
+    let pod = running(h.cold_pod(&r));
+    h.ctx.index.placed("uid-r1", "r1");
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut frames = vec![
+        Frame::Start {
+            v: PROTOCOL_VERSION,
+        },
+        Frame::Exit(ExitReport {
+            exit_code: Some(0),
+            ..Default::default()
+        }),
+        Frame::File {
+            name: "data.bin".into(),
+            size: content.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(&content)),
+        },
+    ];
+    frames.extend(
+        content
+            .chunks(runner_protocol::CHUNK_BYTES)
+            .map(|c| Frame::Data {
+                d: base64::engine::general_purpose::STANDARD.encode(c),
+            }),
+    );
+    frames.push(Frame::End);
+    h.streams.script(
+        "r1",
+        Script {
+            record: self::frames(&frames),
+            ..Default::default()
+        },
+    );
+    h.show_pod(&pod);
+    h.reconcile(&r).await;
+    let write = h.api.status_write(&r).await;
+    h.read_done(&r).await;
+    assert_eq!(phase_of(&write), "Completed", "{}", write.body);
+    let listed = &write.body["status"]["artifacts"][0];
+    assert_eq!(listed["name"], "data.bin");
+    let id = listed["id"].as_str().unwrap();
+    let stored = h.ctx.store.get_file_bytes("acme", id).await.unwrap();
+    assert!(stored == content, "the stored bytes are the file's");
+    let meta = h
+        .ctx
+        .store
+        .get_file_meta("acme", id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.bytes, 200_000);
+}

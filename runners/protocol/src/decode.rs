@@ -56,6 +56,14 @@ pub enum Event {
         bytes: Vec<u8>,
     },
     Exit(ExitReport),
+    /// An output file within the caps begins (only from a [`Decoder::streaming`]): its bytes
+    /// follow as [`Event::FileData`], then [`Event::Artifact`] once all arrived and matched
+    /// its checksum (or [`Event::Skipped`] if it was cut short).
+    FileStart {
+        name: String,
+        bytes: u64,
+    },
+    FileData(Vec<u8>),
     /// An output file arrived whole and matched its checksum.
     Artifact {
         name: String,
@@ -106,6 +114,7 @@ pub struct Decoder {
     limits: EffectiveLimits,
     keep_output: bool,
     keep_files: bool,
+    stream_files: bool,
     line: Vec<u8>,
     /// Inside a line longer than any frame: dropped up to its newline.
     overlong: bool,
@@ -123,6 +132,7 @@ impl Decoder {
             limits: limits.clone(),
             keep_output: true,
             keep_files: true,
+            stream_files: false,
             line: Vec::new(),
             overlong: false,
             rec: Record::default(),
@@ -139,6 +149,17 @@ impl Decoder {
         Decoder {
             keep_output: false,
             keep_files: false,
+            ..Decoder::new(limits)
+        }
+    }
+
+    /// A decoder that keeps the output but hands output files over as they arrive
+    /// ([`Event::FileStart`], [`Event::FileData`]) instead of keeping them: what the operator
+    /// streams to object storage, so files of any size cost it a fixed buffer.
+    pub fn streaming(limits: &EffectiveLimits) -> Self {
+        Decoder {
+            keep_files: false,
+            stream_files: true,
             ..Decoder::new(limits)
         }
     }
@@ -299,6 +320,11 @@ impl Decoder {
                 let keep = refusal.is_none();
                 if let Some((reason, detail)) = refusal {
                     self.skip(name.clone(), reason, &detail, events);
+                } else if self.stream_files {
+                    events.push(Event::FileStart {
+                        name: name.clone(),
+                        bytes: size,
+                    });
                 }
                 let file = OpenFile {
                     name,
@@ -334,6 +360,9 @@ impl Decoder {
                     if self.keep_files {
                         file.content.extend_from_slice(&chunk);
                     }
+                }
+                if file.keep && self.stream_files {
+                    events.push(Event::FileData(chunk));
                 }
                 if got == file.declared {
                     let file = self.open.take().expect("checked above");
@@ -503,6 +532,52 @@ mod tests {
         assert_eq!(rec.exit.unwrap().exit_code, Some(0));
         assert_eq!(rec.artifacts.len(), 1);
         assert_eq!(rec.artifacts[0].content, b"PNG");
+    }
+
+    #[test]
+    fn a_streaming_decoder_hands_files_over_in_pieces_and_keeps_none() {
+        let mut frames = vec![start(), Frame::Stdout { d: b64(b"out") }, exit0()];
+        frames.push(Frame::File {
+            name: "big.bin".into(),
+            size: 6,
+            sha256: hex::encode(Sha256::digest(b"abcdef")),
+        });
+        frames.push(Frame::Data { d: b64(b"abc") });
+        frames.push(Frame::Data { d: b64(b"def") });
+        frames.extend(file("over.bin", &[0u8; 101]));
+        frames.push(Frame::End);
+        let mut d = Decoder::streaming(&limits());
+        let events = d.push(&record(&frames)).unwrap();
+        let files: Vec<&Event> = events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::FileStart { .. } | Event::FileData(_) | Event::Artifact { .. }
+                )
+            })
+            .collect();
+        assert_eq!(
+            files,
+            [
+                &Event::FileStart {
+                    name: "big.bin".into(),
+                    bytes: 6
+                },
+                &Event::FileData(b"abc".to_vec()),
+                &Event::FileData(b"def".to_vec()),
+                &Event::Artifact {
+                    name: "big.bin".into(),
+                    bytes: 6,
+                    sha256: hex::encode(Sha256::digest(b"abcdef")),
+                },
+            ],
+            "a file over the caps is skipped, never started"
+        );
+        let rec = d.finish().unwrap();
+        assert_eq!(rec.stdout, b"out");
+        assert!(rec.artifacts[0].content.is_empty(), "nothing kept");
+        assert!(rec.artifact_limit_exceeded);
     }
 
     #[test]
