@@ -299,9 +299,15 @@ pub fn pool_pod(pool: &PoolSpec, namespace: &str, cfg: &Config, applied: &Applie
             value: Some("1".into()),
             ..Default::default()
         });
+        // Kubernetes drops an empty value (the wrapper would then import its default): an
+        // empty list is spelled ",".
+        let preload = match pool.preload.join(",") {
+            list if list.is_empty() => ",".to_string(),
+            list => list,
+        };
         env.push(EnvVar {
             name: "CI_RUNNER_PRELOAD".into(),
-            value: Some(pool.preload.join(",")),
+            value: Some(preload),
             ..Default::default()
         });
     }
@@ -641,6 +647,27 @@ mod tests {
         let mut orphan = pod;
         orphan.metadata.owner_references = None;
         assert!(run_of(&orphan).is_none());
+    }
+
+    #[test]
+    fn a_pool_pod_has_no_empty_value_the_api_server_would_drop() {
+        // A value the API server drops makes the live pod differ from what the operator
+        // would create, and the pod is then never trusted.
+        let cfg = Config::for_tests();
+        let applied = decide_isolation(&cfg, false).unwrap();
+        for language in Language::ALL {
+            let pool = PoolSpec::for_tests(language, 1);
+            let pod = pool_pod(&pool, "sandbox", &cfg, &applied);
+            let env = pod.spec.unwrap().containers[0]
+                .env
+                .clone()
+                .unwrap_or_default();
+            assert!(
+                env.iter()
+                    .all(|e| e.value.as_deref().is_some_and(|v| !v.is_empty())),
+                "{language:?}: {env:?}"
+            );
+        }
     }
 
     #[test]

@@ -50,6 +50,21 @@ fn is_gone_or_going(pod: &Pod) -> bool {
         )
 }
 
+/// The pool's idle pods that ended without a job (their stdin closed with an earlier
+/// leader's session, or their interpreter died): nothing will use them.
+fn ended_pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
+    ctx.cluster
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            pod_spec::owned_by_pool(p, pool)
+                && p.metadata.deletion_timestamp.is_none()
+                && is_gone_or_going(p)
+        })
+        .collect()
+}
+
 /// The unclaimed, live pods carrying the pool's label in the pools' namespace.
 fn pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
     let name = pool.name();
@@ -193,6 +208,9 @@ async fn keep_fresh(ctx: &Context, pool: &PoolSpec, applied: &Applied) -> Vec<Ar
     });
     for pod in &stale {
         remove(ctx, pod, "stale, old, or held by another process").await;
+    }
+    for pod in ended_pool_pods(ctx, pool) {
+        remove(ctx, &pod, "it ended without a job").await;
     }
     live
 }
