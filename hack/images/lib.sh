@@ -3,6 +3,10 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../cluster/lib.sh"
 IMAGE_CACHE="$CACHE_DIR/images"
 mkdir -p "$IMAGE_CACHE"
+# One image build at a time on this host: two checkouts (a developer's and CI's, or two
+# developers') share the cache and its archives.
+exec {IMAGE_LOCK}>"$IMAGE_CACHE/.lock"
+flock "$IMAGE_LOCK"
 
 ctr_k8s() { "$CONTAINERD_BIN/ctr" --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 

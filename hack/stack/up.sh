@@ -8,6 +8,10 @@ RELEASE=codeinterp
 RELEASE_NAMESPACE=codeinterp-system
 STORAGE_DIR="$RUN_DIR/storage"
 helm() { "$HELM_BIN/helm" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+# One install at a time on this host (two checkouts may run `make up` at once).
+mkdir -p "$RUN_DIR"
+exec {STACK_LOCK}>"$RUN_DIR/stack.lock"
+flock "$STACK_LOCK"
 kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
 # The pods run as UID 65532 and share this directory (single node). A default ACL keeps
