@@ -44,6 +44,8 @@ pub struct Record {
     pub complete: bool,
     /// Lines that were not frames (the wrapper's own diagnostics), capped.
     pub diagnostics: Vec<String>,
+    /// A container's files the run removed, capped.
+    pub removed: Vec<String>,
 }
 
 /// Something the record said, as it arrives.
@@ -71,6 +73,8 @@ pub enum Event {
         sha256: String,
     },
     Skipped(SkippedFile),
+    /// A container's file the run removed.
+    Removed(String),
     End,
 }
 
@@ -263,6 +267,13 @@ impl Decoder {
                 return Ok(());
             }
         };
+        // A container's stream frames its records; the frames between them are not theirs.
+        if matches!(
+            frame,
+            Frame::Run { .. } | Frame::Sync { .. } | Frame::Ack { .. }
+        ) {
+            return Ok(());
+        }
         if self.rec.complete {
             return Err(ParseError::AfterEnd);
         }
@@ -372,6 +383,13 @@ impl Decoder {
             Frame::Skipped(skipped) => {
                 self.skip(skipped.name, skipped.reason, &skipped.detail, events);
             }
+            Frame::Removed { name } => {
+                if validate_relative_name(&name).is_ok() && self.rec.removed.len() < MAX_SKIPPED {
+                    events.push(Event::Removed(name.clone()));
+                    self.rec.removed.push(name);
+                }
+            }
+            Frame::Run { .. } | Frame::Sync { .. } | Frame::Ack { .. } => {}
             Frame::End => {
                 self.rec.complete = true;
                 events.push(Event::End);

@@ -23,8 +23,25 @@ pub enum Frame {
     Data { d: String },
     /// An output file the wrapper refused to collect, and why.
     Skipped(SkippedFile),
+    /// A container's file the run removed (its name under the container's folder).
+    Removed { name: String },
     /// The record is complete.
     End,
+    /// In a container's stream: the record of run `id` follows (`start` to `end`).
+    Run { id: String },
+    /// In a container's stream: the answer to a `sync` ([`crate::Op::Sync`]); `busy` names
+    /// the run in progress, whose record is sent again from its beginning.
+    Sync {
+        nonce: String,
+        #[serde(default)]
+        busy: Option<String>,
+    },
+    /// In a container's stream: operation `id` ([`crate::Op`]) is done, or failed.
+    Ack {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl Frame {
@@ -37,7 +54,11 @@ impl Frame {
             Frame::File { .. } => "file",
             Frame::Data { .. } => "data",
             Frame::Skipped(_) => "skipped",
+            Frame::Removed { .. } => "removed",
             Frame::End => "end",
+            Frame::Run { .. } => "run",
+            Frame::Sync { .. } => "sync",
+            Frame::Ack { .. } => "ack",
         }
     }
 }
@@ -98,6 +119,11 @@ pub struct ExitReport {
     /// count from the hand-over, not from the kernel's start.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kernel: bool,
+    /// In a container: the language's interpreter ended (out of memory, `os._exit`, a fatal
+    /// error) or could not be interrupted at the timeout; it is started afresh for the next
+    /// run (its state is gone, the files stay).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interpreter_lost: bool,
 }
 
 /// Why an output file was left out. The kinds that are a cap the run went over fail it as

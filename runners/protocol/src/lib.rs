@@ -11,6 +11,7 @@
 //! result. The REST API decodes the same stream to show output live.
 #![forbid(unsafe_code)]
 
+mod container;
 mod decode;
 #[cfg(feature = "follow")]
 mod follow;
@@ -19,6 +20,7 @@ mod job;
 mod language;
 pub mod limits;
 
+pub use container::{CONTAINER_DATA_DIR, DATA_LINE_BYTES, Data, Op, data_lines, sync_line};
 pub use decode::{Decoder, Event, ParseError, Record, parse_record};
 #[cfg(feature = "follow")]
 pub use follow::{Followed, Follower};

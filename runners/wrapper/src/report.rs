@@ -73,6 +73,7 @@ pub fn exit_report(f: &Facts) -> ExitReport {
         stderr_truncated: f.stderr.truncated(),
         error: None,
         no_job: false,
+        interpreter_lost: false,
         kernel: f.kernel,
     }
 }
