@@ -199,6 +199,7 @@ impl Harness {
             artifacts: refs,
             error: None,
             start_mode: None,
+            preloaded: false,
         };
         for (stream, bytes) in [
             (OutputStream::Stdout, &stdout[..]),

@@ -18,6 +18,12 @@ use crate::runs::model::{Artifact, Run, RunStatus};
 use crate::runs::service::Answer;
 use crate::state::AppState;
 
+/// Images larger than this are linked, not inlined: clients and models take images of a
+/// few MiB at most, and a result is held whole in memory.
+const IMAGE_INLINE_BYTES: u64 = 4 * 1024 * 1024;
+/// Images inlined in one result together, at most; the rest are linked.
+const IMAGES_INLINE_TOTAL: u64 = 8 * 1024 * 1024;
+
 /// The run object of an answer.
 pub fn run_of(state: &AppState, answer: Answer) -> Run {
     match answer {
@@ -101,9 +107,10 @@ pub fn summary(run: &Run) -> String {
     out
 }
 
-/// An output file as an image, when it is one and can be read; otherwise a link to it.
-async fn artifact(state: &AppState, tenant: &str, a: &Artifact) -> ContentBlock {
-    if let Some(image) = image(state, tenant, a).await {
+/// An output file as an image, when it is one, small enough and readable, and the result
+/// has room for it; otherwise a link to it.
+async fn artifact(state: &AppState, tenant: &str, a: &Artifact, room: bool) -> ContentBlock {
+    if room && let Some(image) = image(state, tenant, a).await {
         return image;
     }
     ContentBlock::resource_link(
@@ -117,6 +124,9 @@ async fn artifact(state: &AppState, tenant: &str, a: &Artifact) -> ContentBlock 
 }
 
 async fn image(state: &AppState, tenant: &str, a: &Artifact) -> Option<ContentBlock> {
+    if a.bytes > IMAGE_INLINE_BYTES {
+        return None;
+    }
     let meta = state.store.get_file_meta(tenant, &a.id).await.ok()??;
     let mime = display_type(&meta)?;
     let read = async {
@@ -143,8 +153,14 @@ async fn image(state: &AppState, tenant: &str, a: &Artifact) -> Option<ContentBl
 /// The result of a run: text, its output files, and the run object.
 pub async fn result(state: &AppState, tenant: &str, run: Run) -> CallToolResult {
     let mut blocks = vec![ContentBlock::text(summary(&run))];
+    let mut inlined = 0;
     for a in &run.artifacts {
-        blocks.push(artifact(state, tenant, a).await);
+        let room = inlined + a.bytes <= IMAGES_INLINE_TOTAL;
+        let block = artifact(state, tenant, a, room).await;
+        if matches!(block, ContentBlock::Image(_)) {
+            inlined += a.bytes;
+        }
+        blocks.push(block);
     }
     let mut result = if failed(&run) {
         CallToolResult::error(blocks)
