@@ -41,12 +41,13 @@ unit: deps
 	cargo test --workspace --exclude e2e
 	hack/sdk/test.sh unit
 
-## e2e: tests on the real cluster (brought up first), then the SDK's live tests and the MCP
-## endpoint through the official MCP Python SDK
+## e2e: tests on the real cluster (brought up first), then the SDK's live tests, the MCP
+## endpoint through the official MCP Python SDK, and schemathesis against the OpenAPI document
 e2e: up deps
 	cargo test -p e2e --no-fail-fast -- --test-threads=4
 	hack/sdk/test.sh live
 	hack/mcp/test.sh
+	hack/schemathesis/test.sh
 
 test: lint unit e2e
 

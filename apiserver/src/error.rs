@@ -320,6 +320,29 @@ where
     }
 }
 
+/// `Path` with errors in the API's shape: an id that is not valid UTF-8 once decoded is a
+/// 400 naming it, like any other invalid parameter.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(r) if r.status().is_server_error() => Err(ApiError::Internal(r.body_text())),
+            Err(r) => Err(ApiError::invalid(
+                format!("Invalid path parameter: {}", r.body_text()),
+                "id".to_string(),
+            )),
+        }
+    }
+}
+
 /// For routes that do not exist, and methods a route does not take.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound {

@@ -141,3 +141,69 @@ fn every_operation_that_takes_a_key_declares_its_401() {
     }
     assert!(keyed >= 10, "only {keyed} operations take a key");
 }
+
+#[test]
+fn every_api_operation_declares_what_its_middleware_may_answer() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&codeinterp_apiserver::openapi::document()).unwrap();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for (method, operation) in operations.as_object().unwrap() {
+            let responses = &operation["responses"];
+            for status in ["401", "408", "429", "500"] {
+                let declared = &responses[status];
+                assert_eq!(
+                    declared["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} {status}"
+                );
+            }
+            assert!(
+                responses["429"]["headers"].get("Retry-After").is_some(),
+                "{method} {path}: 429 without Retry-After"
+            );
+            if path.contains("{id}") {
+                assert!(responses.get("400").is_some(), "{method} {path}: no 400");
+            }
+        }
+    }
+}
+
+/// A `text/event-stream` schema describes each event (its `event`, `id` and `data` fields),
+/// as OpenAPI 3.2 reads it and validators check it; the JSON in `data` is a `RunEvent`.
+#[test]
+fn event_streams_are_described_event_by_event_with_their_data_as_run_events() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&codeinterp_apiserver::openapi::document()).unwrap();
+    for (path, method) in [("/v1/runs", "post"), ("/v1/runs/{id}/events", "get")] {
+        let stream =
+            &doc["paths"][path][method]["responses"]["200"]["content"]["text/event-stream"];
+        assert_eq!(
+            stream["schema"]["$ref"], "#/components/schemas/RunEventMessage",
+            "{method} {path}"
+        );
+    }
+    let message = &doc["components"]["schemas"]["RunEventMessage"];
+    assert_eq!(
+        message["required"],
+        serde_json::json!(["event", "id", "data"])
+    );
+    let data = &message["properties"]["data"];
+    assert_eq!(data["contentMediaType"], "application/json");
+    assert_eq!(
+        data["contentSchema"]["$ref"],
+        "#/components/schemas/RunEvent"
+    );
+    assert!(doc["components"]["schemas"]["RunEvent"]["oneOf"].is_array());
+    let created = &doc["paths"]["/v1/runs"]["post"]["responses"]["200"];
+    assert_eq!(
+        created["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Run"
+    );
+    assert_eq!(
+        created["links"]["GetRun"]["operationId"], "get_run",
+        "creating a run links to reading it"
+    );
+}

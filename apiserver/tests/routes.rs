@@ -568,6 +568,24 @@ async fn an_upload_needs_a_purpose_and_a_file() {
         .post_json("/v1/files", ACME, r#"{"purpose":"assistants"}"#)
         .await;
     a.error(StatusCode::BAD_REQUEST);
+    // OpenAI's purposes only (a form's `null` is the text "null", not a missing purpose).
+    let a = h.upload(ACME, "a.txt", b"x", Some("null")).await;
+    let e = a.error(StatusCode::BAD_REQUEST);
+    assert!(e["message"].as_str().unwrap().contains("user_data"), "{e}");
+}
+
+#[tokio::test]
+async fn an_id_that_is_not_text_is_a_400_in_openai_shape_not_plain_text() {
+    let h = harness();
+    for path in [
+        "/v1/runs/%FF",
+        "/v1/runs/%FF/events",
+        "/v1/files/%FF",
+        "/v1/files/%FF/content",
+    ] {
+        let a = h.get(path, Some(ACME)).await;
+        assert_eq!(a.error(StatusCode::BAD_REQUEST)["param"], "id", "{path}");
+    }
 }
 
 async fn artifact_run(h: &Harness) -> String {

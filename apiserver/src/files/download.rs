@@ -3,14 +3,14 @@
 //! a forged or expired link costs its sender a failed attempt and costs a valid link, the
 //! anonymous rate limit and object storage nothing. Only a valid link takes from its
 //! address's anonymous bucket and looks the file's tenant up.
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::auth::{self, Caller, ClientAddr};
-use crate::error::{ApiError, ApiQuery};
+use crate::error::{ApiError, ApiPath, ApiQuery};
 use crate::ratelimit::retry_after_secs;
 use crate::signing::SignatureError;
 use crate::state::{AppState, now_unix};
@@ -75,7 +75,7 @@ impl FromRequestParts<AppState> for Download {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let Path(id) = Path::<String>::from_request_parts(parts, state)
+        let ApiPath(id) = ApiPath::<String>::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
         let ApiQuery(query) = ApiQuery::<SignedQuery>::from_request_parts(parts, state)

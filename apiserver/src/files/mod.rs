@@ -7,17 +7,17 @@ mod upload;
 
 use axum::body::Body;
 use axum::extract::multipart::{Multipart, MultipartRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use codeinterp_store::{FileMeta, StoreError};
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiQuery, ErrorBody};
+use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use crate::pagination::{Page, check_limit, paginate};
 use crate::state::AppState;
 use download::{Download, SignedQuery};
@@ -61,8 +61,14 @@ async fn file_of(state: &AppState, tenant: &str, id: &str) -> Result<FileMeta, A
     tag = "files",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
-        (status = 200, body = FileObject),
-        (status = 400, description = "Missing file or purpose", body = ErrorBody),
+        (status = 200, body = FileObject,
+            links(
+                ("GetFile" = (operation_id = "get_file", parameters(("id" = "$response.body#/id")))),
+                ("GetFileContent" = (operation_id = "file_content", parameters(("id" = "$response.body#/id")))),
+                ("DeleteFile" = (operation_id = "delete_file", parameters(("id" = "$response.body#/id")))),
+            ),
+        ),
+        (status = 400, description = "Not a multipart form, or a missing file or purpose", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 413, description = "File too large", body = ErrorBody),
     ),
@@ -84,6 +90,15 @@ async fn upload_file(
     Ok(Json(meta.into()))
 }
 
+/// The order of a list.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ListOrder {
+    Asc,
+    Desc,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListFilesQuery {
@@ -95,6 +110,7 @@ pub struct ListFilesQuery {
     /// The id of the last file of the previous page.
     after: Option<String>,
     /// `desc` (newest first, the default) or `asc`.
+    #[param(value_type = Option<ListOrder>, inline)]
     order: Option<String>,
 }
 
@@ -150,15 +166,16 @@ async fn list_files(
     params(("id" = String, Path, description = "The file's id")),
     responses(
         (status = 200, body = FileObject),
+        (status = 400, description = "An id that is not text", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 404, description = "No such file for this API key", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 async fn get_file(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FileObject>, ApiError> {
     Ok(Json(file_of(&state, &caller.tenant, &id).await?.into()))
 }
@@ -171,15 +188,16 @@ async fn get_file(
     params(("id" = String, Path, description = "The file's id")),
     responses(
         (status = 200, body = FileDeleted),
+        (status = 400, description = "An id that is not text", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 404, description = "No such file for this API key", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 async fn delete_file(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FileDeleted>, ApiError> {
     let deleted = match state.store.delete_file(&caller.tenant, &id).await {
         Ok(deleted) => deleted,
@@ -207,10 +225,21 @@ async fn delete_file(
     tag = "files",
     params(("id" = String, Path, description = "The file's id"), SignedQuery),
     responses(
-        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200,
+            description = "The file's bytes: an output file that is an image (judged by its bytes) as that image, anything else as bytes to download",
+            content(
+                (Vec<u8> = "application/octet-stream"),
+                (Vec<u8> = "image/png"),
+                (Vec<u8> = "image/jpeg"),
+                (Vec<u8> = "image/gif"),
+                (Vec<u8> = "image/webp"),
+                (Vec<u8> = "image/svg+xml"),
+            ),
+        ),
+        (status = 400, description = "An id that is not text, or `expires` not a whole number of seconds", body = ErrorBody),
         (status = 401, description = "No API key and no signed URL, or a wrong API key", body = ErrorBody),
         (status = 403, description = "A changed or expired signed URL", body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 404, description = "No such file (for this API key, or at all for a signed URL)", body = ErrorBody),
         (status = 429, description = "Too many downloads from this address", body = ErrorBody),
     ),
     security((), ("bearer" = []))

@@ -50,9 +50,33 @@ pub struct UploadForm {
     /// The file's bytes (its filename is kept).
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
-    /// e.g. `assistants`.
-    purpose: String,
+    purpose: FilePurpose,
 }
+
+/// What an upload is for: OpenAI's purposes. Output files a run wrote are
+/// `assistants_output`.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum FilePurpose {
+    Assistants,
+    Batch,
+    #[serde(rename = "fine-tune")]
+    FineTune,
+    Vision,
+    UserData,
+    Evals,
+}
+
+/// The purposes an upload may give, as OpenAI's files API takes them.
+pub const PURPOSES: [&str; 6] = [
+    "assistants",
+    "batch",
+    "fine-tune",
+    "vision",
+    "user_data",
+    "evals",
+];
 
 /// New file ids: `file-` and 24 random characters.
 pub fn new_file_id() -> String {
@@ -74,12 +98,9 @@ pub fn upload_filename(given: Option<&str>) -> Option<String> {
     (!clean.is_empty() && clean != "." && clean != "..").then_some(clean)
 }
 
-/// A purpose: lowercase words, as OpenAI's (`assistants`, `user_data`, `fine-tune`, ...).
+/// A purpose an upload may give (one of [`PURPOSES`]).
 pub fn valid_purpose(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= 64
-        && p.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    PURPOSES.contains(&p)
 }
 
 /// `Content-Disposition` for a download: a plain ASCII name, so no header injection and no
@@ -175,13 +196,21 @@ mod tests {
     }
 
     #[test]
-    fn purposes_are_lowercase_words() {
+    fn purposes_are_openais() {
         assert!(valid_purpose("assistants"));
         assert!(valid_purpose("fine-tune"));
         assert!(valid_purpose("user_data"));
         assert!(!valid_purpose(""));
         assert!(!valid_purpose("Assistants"));
-        assert!(!valid_purpose("a b"));
+        assert!(!valid_purpose("null"));
+        assert!(!valid_purpose("assistants_output"));
+    }
+
+    #[test]
+    fn the_documented_purposes_are_those_accepted() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(FilePurpose::schema()).unwrap();
+        assert_eq!(schema["enum"], serde_json::json!(PURPOSES));
     }
 
     #[test]

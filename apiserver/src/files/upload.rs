@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use codeinterp_store::{FileMeta, UploadError};
 use futures::StreamExt;
 
-use super::model::{new_file_id, upload_filename, valid_purpose};
+use super::model::{PURPOSES, new_file_id, upload_filename, valid_purpose};
 use crate::error::ApiError;
 use crate::state::{AppState, now_unix};
 
@@ -65,7 +65,10 @@ impl Form {
             Some(p) if valid_purpose(p) => {}
             Some(p) => {
                 return Err(ApiError::invalid(
-                    format!("purpose {p:?} is not valid; use e.g. \"assistants\""),
+                    format!(
+                        "purpose {p:?} is not valid; use one of {}",
+                        PURPOSES.join(", ")
+                    ),
                     "purpose".to_string(),
                 ));
             }

@@ -32,7 +32,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -42,13 +42,13 @@ use futures::{Stream, StreamExt, stream};
 use tokio::time::Instant;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ApiPath, ErrorBody};
 use crate::runs::service::{self, Summary};
 use crate::state::AppState;
 
 pub use slots::{Slot, StreamSlots};
 pub use text::Utf8Text;
-pub use wire::{Cursor, RunEvent};
+pub use wire::{Cursor, RunEvent, RunEventMessage};
 
 use wire::Emit;
 
@@ -229,7 +229,8 @@ pub fn respond(
         ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received: the stream resumes after it"),
     ),
     responses(
-        (status = 200, description = "The run's events", content_type = "text/event-stream", body = RunEvent),
+        (status = 200, description = "The run's events", content_type = "text/event-stream", body = RunEventMessage),
+        (status = 400, description = "An id that is not text", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such run for this API key", body = ErrorBody),
         (status = 429, description = "Too many open streams", body = ErrorBody),
@@ -239,7 +240,7 @@ pub fn respond(
 pub async fn get_events(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let tenant = caller.tenant.as_str();

@@ -9,7 +9,7 @@ pub mod model;
 pub mod request;
 pub mod service;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use utoipa::IntoParams;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::pagination::{Page, check_limit};
 use crate::runs::model::Run;
 use crate::runs::request::{CreateRunRequest, check_input_size, validate};
@@ -49,16 +49,28 @@ fn run_not_found(id: &str) -> ApiError {
     path = "/v1/runs",
     tag = "runs",
     request_body = CreateRunRequest,
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "Repeating a request with the same key returns the run the first one created")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+        description = "Repeating a request with the same key returns the run the first one created (1 to 255 visible ASCII characters)")),
     responses(
-        (status = 200, description = "The run: finished, or as far as it got within the wait", body = Run),
-        (status = 200, description = "With `stream`: the run's events", content_type = "text/event-stream", body = events::RunEvent),
-        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 200,
+            description = "The run: finished, or as far as it got within the wait (JSON); with `stream`, its events as they happen",
+            content(
+                (Run = "application/json"),
+                (events::RunEventMessage = "text/event-stream"),
+            ),
+            links(
+                ("GetRun" = (operation_id = "get_run", parameters(("id" = "$response.body#/id")))),
+                ("CancelRun" = (operation_id = "cancel_run", parameters(("id" = "$response.body#/id")))),
+                ("GetRunEvents" = (operation_id = "get_events", parameters(("id" = "$response.body#/id")))),
+            ),
+        ),
+        (status = 400, description = "Invalid request, or an input file this key cannot read (`file_not_found`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 409, description = "The `Idempotency-Key` names another tenant's run, or one still being created", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not a JSON body", body = ErrorBody),
         (status = 429, description = "Rate limited, the tenant's queue is full (`queue_full`), or with `stream` too many open streams", body = ErrorBody),
+        (status = 503, description = "The cluster is busy or cannot be reached, or the run could not be recorded; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -111,6 +123,7 @@ async fn create_run(
     params(("id" = String, Path, description = "The run's id", max_length = 63)),
     responses(
         (status = 200, body = Run),
+        (status = 400, description = "An id that is not text", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such run for this API key", body = ErrorBody),
     ),
@@ -119,7 +132,7 @@ async fn create_run(
 async fn get_run(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     match service::answer(&state, &caller.tenant, &id).await? {
         Some(a) => Ok(a.into_response(&state)),
@@ -189,15 +202,17 @@ pub fn unknown_cursor(after: Option<&str>) -> ApiError {
     params(("id" = String, Path, description = "The run's id", max_length = 63)),
     responses(
         (status = 200, body = Run),
+        (status = 400, description = "An id that is not text", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such run for this API key", body = ErrorBody),
+        (status = 503, description = "The cluster is busy or cannot be reached; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 async fn cancel_run(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     match service::cancel(&state, &caller.tenant, &id).await? {
         Some(a) => Ok(a.into_response(&state)),

@@ -63,9 +63,15 @@ pub struct CreateRunRequest {
 /// The pattern of a file id.
 pub const FILE_ID_PATTERN: &str = r"^file-[A-Za-z0-9_-]{1,59}$";
 
+/// An optional array, which may also be given as `null` (as the server takes it).
+fn nullable_array() -> utoipa::openapi::schema::ArrayBuilder {
+    use utoipa::openapi::schema::{ArrayBuilder, SchemaType, Type};
+    ArrayBuilder::new().schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+}
+
 fn args_schema() -> utoipa::openapi::Array {
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
-    ArrayBuilder::new()
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    nullable_array()
         .items(
             ObjectBuilder::new()
                 .schema_type(Type::String)
@@ -79,8 +85,8 @@ fn args_schema() -> utoipa::openapi::Array {
 }
 
 fn files_schema() -> utoipa::openapi::Array {
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
-    ArrayBuilder::new()
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    nullable_array()
         .items(
             ObjectBuilder::new()
                 .schema_type(Type::String)

@@ -4,6 +4,9 @@ use axum::response::sse;
 use runner_protocol::Stream as OutputKind;
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use crate::runs::model::{Artifact, Run, RunStatus};
 
@@ -50,6 +53,68 @@ pub enum RunEvent {
     TimedOut { sequence_number: u64, run: Box<Run> },
     #[serde(rename = "run.cancelled")]
     Cancelled { sequence_number: u64, run: Box<Run> },
+}
+
+/// Every event name, as `event:` lines carry them.
+pub const EVENT_NAMES: [&str; 9] = [
+    "run.created",
+    "run.queued",
+    "run.in_progress",
+    "run.output.delta",
+    "run.artifact",
+    "run.completed",
+    "run.failed",
+    "run.timed_out",
+    "run.cancelled",
+];
+
+/// One server-sent event of a run's stream, as the schema of a `text/event-stream` response
+/// describes it: the event's fields, not the JSON inside them. OpenAPI 3.2 says so of
+/// `itemSchema`, and validators (schemathesis among them) read a 3.1 `schema` the same way:
+/// they parse the stream into events (`event`, `id`, `data`) and check each one. A schema
+/// of the JSON alone is why `run.created` failed validation: the parsed event had no
+/// `type` or `sequence_number` of its own. `data` is a [`RunEvent`] as JSON, said with
+/// JSON Schema's `contentMediaType` and `contentSchema`, which validators check too.
+pub struct RunEventMessage;
+
+impl utoipa::PartialSchema for RunEventMessage {
+    fn schema() -> RefOr<Schema> {
+        // utoipa has no `contentSchema`; its extensions map, filled directly (its builder
+        // would prefix `x-`), writes the keyword as it is.
+        let mut content_schema = Extensions::default();
+        content_schema.insert(
+            "contentSchema".into(),
+            serde_json::json!({"$ref": "#/components/schemas/RunEvent"}),
+        );
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        ObjectBuilder::new()
+            .description(Some(
+                "One server-sent event: `event` is the type of the `RunEvent` in `data` (JSON), `id` the cursor `Last-Event-ID` resumes after.",
+            ))
+            .property("event", string().enum_values(Some(EVENT_NAMES)))
+            .property(
+                "id",
+                string().pattern(Some(r"^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$")),
+            )
+            .property(
+                "data",
+                string()
+                    .content_media_type("application/json")
+                    .extensions(Some(content_schema)),
+            )
+            .required("event")
+            .required("id")
+            .required("data")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RunEventMessage {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        use utoipa::PartialSchema;
+        schemas.push((<RunEvent as ToSchema>::name().into(), RunEvent::schema()));
+        <RunEvent as ToSchema>::schemas(schemas);
+    }
 }
 
 impl RunEvent {
