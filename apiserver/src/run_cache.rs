@@ -194,6 +194,7 @@ mod tests {
                 limits: Default::default(),
                 ttl_seconds_after_finished: None,
                 cancel: None,
+                container: None,
             },
         );
         r.metadata.namespace = Some("ns".into());

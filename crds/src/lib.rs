@@ -1,10 +1,12 @@
 //! The custom resources (`codeinterp.dev/v1alpha1`): `CodeRun`, what a user asks to run and
-//! what happened; `RunnerPool`, a warm pool of runner pods. Nothing in a spec can choose an
+//! what happened; `RunnerPool`, a warm pool of runner pods; `CodeContainer`, a sandbox that
+//! keeps its interpreters and files between runs. Nothing in a spec can choose an
 //! image, a user, a volume or a privilege: those are the operator's. The CRD YAML in `crds/`
 //! is generated from these types by `cargo run -p codeinterp-crds --bin crdgen -- crds`; a
 //! test fails when it is stale.
 #![forbid(unsafe_code)]
 
+mod container;
 mod limits;
 mod pool;
 mod reason;
@@ -13,6 +15,10 @@ mod status;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+pub use container::{
+    CodeContainer, CodeContainerSpec, CodeContainerStatus, ContainerPhase, FileOp, FileOpError,
+    FileOpKind, MemoryLimit,
+};
 pub use limits::{EffectiveLimits, LimitError, Limits, Maxima};
 pub use pool::{RunnerPool, RunnerPoolSpec, RunnerPoolStatus, default_preload};
 pub use reason::Reason;
@@ -105,6 +111,12 @@ pub struct CodeRunSpec {
     /// Set to true to stop the run; what it printed so far is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<bool>,
+    /// Run in this CodeContainer (of the same namespace) instead of a pod of its own: its
+    /// interpreter's state and its files are there from earlier runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("container is immutable"))]
+    pub container: Option<String>,
 }
 
 /// An input file, given inline (base64) or as the id of a file uploaded through the REST API.
@@ -186,5 +198,6 @@ pub fn crds() -> Vec<(&'static str, String)> {
     vec![
         ("coderun.yaml", yaml(CodeRun::crd())),
         ("runnerpool.yaml", yaml(RunnerPool::crd())),
+        ("codecontainer.yaml", yaml(CodeContainer::crd())),
     ]
 }

@@ -8,15 +8,15 @@ use testkit::rest::Api;
 use testkit::*;
 
 /// Writes 100 MiB of pseudo-random bytes to /work/outputs and prints their sha256.
-const WRITER: &str = "import hashlib, random\n\
-r = random.Random(7)\n\
-h = hashlib.sha256()\n\
-with open('/work/outputs/model.bin', 'wb') as f:\n\
-    for _ in range(100):\n\
-        chunk = r.randbytes(1 << 20)\n\
-        h.update(chunk)\n\
-        f.write(chunk)\n\
-print(h.hexdigest())";
+const WRITER: &str = r#"import hashlib, random
+r = random.Random(7)
+h = hashlib.sha256()
+with open('/work/outputs/model.bin', 'wb') as f:
+    for _ in range(100):
+        chunk = r.randbytes(1 << 20)
+        h.update(chunk)
+        f.write(chunk)
+print(h.hexdigest())"#;
 
 #[tokio::test]
 async fn four_runs_at_once_each_return_a_100_mib_file_intact_and_the_servers_stay_bounded() {

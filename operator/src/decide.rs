@@ -214,6 +214,7 @@ mod tests {
                 limits: Default::default(),
                 ttl_seconds_after_finished: None,
                 cancel: None,
+                container: None,
             },
         );
         r.metadata.creation_timestamp = Some(t(NOW - 10));

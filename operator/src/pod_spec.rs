@@ -553,6 +553,7 @@ mod tests {
                 },
                 ttl_seconds_after_finished: None,
                 cancel: None,
+                container: None,
             },
         );
         run.metadata.namespace = Some("sandbox".into());

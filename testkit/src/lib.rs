@@ -238,6 +238,7 @@ pub fn spec(language: Language, code: &str) -> CodeRunSpec {
         },
         ttl_seconds_after_finished: None,
         cancel: None,
+        container: None,
     }
 }
 

@@ -332,6 +332,7 @@ mod tests {
                 limits: Default::default(),
                 ttl_seconds_after_finished: None,
                 cancel: None,
+                container: None,
             },
         );
         run.metadata.creation_timestamp = Some(time(100));

@@ -232,6 +232,7 @@ fn coderun(
             limits: run.limits.clone(),
             ttl_seconds_after_finished: None,
             cancel: None,
+            container: None,
         },
     );
     cr.metadata.namespace = Some(namespace.to_string());

@@ -362,6 +362,7 @@ fn run(name: &str) -> CodeRun {
             limits: Default::default(),
             ttl_seconds_after_finished: None,
             cancel: None,
+            container: None,
         },
     );
     run.metadata.namespace = Some(NS.into());
