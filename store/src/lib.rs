@@ -15,12 +15,15 @@
 //! - `tenants/<tenant>/files/<file id>/meta.json`: a [`FileMeta`];
 //! - `tenants/<tenant>/files/<file id>/content`: the file's bytes;
 //! - `index/files/<file id>.json`: a [`FileIndexEntry`] naming the file's tenant, so a signed
-//!   download URL (which carries no bearer token) can find the file.
+//!   download URL (which carries no bearer token) can find the file;
+//! - `tenants/<tenant>/containers/<container>/paths/<sha256 of a path>.json`: a
+//!   [`ContainerFile`], which stored file is at that path of the container's folder.
 //!
 //! Records of the first layout (`tenants/<tenant>/runs/<run id>.json`, output inline) are
 //! still read: by id, and bound and indexed the first time a listing finds them.
 #![forbid(unsafe_code)]
 
+mod containers;
 mod files;
 mod output;
 mod runs;
@@ -30,6 +33,7 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
+pub use containers::{ContainerFile, FileSource};
 pub use files::{FileIndexEntry, FileMeta, UploadError, image_type};
 pub use output::StoredOutput;
 pub use runs::{
