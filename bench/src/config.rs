@@ -9,6 +9,7 @@ pub enum Suite {
     Latency,
     Pool,
     Stream,
+    Mcp,
     Throughput,
     Apiserver,
     Scale,
@@ -65,6 +66,11 @@ pub struct Args {
     /// Runs streamed with `"stream": true`, each printing 30 timestamps.
     #[arg(long, env = "BENCH_STREAM_RUNS", default_value_t = 5)]
     pub stream_runs: usize,
+
+    /// Pairs of warm `print(1+1)` runs, one through MCP's `run_code` and one through
+    /// `POST /v1/runs`, interleaved.
+    #[arg(long, env = "BENCH_MCP_PAIRS", default_value_t = 30)]
+    pub mcp_pairs: usize,
 
     /// Concurrency levels of the throughput benchmark.
     #[arg(long, env = "BENCH_THROUGHPUT_LEVELS", value_delimiter = ',', default_values_t = [1, 4, 16])]

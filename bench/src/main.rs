@@ -6,6 +6,7 @@ mod apiserver_load;
 mod cluster;
 mod config;
 mod latency;
+mod mcp;
 mod pool;
 mod raw_pod;
 mod report;

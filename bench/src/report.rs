@@ -3,6 +3,7 @@ use serde::Serialize;
 
 use crate::apiserver_load::ApiLoadReport;
 use crate::latency::{LatencyReport, PathReport};
+use crate::mcp::McpReport;
 use crate::pool::PoolReport;
 use crate::scale::ScaleReport;
 use crate::stream::StreamReport;
@@ -58,6 +59,7 @@ pub struct Report {
     pub latency: Section<LatencyReport>,
     pub pool: Section<PoolReport>,
     pub stream: Section<StreamReport>,
+    pub mcp: Section<McpReport>,
     pub throughput: Section<ThroughputReport>,
     pub apiserver: Section<ApiLoadReport>,
     pub scale: Section<ScaleRounds>,
@@ -128,6 +130,7 @@ pub fn table(report: &Report) -> Vec<Row> {
     let mut rows = Vec::new();
     rows.extend(latency_rows(&report.latency));
     rows.extend(stream_rows(&report.stream));
+    rows.extend(mcp_rows(&report.mcp));
     rows.extend(pool_rows(&report.pool));
     rows.extend(throughput_rows(&report.throughput));
     rows.extend(api_rows(&report.apiserver));
@@ -285,6 +288,47 @@ fn stream_rows(section: &Section<StreamReport>) -> Vec<Row> {
             NONE.into(),
         ),
     ]
+}
+
+fn mcp_rows(section: &Section<McpReport>) -> Vec<Row> {
+    const B: &str = "2 MCP run_code";
+    if let Some(rows) = failed_row(B, section) {
+        return rows;
+    }
+    let Section::Ran(m) = section else {
+        return Vec::new();
+    };
+    let mut rows = vec![
+        judged(
+            row(
+                B,
+                &format!(
+                    "warm print(1+1), call -> result, p50 (n={}; baseline: REST, n={}, interleaved)",
+                    m.mcp.n, m.rest.n
+                ),
+                ms(m.mcp.p50_ms),
+                ms(m.rest.p50_ms),
+            ),
+            "<= REST + 10 ms",
+            m.p50_overhead_ms.map(|v| v <= 10.0),
+        ),
+        row(B, "p99", ms(m.mcp.p99_ms), ms(m.rest.p99_ms)),
+        row(
+            B,
+            "p50 MCP - REST",
+            f(m.p50_overhead_ms, 1) + " ms",
+            NONE.into(),
+        ),
+    ];
+    if !m.errors.is_empty() {
+        rows.push(row(
+            B,
+            "errors",
+            format!("{} (see JSON)", m.errors.len()),
+            NONE.into(),
+        ));
+    }
+    rows
 }
 
 fn pool_rows(section: &Section<PoolReport>) -> Vec<Row> {
@@ -580,6 +624,7 @@ pub fn notes(report: &Report) -> Vec<String> {
     let failures = [
         ("run latency", report.latency.error()),
         ("live output", report.stream.error()),
+        ("MCP vs REST", report.mcp.error()),
         ("warm pool", report.pool.error()),
         ("throughput", report.throughput.error()),
         ("apiserver", report.apiserver.error()),
@@ -607,6 +652,14 @@ pub fn notes(report: &Report) -> Vec<String> {
     }
     if let Section::Ran(s) = &report.stream {
         notes.extend(s.errors.iter().take(3).map(|e| format!("live output: {e}")));
+    }
+    if let Section::Ran(m) = &report.mcp {
+        notes.push(
+            "MCP vs REST: each pair is one warm run of each, the order alternating; MCP is a \
+             tools/call of run_code over Streamable HTTP after one initialize"
+                .into(),
+        );
+        notes.extend(m.errors.iter().take(3).map(|e| format!("MCP vs REST: {e}")));
     }
     if let Section::Ran(p) = &report.pool {
         notes.push(format!(

@@ -13,7 +13,9 @@ use kube::{Api, Client};
 
 use crate::config::{Args, Suite};
 use crate::report::{self, Host, Report, Section};
-use crate::{apiserver_load, cluster, latency, pool, rest, scale, stream, throughput, wrapper};
+use crate::{
+    apiserver_load, cluster, latency, mcp, pool, rest, scale, stream, throughput, wrapper,
+};
 
 /// What the benchmarks that compare against raw pods share.
 pub struct Env {
@@ -50,6 +52,7 @@ pub async fn run(args: &Args) -> Report {
     let mut latency = Section::Skipped;
     let mut pool = Section::Skipped;
     let mut stream = Section::Skipped;
+    let mut mcp = Section::Skipped;
     let mut throughput = Section::Skipped;
     let mut apiserver = Section::Skipped;
     let mut scale = Section::Skipped;
@@ -61,6 +64,7 @@ pub async fn run(args: &Args) -> Report {
             latency = unavailable(args, Suite::Latency, &error);
             pool = unavailable(args, Suite::Pool, &error);
             stream = unavailable(args, Suite::Stream, &error);
+            mcp = unavailable(args, Suite::Mcp, &error);
             throughput = unavailable(args, Suite::Throughput, &error);
             apiserver = unavailable(args, Suite::Apiserver, &error);
             scale = unavailable(args, Suite::Scale, &error);
@@ -69,14 +73,14 @@ pub async fn run(args: &Args) -> Report {
         Ok(env) => {
             if args.wants(Suite::Latency) {
                 progress(&format!(
-                    "1/7 run latency: {} runs each warm, cold and as a raw pod",
+                    "1/8 run latency: {} runs each warm, cold and as a raw pod",
                     args.latency_runs
                 ));
                 latency = guarded(latency::run(&env, args.latency_runs)).await;
             }
             if args.wants(Suite::Stream) {
                 progress(&format!(
-                    "2/7 live output: {} streamed runs",
+                    "2/8 live output: {} streamed runs",
                     args.stream_runs
                 ));
                 stream = guarded(stream::run(
@@ -87,9 +91,22 @@ pub async fn run(args: &Args) -> Report {
                 ))
                 .await;
             }
+            if args.wants(Suite::Mcp) {
+                progress(&format!(
+                    "3/8 MCP vs REST: {} warm runs each way, interleaved",
+                    args.mcp_pairs
+                ));
+                mcp = guarded(mcp::run(
+                    &env,
+                    &args.api_url,
+                    &args.api_token,
+                    args.mcp_pairs,
+                ))
+                .await;
+            }
             if args.wants(Suite::Pool) {
                 progress(&format!(
-                    "3/7 warm pool: {} pods, {} bursts, then a sustained load",
+                    "4/8 warm pool: {} pods, {} bursts, then a sustained load",
                     args.pool_size, args.pool_bursts
                 ));
                 let helm = cluster::Helm {
@@ -107,7 +124,7 @@ pub async fn run(args: &Args) -> Report {
             }
             if args.wants(Suite::Throughput) {
                 progress(&format!(
-                    "4/7 throughput: concurrency {:?}, items {:?}",
+                    "5/8 throughput: concurrency {:?}, items {:?}",
                     args.throughput_levels, args.throughput_items
                 ));
                 throughput = guarded(throughput::run(
@@ -119,14 +136,14 @@ pub async fn run(args: &Args) -> Report {
             }
             if args.wants(Suite::Apiserver) {
                 progress(&format!(
-                    "5/7 apiserver: own instance on :{}, {} connections, {} s per route",
+                    "6/8 apiserver: own instance on :{}, {} connections, {} s per route",
                     args.apiserver_port, args.http_connections, args.http_seconds
                 ));
                 apiserver = guarded(apiserver_load::run(args)).await;
             }
             if args.wants(Suite::Wrapper) {
                 progress(&format!(
-                    "6/7 wrapper overhead: {} runs per language",
+                    "7/8 wrapper overhead: {} runs per language",
                     args.wrapper_runs
                 ));
                 wrapper = guarded(wrapper::run(&env, args.wrapper_runs)).await;
@@ -134,7 +151,7 @@ pub async fn run(args: &Args) -> Report {
             // Last: it fills the node, and its namespaces take a while to go.
             if args.wants(Suite::Scale) {
                 progress(&format!(
-                    "7/7 operator scale: {:?} CodeRuns at once",
+                    "8/8 operator scale: {:?} CodeRuns at once",
                     args.scale_runs
                 ));
                 let helm = cluster::Helm {
@@ -183,6 +200,7 @@ pub async fn run(args: &Args) -> Report {
         latency,
         pool,
         stream,
+        mcp,
         throughput,
         apiserver,
         scale,
