@@ -121,6 +121,8 @@ pub enum ConditionReason {
     /// The pod never got the job (it ended, or its operator died handing it over); a new
     /// one is made.
     PodReplaced,
+    /// The run went to its container's pod.
+    ContainerPod,
     /// The run's final phase, spelled as `status.phase`.
     Ended(Phase),
 }
@@ -134,6 +136,7 @@ impl ConditionReason {
             ConditionReason::PodClaimed => "PodClaimed",
             ConditionReason::ProgramStarted => "ProgramStarted",
             ConditionReason::PodReplaced => "PodReplaced",
+            ConditionReason::ContainerPod => "ContainerPod",
             ConditionReason::Ended(phase) => phase.as_str(),
         }
     }
@@ -171,6 +174,8 @@ pub enum StartMode {
     Warm,
     /// A pod was created for the run.
     Cold,
+    /// It ran in a container's pod, whose interpreters and files stay between runs.
+    Container,
 }
 
 /// The isolation the operator actually applied to the run's pod.

@@ -196,6 +196,16 @@ pub struct Config {
         default_value = "localhost/codeinterp/runner-php:dev"
     )]
     pub image_php: String,
+    /// The image of container pods: every language's interpreter and kernel.
+    #[arg(
+        long,
+        env = "RUNNER_IMAGE_CONTAINER",
+        default_value = "localhost/codeinterp/runner-container:dev"
+    )]
+    pub image_container: String,
+    /// A container ends this long after it started, however busy.
+    #[arg(long, env = "CONTAINER_MAX_LIFETIME_SECONDS", default_value_t = 86_400)]
+    pub container_max_lifetime_seconds: u64,
     /// Finished CodeRuns (and their pods) are deleted this long after they end; the run
     /// record stays in object storage.
     #[arg(long, env = "RUN_TTL_SECONDS", default_value_t = 3600)]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use codeinterp_crds::{
-    Applied, CodeRun, EffectiveLimits, Maxima, POOL_LABEL, RUNNER_LABEL, RunnerPool,
+    Applied, CodeContainer, CodeRun, EffectiveLimits, Maxima, POOL_LABEL, RUNNER_LABEL, RunnerPool,
 };
 use codeinterp_store::Store;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -65,6 +65,8 @@ pub struct Cluster {
     pub runs: Cache<CodeRun>,
     /// The warm pools (RunnerPools of the sandbox namespace).
     pub pools: Cache<RunnerPool>,
+    /// The containers this operator serves.
+    pub containers: Cache<CodeContainer>,
     /// Counts pod changes: a step waiting for a pod to change waits on it.
     pub pod_changes: watch::Receiver<u64>,
 }
@@ -98,6 +100,8 @@ impl Cluster {
 
 /// Wakes a run's reconcile.
 pub type Wake = futures::channel::mpsc::UnboundedSender<ObjectRef<CodeRun>>;
+/// Wakes a container's reconcile.
+pub type WakeContainer = futures::channel::mpsc::UnboundedSender<ObjectRef<CodeContainer>>;
 
 pub struct Context {
     pub settings: Settings,
@@ -112,6 +116,7 @@ pub struct Context {
     pub tasks: Tasks,
     pub tidy: crate::steps::collect::Tidy,
     pub wake: Wake,
+    pub wake_container: WakeContainer,
 }
 
 impl Context {
@@ -146,6 +151,10 @@ impl Context {
 
     pub fn wake(&self, run: ObjectRef<CodeRun>) {
         let _ = self.wake.unbounded_send(run);
+    }
+
+    pub fn wake_container(&self, container: ObjectRef<CodeContainer>) {
+        let _ = self.wake_container.unbounded_send(container);
     }
 
     /// Records an event about the run (written a moment later).
@@ -302,17 +311,31 @@ impl Context {
         Ok(())
     }
 
-    /// Runner pods and the runs they serve: which run a pod change concerns.
-    pub fn note_pod(&self, pod: &Pod, deleted: bool) -> Option<ObjectRef<CodeRun>> {
+    /// Runner pods and what they serve: which run, or which container, a pod change
+    /// concerns (and is woken for).
+    pub fn note_pod(&self, pod: &Pod, deleted: bool) {
         if pod.labels().get(RUNNER_LABEL).map(String::as_str) != Some("true") {
-            return None;
+            return;
         }
-        let owner = pod
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true) && o.kind == "CodeRun")?;
-        self.index.pod_seen(&owner.uid, &pod.name_any(), deleted);
-        Some(ObjectRef::new(&owner.name).within(&pod.namespace()?))
+        let Some(owner) = pod.owner_references().iter().find(|o| {
+            o.controller == Some(true) && (o.kind == "CodeRun" || o.kind == "CodeContainer")
+        }) else {
+            return;
+        };
+        if owner.kind == "CodeRun" {
+            self.index.pod_seen(&owner.uid, &pod.name_any(), deleted);
+        } else {
+            self.index
+                .container_pod_seen(&owner.uid, &pod.name_any(), deleted);
+        }
+        let Some(ns) = pod.namespace() else {
+            return;
+        };
+        if owner.kind == "CodeRun" {
+            self.wake(ObjectRef::new(&owner.name).within(&ns));
+        } else {
+            self.wake_container(ObjectRef::new(&owner.name).within(&ns));
+        }
     }
 
     /// Whether the pod was a pool pod (claimed or not): how a run that claimed it started.

@@ -62,6 +62,8 @@ pub enum Step {
     /// Its pod runs (or has ended) and nobody reads its record: read it. `fresh`: this
     /// process placed the pod and never handed it the job, so the job is handed over now.
     Read { pod: Pod, fresh: bool },
+    /// It runs in a container (`spec.container`), whose task runs it in turn.
+    InContainer,
 }
 
 fn age_secs(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, now: i64) -> u64 {
@@ -76,6 +78,9 @@ pub fn decide(f: &Facts) -> Step {
     }
     if run.is_finished() {
         return collect(f);
+    }
+    if run.spec.container.is_some() && *f.known != Known::Ended {
+        return Step::InContainer;
     }
     match (f.known, f.pod) {
         (Known::Ended, _) => Step::Wait(Duration::from_secs(1)),

@@ -14,7 +14,9 @@
 //!   second session to the pod and no other run takes it.
 //! - Nothing here is awaited under the lock: every method is synchronous.
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use kube::runtime::reflector::ObjectRef;
 use tokio::time::{Duration, Instant};
@@ -67,6 +69,18 @@ pub enum Slot {
     Claiming,
 }
 
+/// What this process does for a container: whether a task serves it (holds its line), the
+/// run it is running, an interrupt asked for, and how to wake the task.
+#[derive(Default)]
+struct ContainerWork {
+    serving: bool,
+    /// The name of its pod, as far as this process knows (from the watch, or created here).
+    pod: Option<String>,
+    busy: Option<String>,
+    interrupt: Option<String>,
+    wake: Arc<Notify>,
+}
+
 /// What a pool has seen lately: runs asking it for a pod, how long its pods took to be
 /// ready, and since when it has had more idle pods than it needs.
 #[derive(Default)]
@@ -106,6 +120,8 @@ struct State {
     pool_created: HashMap<String, Vec<(String, Instant)>>,
     /// Pool name -> what it has seen lately.
     demand: HashMap<String, PoolDemand>,
+    /// Container UID -> what this process does for it.
+    containers: HashMap<String, ContainerWork>,
     /// Pod UIDs this process asked the API to delete.
     removing: HashMap<String, Instant>,
     /// Namespaces whose deny-all policy was checked, and when.
@@ -334,6 +350,105 @@ impl Index {
             .queue
             .as_mut()
             .expect("the queue is always there"))
+    }
+
+    // --- containers -----------------------------------------------------------------------
+
+    /// Marks the container as served by a task; false if one serves it already.
+    pub fn begin_serving(&self, container: &str) -> bool {
+        let mut s = self.lock();
+        let work = s.containers.entry(container.to_string()).or_default();
+        !std::mem::replace(&mut work.serving, true)
+    }
+
+    /// The container's task is over.
+    pub fn end_serving(&self, container: &str) {
+        let mut s = self.lock();
+        if let Some(work) = s.containers.get_mut(container) {
+            work.serving = false;
+            work.busy = None;
+        }
+    }
+
+    pub fn is_serving(&self, container: &str) -> bool {
+        self.lock()
+            .containers
+            .get(container)
+            .is_some_and(|w| w.serving)
+    }
+
+    /// What wakes the container's task (a run for it, a change of its file operations, an
+    /// interrupt).
+    pub fn container_wake(&self, container: &str) -> Arc<Notify> {
+        let mut s = self.lock();
+        s.containers
+            .entry(container.to_string())
+            .or_default()
+            .wake
+            .clone()
+    }
+
+    /// The watch showed a pod whose controller is the container (or its deletion).
+    pub fn container_pod_seen(&self, container: &str, pod: &str, deleted: bool) {
+        let mut s = self.lock();
+        let work = s.containers.entry(container.to_string()).or_default();
+        if !deleted {
+            work.pod = Some(pod.to_string());
+        } else if work.pod.as_deref() == Some(pod) {
+            work.pod = None;
+        }
+    }
+
+    /// The name of the container's pod, as far as this process knows.
+    pub fn container_pod(&self, container: &str) -> Option<String> {
+        self.lock()
+            .containers
+            .get(container)
+            .and_then(|w| w.pod.clone())
+    }
+
+    /// The run the container runs now, if any.
+    pub fn container_busy(&self, container: &str, run: Option<&str>) {
+        let mut s = self.lock();
+        s.containers.entry(container.to_string()).or_default().busy = run.map(str::to_string);
+    }
+
+    pub fn busy_with(&self, container: &str) -> Option<String> {
+        self.lock()
+            .containers
+            .get(container)
+            .and_then(|w| w.busy.clone())
+    }
+
+    /// Asks the container's task to interrupt the run (if it is the one running).
+    pub fn interrupt(&self, container: &str, run: &str) {
+        let wake = {
+            let mut s = self.lock();
+            let work = s.containers.entry(container.to_string()).or_default();
+            work.interrupt = Some(run.to_string());
+            work.wake.clone()
+        };
+        wake.notify_one();
+    }
+
+    /// The interrupt asked for the run, if one was (taken: asked once).
+    pub fn take_interrupt(&self, container: &str, run: &str) -> bool {
+        let mut s = self.lock();
+        let Some(work) = s.containers.get_mut(container) else {
+            return false;
+        };
+        if work.interrupt.as_deref() == Some(run) {
+            work.interrupt = None;
+            return true;
+        }
+        false
+    }
+
+    /// Forgets what concerned containers that no longer exist.
+    pub fn retain_containers(&self, exists: impl Fn(&str) -> bool) {
+        self.lock()
+            .containers
+            .retain(|uid, work| work.serving || exists(uid));
     }
 
     // --- pools --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ pub mod admission;
 pub mod artifacts;
 pub mod churn;
 pub mod config;
+pub mod containers;
 pub mod context;
 pub mod decide;
 pub mod events;

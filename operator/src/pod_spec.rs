@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use codeinterp_crds::{
-    Applied, CodeRun, EffectiveLimits, Language, POOL_LABEL, RUN_UID_LABEL, RUNNER_LABEL,
+    Applied, CodeContainer, CodeRun, EffectiveLimits, Language, POOL_LABEL, RUN_UID_LABEL,
+    RUNNER_LABEL, default_preload,
 };
 use k8s_openapi::api::core::v1::{
     AppArmorProfile, Capabilities, Container, EmptyDirVolumeSource, EnvVar, Pod, PodDNSConfig,
@@ -16,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use runner_protocol::{JOB_DIR, WORK_DIR};
+use runner_protocol::{CONTAINER_DATA_DIR, JOB_DIR, WORK_DIR};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -148,11 +149,6 @@ fn runner_pod(shape: &Shape, cfg: &Config, applied: &Applied, apparmor_on: bool)
         ),
         ("memory".to_string(), quantity(memory)),
     ]);
-    let memory_dir = |mb: u64| EmptyDirVolumeSource {
-        medium: Some("Memory".into()),
-        size_limit: Some(quantity(format!("{mb}Mi"))),
-        ..Default::default()
-    };
     let mount = |name: &str, path: &str| VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -318,6 +314,98 @@ pub fn pool_pod(pool: &PoolSpec, namespace: &str, cfg: &Config, applied: &Applie
     pod
 }
 
+/// Label on a container's pod: the CodeContainer's UID (trusted only with its controller
+/// owner reference).
+pub const CONTAINER_LABEL: &str = "codeinterp.dev/container";
+/// A container's `/tmp`, beside its folder.
+const CONTAINER_TMP_MB: u64 = 256;
+
+/// A container's pod: every language's interpreter on demand (their state kept between
+/// runs), its folder `/mnt/data`, stdin open across attach sessions (a new leader attaches
+/// again), owned by the container, with no deadline (the operator ends it when it idles).
+pub fn container_pod(container: &CodeContainer, cfg: &Config, applied: &Applied) -> Pod {
+    let disk_mb = cfg.shared.container_disk_mb;
+    let shape = Shape {
+        language: Language::Python,
+        memory_mb: container.spec.memory_limit.mb(),
+        cpu_millicores: cfg.maxima().defaults.cpu_millicores,
+        disk_mb,
+    };
+    let mut pod = runner_pod(
+        &shape,
+        cfg,
+        applied,
+        applied.apparmor.starts_with("Localhost/"),
+    );
+    // A generated name: a run of the same name as the container never meets its pod.
+    pod.metadata.name = None;
+    pod.metadata.generate_name = Some(format!("{}-", trimmed(&container.name_any(), 50)));
+    pod.metadata.namespace = container.metadata.namespace.clone();
+    pod.metadata.owner_references = container.controller_owner_ref(&()).map(|r| vec![r]);
+    pod.labels_mut()
+        .insert(CONTAINER_LABEL.into(), container.uid().unwrap_or_default());
+    let spec = pod.spec.as_mut().expect("a pod spec");
+    // A backstop should this operator never come back to end it.
+    spec.active_deadline_seconds = Some(cfg.container_max_lifetime_seconds as i64 + 600);
+    let memory = format!(
+        "{}Mi",
+        shape.memory_mb + disk_mb + CONTAINER_TMP_MB + JOB_DIR_MB
+    );
+    let runner = spec.containers.first_mut().expect("a runner container");
+    runner.image = Some(cfg.image_container.clone());
+    runner.stdin_once = Some(false);
+    runner.working_dir = Some(CONTAINER_DATA_DIR.into());
+    if let Some(resources) = runner.resources.as_mut() {
+        for list in [resources.limits.as_mut(), resources.requests.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            list.insert("memory".into(), quantity(memory.clone()));
+        }
+    }
+    for mount in runner.volume_mounts.iter_mut().flatten() {
+        if mount.name == "work" {
+            mount.mount_path = CONTAINER_DATA_DIR.into();
+        }
+    }
+    runner.env = Some(vec![
+        env("CI_RUNNER_MODE", "container"),
+        env(
+            "CI_RUNNER_PRELOAD",
+            &default_preload(Language::Python).join(","),
+        ),
+    ]);
+    for volume in spec.volumes.iter_mut().flatten() {
+        if volume.name == "tmp" {
+            volume.empty_dir = Some(memory_dir(CONTAINER_TMP_MB));
+        }
+    }
+    pod
+}
+
+/// At most `n` characters of a name, ending in a letter or digit.
+fn trimmed(name: &str, n: usize) -> String {
+    let cut: String = name.chars().take(n).collect();
+    cut.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn memory_dir(mb: u64) -> EmptyDirVolumeSource {
+    EmptyDirVolumeSource {
+        medium: Some("Memory".into()),
+        size_limit: Some(quantity(format!("{mb}Mi"))),
+        ..Default::default()
+    }
+}
+
 /// The owner reference of a pool's idle pods.
 pub fn pool_owner(pool: &PoolSpec) -> OwnerReference {
     OwnerReference {
@@ -371,9 +459,14 @@ pub fn seconds_since_start(pod: &Pod, now: i64) -> i64 {
 /// Whether the pod is this run's: its controller owner reference names the run's UID. A name
 /// or a label anyone may set proves nothing.
 pub fn owned_by(pod: &Pod, run_uid: &str) -> bool {
+    owned_by_kind(pod, "CodeRun", run_uid)
+}
+
+/// Whether the pod's controller is the object of this kind and UID.
+pub fn owned_by_kind(pod: &Pod, kind: &str, uid: &str) -> bool {
     pod.owner_references()
         .iter()
-        .any(|o| o.controller == Some(true) && o.kind == "CodeRun" && o.uid == run_uid)
+        .any(|o| o.controller == Some(true) && o.kind == kind && o.uid == uid)
 }
 
 /// The CodeRun a runner pod serves, by its controller reference (whatever its labels say: the

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
-use codeinterp_crds::{CodeRun, RUNNER_LABEL, RunnerPool};
+use codeinterp_crds::{CodeContainer, CodeRun, RUNNER_LABEL, RunnerPool};
 use codeinterp_store::Store;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::status::MANAGER;
 use crate::streams::KubeStreams;
 use crate::tasks::{Kind, Tasks};
-use crate::{events, leader, pool, steps, tasks};
+use crate::{containers, events, leader, pool, steps, tasks};
 
 /// What the operator keeps of a pod: all of a runner pod (its spec is checked before a pool
 /// pod is trusted), only placement and requests of any other.
@@ -125,19 +125,13 @@ async fn watch_pods(
         .reflect(writer);
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
-        let touched = match &event {
-            Err(e) => {
-                warn!(watch = "pods", error = %e, "watching the cluster");
-                None
-            }
+        match &event {
+            Err(e) => warn!(watch = "pods", error = %e, "watching the cluster"),
             Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
                 ctx.note_pod(pod, false)
             }
             Ok(watcher::Event::Delete(pod)) => ctx.note_pod(pod, true),
-            Ok(_) => None,
-        };
-        if let Some(run) = touched {
-            ctx.wake(run);
+            Ok(_) => {}
         }
         changes.send_modify(|n| *n = n.wrapping_add(1));
         changed.iter().for_each(|n| n.notify_one());
@@ -242,6 +236,17 @@ async fn housekeeping(ctx: Arc<Context>) {
             .filter_map(|r| r.uid())
             .collect();
         ctx.index.retain_runs(|uid| uids.contains(uid));
+        if ctx.cluster.containers.wait_until_ready().await.is_err() {
+            continue;
+        }
+        let containers: HashSet<String> = ctx
+            .cluster
+            .containers
+            .state()
+            .iter()
+            .filter_map(|c| c.uid())
+            .collect();
+        ctx.index.retain_containers(|uid| containers.contains(uid));
         ctx.metrics
             .runs_tracked
             .set(ctx.index.runs_tracked() as i64);
@@ -276,6 +281,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let containers_api: Api<CodeContainer> = match &cfg.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     // Fail fast with a clear message when the CRD is not installed.
     runs_api
         .list(&kube::api::ListParams::default().limit(1))
@@ -305,6 +314,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         identity,
         clients,
         runs_api: Some(runs_api),
+        containers_api: Some(containers_api),
         store,
     };
     serve(parts, tasks).await?;
@@ -340,6 +350,7 @@ struct Parts {
     clients: Clients,
     recorder_client: Client,
     runs_api: Option<Api<CodeRun>>,
+    containers_api: Option<Api<CodeContainer>>,
     store: Store,
     metrics: Metrics,
 }
@@ -351,14 +362,16 @@ struct Queues {
     recorder: Recorder,
 }
 
-/// The context every step shares.
-fn context(
-    parts: Parts,
-    w: &Watches,
+/// The controllers' caches and wakes.
+struct Controlled {
     runs: reflector::Store<CodeRun>,
-    tasks: &Tasks,
+    containers: reflector::Store<CodeContainer>,
     wake: crate::context::Wake,
-) -> (Arc<Context>, Queues) {
+    wake_container: crate::context::WakeContainer,
+}
+
+/// The context every step shares.
+fn context(parts: Parts, w: &Watches, c: Controlled, tasks: &Tasks) -> (Arc<Context>, Queues) {
     let Parts {
         cfg,
         identity,
@@ -386,7 +399,8 @@ fn context(
             pods: w.pods.clone(),
             nodes: w.nodes.clone(),
             pools: w.pools.clone(),
-            runs,
+            runs: c.runs,
+            containers: c.containers,
             pod_changes: w.pod_changes.subscribe(),
         },
         index: Index::new(queue),
@@ -397,7 +411,8 @@ fn context(
         events,
         metrics,
         tidy,
-        wake,
+        wake: c.wake,
+        wake_container: c.wake_container,
     });
     let queues = Queues {
         events: event_queue,
@@ -438,17 +453,29 @@ async fn start_watches(ctx: &Arc<Context>, tasks: &Tasks, w: Watches) -> anyhow:
     Ok(())
 }
 
-/// Starts the watches, the controller and every service task (in the running supervisor).
+/// Starts the watches, the controllers and every service task (in the running supervisor).
 async fn serve(mut parts: Parts, tasks: Tasks) -> anyhow::Result<()> {
     let w = watches();
     let (wake, woken) = futures::channel::mpsc::unbounded();
+    let (wake_container, woken_containers) = futures::channel::mpsc::unbounded();
     let selector = parts.cfg.shared.shard_selector();
     let concurrency = parts.cfg.concurrency;
     let runs_api = parts.runs_api.take().expect("the runs API");
     let controller = Controller::new(runs_api, watcher::Config::default().labels(&selector))
         .reconcile_on(woken)
         .with_config(ControllerConfig::default().concurrency(concurrency));
-    let (ctx, queues) = context(parts, &w, controller.store(), &tasks, wake);
+    let containers_api = parts.containers_api.take().expect("the containers API");
+    let container_controller =
+        Controller::new(containers_api, watcher::Config::default().labels(&selector))
+            .reconcile_on(woken_containers)
+            .with_config(ControllerConfig::default().concurrency(concurrency));
+    let controlled = Controlled {
+        runs: controller.store(),
+        containers: container_controller.store(),
+        wake,
+        wake_container,
+    };
+    let (ctx, queues) = context(parts, &w, controlled, &tasks);
     start_watches(&ctx, &tasks, w).await?;
     let writing = queues.events.write(queues.recorder);
     tasks.spawn("event writer", Kind::Service, writing);
@@ -457,12 +484,20 @@ async fn serve(mut parts: Parts, tasks: Tasks) -> anyhow::Result<()> {
     tasks.spawn("housekeeping", Kind::Service, housekeeping(ctx.clone()));
     info!("operator started");
     let controlling = controller
-        .run(steps::reconcile, steps::error_policy, ctx)
+        .run(steps::reconcile, steps::error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "reconcile");
             }
         });
     tasks.spawn("controller", Kind::Service, controlling);
+    let containing = container_controller
+        .run(containers::reconcile, containers::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "container reconcile");
+            }
+        });
+    tasks.spawn("container controller", Kind::Service, containing);
     Ok(())
 }

@@ -157,6 +157,7 @@ pub fn ran_in(
     let how = match mode {
         StartMode::Warm => ConditionReason::PodClaimed,
         StartMode::Cold => ConditionReason::PodCreated,
+        StartMode::Container => ConditionReason::ContainerPod,
     };
     status.set_condition(
         ConditionType::Admitted,

@@ -5,7 +5,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Args;
-use codeinterp_crds::{Maxima, SHARD_LABEL};
+use codeinterp_crds::{Maxima, MemoryLimit, SHARD_LABEL};
 
 #[derive(Clone, Debug, Args)]
 pub struct Shared {
@@ -43,6 +43,23 @@ pub struct Shared {
     #[arg(long, env = "MAX_QUEUED_PER_TENANT", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_queued_per_tenant: u64,
+    /// Live containers one tenant may have; past it `POST /v1/containers` answers 429.
+    #[arg(long, env = "MAX_CONTAINERS_PER_TENANT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub max_containers_per_tenant: u64,
+    /// The largest memory limit a container may have (`1g`, `4g`, `16g` or `64g`); a larger
+    /// one is refused.
+    #[arg(long, env = "CONTAINER_MAX_MEMORY", default_value = "4g", value_parser = parse_memory_limit)]
+    pub container_max_memory: MemoryLimit,
+    /// Size of a container's folder (`/mnt/data`, a memory-backed volume counted in its pod's
+    /// memory): a file that would not fit is refused.
+    #[arg(long, env = "CONTAINER_DISK_MB", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(16..=65_536))]
+    pub container_disk_mb: u64,
+}
+
+fn parse_memory_limit(value: &str) -> Result<MemoryLimit, String> {
+    value.parse()
 }
 
 impl Shared {
@@ -118,6 +135,8 @@ mod tests {
             (&["--max-queued-per-tenant", "0"], "MAX_QUEUED_PER_TENANT"),
             (&["--shard=-bad-"], "SHARD"),
             (&["--sandbox-namespace", ""], "SANDBOX_NAMESPACE"),
+            (&["--container-max-memory", "2g"], "CONTAINER_MAX_MEMORY"),
+            (&["--container-disk-mb", "1"], "CONTAINER_DISK_MB"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(name), "{args:?}: {e}");

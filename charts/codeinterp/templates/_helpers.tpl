@@ -52,6 +52,7 @@ envFrom:
 - {name: RUNNER_IMAGE_NODE, value: {{ .Values.images.runners.node | quote }}}
 - {name: RUNNER_IMAGE_RUBY, value: {{ .Values.images.runners.ruby | quote }}}
 - {name: RUNNER_IMAGE_PHP, value: {{ .Values.images.runners.php | quote }}}
+- {name: RUNNER_IMAGE_CONTAINER, value: {{ .Values.images.runners.container | quote }}}
 {{- end }}
 {{- /* What both the operator and the REST API must agree on, from one set of values. */ -}}
 {{- define "codeinterp.sharedEnv" -}}
@@ -60,6 +61,9 @@ envFrom:
 - {name: MAX_MEMORY_MB, value: {{ .Values.limits.maxMemoryMb | int64 | quote }}}
 - {name: MAX_INPUT_MB, value: {{ .Values.limits.maxInputMb | int64 | quote }}}
 - {name: MAX_QUEUED_PER_TENANT, value: {{ .Values.admission.maxQueuedPerTenant | int64 | quote }}}
+- {name: MAX_CONTAINERS_PER_TENANT, value: {{ .Values.containers.maxPerTenant | int64 | quote }}}
+- {name: CONTAINER_MAX_MEMORY, value: {{ .Values.containers.maxMemory | quote }}}
+- {name: CONTAINER_DISK_MB, value: {{ .Values.containers.diskMb | int64 | quote }}}
 {{- with .Values.operator.shard }}
 - {name: SHARD, value: {{ . | quote }}}
 {{- end }}

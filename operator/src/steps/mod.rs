@@ -58,6 +58,7 @@ pub async fn reconcile(run: Arc<CodeRun>, ctx: Arc<Context>) -> Result<Action, E
             read::start(&ctx, &run, pod, how);
             Ok(Action::requeue(crate::context::RECHECK))
         }
+        Step::InContainer => crate::containers::step_for_run(&ctx, &run).await,
     }
 }
 

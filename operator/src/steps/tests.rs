@@ -282,6 +282,7 @@ struct Harness {
     runs: reflector::store::Writer<CodeRun>,
     nodes: reflector::store::Writer<Node>,
     pools: reflector::store::Writer<codeinterp_crds::RunnerPool>,
+    containers: reflector::store::Writer<codeinterp_crds::CodeContainer>,
     pod_changes: watch::Sender<u64>,
     events: EventQueue,
     tidy: TidyQueue,
@@ -301,12 +302,14 @@ fn harness(args: &[&str]) -> Harness {
     let (runs, runs_writer) = reflector::store();
     let (nodes, nodes_writer) = reflector::store();
     let (pools, pools_writer) = reflector::store();
+    let (containers, containers_writer) = reflector::store();
     let pod_changes = watch::Sender::new(0);
     let (events, event_queue) = events::channel();
     let (tidy, tidy_queue) = collect::tidy();
     let (tasks, supervisor): (Tasks, _) = tasks::supervisor();
     tokio::spawn(supervisor.run());
     let (wake, woken) = futures::channel::mpsc::unbounded();
+    let (wake_container, _) = futures::channel::mpsc::unbounded();
     let queue = Queue::new(Caps {
         running_per_tenant: cfg.max_running_per_tenant,
         queued_per_tenant: cfg.shared.max_queued_per_tenant(),
@@ -324,6 +327,7 @@ fn harness(args: &[&str]) -> Harness {
             nodes,
             runs,
             pools,
+            containers,
             pod_changes: pod_changes.subscribe(),
         },
         index: Index::new(queue),
@@ -331,6 +335,7 @@ fn harness(args: &[&str]) -> Harness {
         tasks,
         tidy,
         wake,
+        wake_container,
     });
     let mut h = Harness {
         ctx,
@@ -340,6 +345,7 @@ fn harness(args: &[&str]) -> Harness {
         runs: runs_writer,
         nodes: nodes_writer,
         pools: pools_writer,
+        containers: containers_writer,
         pod_changes,
         events: event_queue,
         tidy: tidy_queue,
@@ -882,7 +888,12 @@ async fn a_finished_run_gives_its_room_to_the_next_in_line_at_once() {
         .apply_watcher_event(&watcher::Event::Delete(pod_a.clone()));
     h.ctx.note_pod(&pod_a, true);
     h.ctx.pump();
-    assert_eq!(h.woken().await, ObjectRef::from_obj(&b));
+    // The pod's changes concern a (its reconcile collects); its room goes to b.
+    let mut next = h.woken().await;
+    while next.name == "a" {
+        next = h.woken().await;
+    }
+    assert_eq!(next, ObjectRef::from_obj(&b));
     assert!(h.woken.try_recv().is_err(), "nothing else was woken");
 }
 
@@ -1021,4 +1032,60 @@ async fn a_records_output_files_are_stored_as_they_arrive_and_listed_with_the_ru
         .unwrap()
         .unwrap();
     assert_eq!(meta.bytes, 200_000);
+}
+
+// --- runs in containers ------------------------------------------------------------------
+
+impl Harness {
+    /// A container of `tenant` in the sandbox namespace, in `phase`.
+    fn container(&mut self, name: &str, tenant: &str, phase: &str) {
+        let container: codeinterp_crds::CodeContainer = serde_json::from_value(json!({
+            "apiVersion": "codeinterp.dev/v1alpha1", "kind": "CodeContainer",
+            "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+                "labels": {TENANT_LABEL: tenant},
+                "creationTimestamp": crate::status::now()},
+            "spec": {"memoryLimit": "1g"},
+            "status": {"phase": phase},
+        }))
+        .unwrap();
+        self.containers
+            .apply_watcher_event(&watcher::Event::Apply(container));
+    }
+}
+
+/// A run of tenant acme, made a minute ago, that names container `name`.
+fn run_in(name: &str) -> CodeRun {
+    let mut r = run("r1");
+    r.spec.container = Some(name.into());
+    r.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        crate::status::now().0 - k8s_openapi::jiff::SignedDuration::from_secs(60),
+    ));
+    r
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_naming_another_tenants_container_fails_as_if_there_were_none() {
+    let mut h = harness(&[]);
+    h.container("box", "other", "Running");
+    let r = run_in("box");
+    h.show_run(&r);
+    assert_eq!(h.step(&r), Step::InContainer);
+    let (_, write) = tokio::join!(h.reconcile(&r), h.api.status_write(&r));
+    assert_eq!(phase_of(&write), "Failed");
+    assert_eq!(write.body["status"]["reason"], "container_not_found");
+    // Nothing of the other tenant's container was touched.
+    h.api.silent().await;
+    assert!(!h.ctx.index.is_serving("uid-box"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_naming_an_ended_container_fails_with_the_containers_message() {
+    let mut h = harness(&[]);
+    h.container("box", "acme", "Expired");
+    let r = run_in("box");
+    h.show_run(&r);
+    let (_, write) = tokio::join!(h.reconcile(&r), h.api.status_write(&r));
+    assert_eq!(write.body["status"]["reason"], "container_expired");
+    assert_eq!(write.body["status"]["message"], "Container is expired.");
+    h.api.silent().await;
 }
