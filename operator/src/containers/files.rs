@@ -2,6 +2,8 @@
 //! storage into the container's folder, a removal carried out; in order, each acknowledged
 //! by the container before the next, and how far they got written to its status.
 use codeinterp_crds::{CodeContainer, FileOp, FileOpError, FileOpKind};
+use codeinterp_store::{ContainerFile, FileSource};
+use kube::ResourceExt;
 use futures::TryStreamExt;
 use runner_protocol::{DATA_LINE_BYTES, Frame, Op, data_lines};
 
@@ -30,15 +32,43 @@ pub async fn apply(
     op: &FileOp,
 ) -> Result<(), LineError> {
     let id = format!("fileop-{}", op.seq);
+    let tenant = container.tenant_in(ctx.settings.sandbox_namespace());
+    let name = container.name_any();
     let result = match op.kind {
-        FileOpKind::Put => put_now(ctx, container, line, op, &id).await?,
+        FileOpKind::Put => match put_now(ctx, container, line, op, &id).await? {
+            Ok(bytes) => {
+                // The folder's index in storage says what the container holds.
+                let entry = ContainerFile {
+                    id: op.file_id.clone().unwrap_or_default(),
+                    container: name,
+                    tenant,
+                    path: op.path.clone(),
+                    bytes,
+                    created_at: crate::status::now().0.as_second(),
+                    source: FileSource::User,
+                };
+                ctx.store
+                    .put_container_file(&entry)
+                    .await
+                    .map_err(|e| format!("recording the file: {e}"))
+            }
+            Err(e) => Err(e),
+        },
         FileOpKind::Delete => {
             let delete = Op::Delete {
                 id: id.clone(),
                 path: op.path.clone(),
             };
             line.send(&delete, None).await?;
-            ack(line, &id).await?
+            match ack(line, &id).await? {
+                Ok(()) => ctx
+                    .store
+                    .remove_container_file(&tenant, &name, &op.path)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("forgetting the file: {e}")),
+                Err(e) => Err(e),
+            }
         }
     };
     super::status::file_op_done(ctx, container, op.seq, result.err()).await;
@@ -52,7 +82,7 @@ pub async fn put_now(
     line: &mut Line,
     op: &FileOp,
     id: &str,
-) -> Result<Result<(), String>, LineError> {
+) -> Result<Result<u64, String>, LineError> {
     let tenant = container.tenant_in(ctx.settings.sandbox_namespace());
     let Some(file_id) = op.file_id.as_deref() else {
         return Ok(Err("a Put names no file".into()));
@@ -90,7 +120,7 @@ pub async fn put_now(
         line.write(&data).await?;
     }
     line.flush().await?;
-    ack(line, id).await
+    Ok(ack(line, id).await?.map(|()| meta.bytes))
 }
 
 /// Waits for the container's answer to operation `id`.
