@@ -127,10 +127,10 @@ pub struct RunLimits {
     pub max_artifacts: Option<u32>,
     /// Largest output file kept (default and most: the service's input cap, 104857600 unless
     /// MAX_INPUT_MB says otherwise).
-    #[schema(minimum = 0, maximum = 1073741824)]
+    #[schema(minimum = 0, maximum = 104857600)]
     pub max_artifact_bytes: Option<u64>,
     /// Output files' bytes together (default and most: as `max_artifact_bytes`).
-    #[schema(minimum = 0, maximum = 1073741824)]
+    #[schema(minimum = 0, maximum = 104857600)]
     pub max_artifact_total_bytes: Option<u64>,
     /// Processes and threads at once (default 128).
     #[schema(minimum = 8, maximum = 512)]
