@@ -7,7 +7,7 @@ use std::process::Command;
 use nix::fcntl::{OFlag, open};
 use nix::sys::prctl;
 use nix::sys::resource::{Resource, UsageWho, getrlimit, getrusage, setrlimit};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeVal;
@@ -43,7 +43,8 @@ pub fn harden_self() -> nix::Result<Signals> {
     ] {
         mask.add(signal);
     }
-    // The program does not inherit this mask: std resets it in the child before exec.
+    // Threads started later inherit this mask; a program does not (`configure` clears it in
+    // the child before exec).
     mask.thread_block()?;
     let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
     Ok(Signals(fd))
@@ -162,8 +163,14 @@ pub fn configure(command: &mut Command, limits: ChildLimits) {
         // Its own session and process group: the whole tree can be signalled at once, and it
         // has no controlling terminal.
         setsid()?;
+        // The wrapper blocks the signals it reads from a descriptor, and a mask survives exec:
+        // the program starts with none blocked, as it would anywhere else (std does not reset
+        // it). An interpreter that ran with SIGINT blocked could not be interrupted.
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
         // If the wrapper dies the program must not run on unsupervised.
         prctl::set_pdeathsig(Signal::SIGKILL)?;
+        // Nothing it runs gains a privilege (set-user-ID files): the pod says so too.
+        prctl::set_no_new_privs()?;
         // The fork inherited the wrapper's "not dumpable", which makes /proc/self belong to
         // root; restore it (exec would anyway) so the program can write its own OOM score.
         prctl::set_dumpable(true)?;
@@ -183,8 +190,10 @@ pub fn configure(command: &mut Command, limits: ChildLimits) {
         Ok(())
     };
     // SAFETY: the closure runs between fork and exec. It only makes system calls (setsid,
-    // prctl, open, write, setrlimit) on values computed before the fork, allocates nothing
-    // and takes no lock, so it is async-signal-safe; the wrapper has a single thread anyway.
+    // sigprocmask, prctl, open, write, setrlimit) on values computed before the fork (an empty
+    // signal set is made with sigemptyset, itself async-signal-safe), allocates nothing and
+    // takes no lock, so it is async-signal-safe: sound even when the wrapper has other threads
+    // (a container's server and runs' threads), whose locks the child never touches.
     unsafe {
         command.pre_exec(move || in_child().map_err(std::io::Error::from));
     }

@@ -65,6 +65,18 @@ fn input_files_are_placed_in_the_work_folder_and_the_environment_is_minimal() {
 }
 
 #[test]
+fn the_program_starts_with_no_signal_blocked_and_cannot_gain_privileges() {
+    // The wrapper blocks the signals it reads from a descriptor; the program must not inherit
+    // that (an interpreter with SIGINT blocked cannot be interrupted).
+    let run = python(
+        "for line in open('/proc/self/status'):\n    \
+         if line.startswith(('SigBlk', 'NoNewPrivs')):\n        print(line.split()[1])\n",
+    )
+    .run();
+    assert_eq!(run.stdout(), "0000000000000000\n1\n");
+}
+
+#[test]
 fn a_timeout_kills_the_program_and_a_daemon_it_started_in_a_session_of_its_own() {
     let run = python(
         r#"
