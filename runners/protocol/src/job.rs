@@ -72,7 +72,10 @@ impl Job {
         Ok(job)
     }
 
-    fn check(&self) -> Result<(), JobError> {
+    /// Checks everything the payload's reader relies on (what [`Job::parse_header`] checks
+    /// after parsing): for a job that arrives inside another message, such as a container's
+    /// `run` operation.
+    pub fn check(&self) -> Result<(), JobError> {
         let invalid = |m: String| Err(JobError::Invalid(m));
         if self.v != PROTOCOL_VERSION {
             return Err(JobError::Version(self.v));
