@@ -2,22 +2,26 @@
 //! and a bounded walk. Every file left out is reported with the reason.
 use std::ffi::{CStr, CString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
-use runner_protocol::{EffectiveLimits, Frame, SkipReason, SkippedFile, validate_relative_name};
+use runner_protocol::{
+    CHUNK_BYTES, EffectiveLimits, Frame, SkipReason, SkippedFile, validate_relative_name,
+};
 use sha2::{Digest, Sha256};
 
 use crate::emit::Emitter;
 
 /// Folders below `outputs` that are walked (a file's name has at most this many parts).
-const MAX_DEPTH: usize = 8;
+pub(crate) const MAX_DEPTH: usize = 8;
 /// Directory entries looked at in all, whatever they are.
-const MAX_ENTRIES: usize = 10_000;
+pub(crate) const MAX_ENTRIES: usize = 10_000;
 /// Skipped frames written one by one; the rest are summed up in one.
 const MAX_SKIPPED_FRAMES: usize = 100;
 
@@ -43,13 +47,8 @@ impl From<&EffectiveLimits> for Caps {
 pub fn outputs<W: Write>(outputs: &Path, caps: Caps, emitter: &mut Emitter<W>) -> io::Result<()> {
     let mut walk = Walk {
         emitter,
-        caps,
-        files: 0,
-        bytes: 0,
+        tally: Tally::new(caps),
         entries: 0,
-        skipped: 0,
-        unreported: 0,
-        unreported_reason: None,
     };
     match Dir::open(outputs, dir_flags(), Mode::empty()) {
         Ok(dir) => walk.dir(dir, "", 0)?,
@@ -65,23 +64,17 @@ pub fn outputs<W: Write>(outputs: &Path, caps: Caps, emitter: &mut Emitter<W>) -
             &format!("cannot open the outputs folder: {err}"),
         )?,
     }
-    walk.finish()
+    walk.tally.finish(walk.emitter)
 }
 
-fn dir_flags() -> OFlag {
+pub(crate) fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
 }
 
 struct Walk<'a, W: Write> {
     emitter: &'a mut Emitter<W>,
-    caps: Caps,
-    files: u32,
-    bytes: u64,
+    tally: Tally,
     entries: usize,
-    skipped: usize,
-    unreported: usize,
-    /// The reason of the unreported entries, a limit's first if any was over one.
-    unreported_reason: Option<SkipReason>,
 }
 
 impl<W: Write> Walk<'_, W> {
@@ -137,7 +130,7 @@ impl<W: Write> Walk<'_, W> {
                         &format!("cannot open the folder: {err}"),
                     )?,
                 },
-                Kind::File => self.file(&dir, name, &rel, &stat)?,
+                Kind::File => self.tally.file(&dir, name, &rel, &stat, self.emitter)?,
                 Kind::Other(what) => {
                     self.skip(&rel, SkipReason::NotAFile, &format!("{what} refused"))?
                 }
@@ -151,16 +144,51 @@ impl<W: Write> Walk<'_, W> {
         Ok(())
     }
 
-    fn file(&mut self, dir: &Dir, name: &CStr, rel: &str, seen: &FileStat) -> io::Result<()> {
+    fn skip(&mut self, name: &str, reason: SkipReason, detail: &str) -> io::Result<()> {
+        self.tally.skip(name, reason, detail, self.emitter)
+    }
+}
+
+/// The output files sent so far against the caps, and the files left out: the one-shot
+/// collection of `outputs` and a container's changed files apply the same rules.
+pub(crate) struct Tally {
+    caps: Caps,
+    files: u32,
+    bytes: u64,
+    skipped: usize,
+    unreported: usize,
+    /// The reason of the unreported entries, a limit's first if any was over one.
+    unreported_reason: Option<SkipReason>,
+}
+
+impl Tally {
+    pub(crate) fn new(caps: Caps) -> Self {
+        Tally {
+            caps,
+            files: 0,
+            bytes: 0,
+            skipped: 0,
+            unreported: 0,
+            unreported_reason: None,
+        }
+    }
+
+    /// Sends the regular file `name` of `dir` (found as `seen`, named `rel` in the record)
+    /// within the caps, or says why not. Never follows a link or blocks on a FIFO.
+    pub(crate) fn file<W: Write>(
+        &mut self,
+        dir: &impl AsFd,
+        name: &CStr,
+        rel: &str,
+        seen: &FileStat,
+        emitter: &mut Emitter<W>,
+    ) -> io::Result<()> {
         if let Err(reason) = validate_relative_name(rel) {
-            return self.skip(
-                rel,
-                SkipReason::InvalidName,
-                &format!("invalid name: {reason}"),
-            );
+            let detail = format!("invalid name: {reason}");
+            return self.skip(rel, SkipReason::InvalidName, &detail, emitter);
         }
         if self.files >= self.caps.max_files {
-            return self.skip(rel, SkipReason::TooMany, "too many output files");
+            return self.skip(rel, SkipReason::TooMany, "too many output files", emitter);
         }
         // O_NOFOLLOW: a link swapped in since the stat is refused, not followed. O_NONBLOCK:
         // a FIFO swapped in does not block the open.
@@ -171,49 +199,63 @@ impl<W: Write> Walk<'_, W> {
             | OFlag::O_CLOEXEC;
         let fd = match nix::fcntl::openat(dir, name, flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::ELOOP) => return self.skip(rel, SkipReason::NotAFile, "symlink refused"),
+            Err(Errno::ELOOP) => {
+                return self.skip(rel, SkipReason::NotAFile, "symlink refused", emitter);
+            }
             Err(err) => {
-                return self.skip(rel, SkipReason::Unreadable, &format!("cannot open: {err}"));
+                let detail = format!("cannot open: {err}");
+                return self.skip(rel, SkipReason::Unreadable, &detail, emitter);
             }
         };
-        let stat = fstat(&fd)?;
+        let stat = match fstat(&fd) {
+            Ok(stat) => stat,
+            Err(err) => {
+                let detail = format!("cannot stat: {err}");
+                return self.skip(rel, SkipReason::Unreadable, &detail, emitter);
+            }
+        };
         if kind(&stat) != Kind::File || (stat.st_dev, stat.st_ino) != (seen.st_dev, seen.st_ino) {
-            return self.skip(
-                rel,
-                SkipReason::Unreadable,
-                "changed while being collected: refused",
-            );
+            let detail = "changed while being collected: refused";
+            return self.skip(rel, SkipReason::Unreadable, detail, emitter);
         }
         let size = stat.st_size.max(0) as u64;
         if size > self.caps.max_file_bytes {
-            return self.skip(rel, SkipReason::TooLarge, "file over the size limit");
-        }
-        if self.bytes + size > self.caps.max_total_bytes {
             return self.skip(
                 rel,
-                SkipReason::TotalTooLarge,
-                "output files over the total size limit",
+                SkipReason::TooLarge,
+                "file over the size limit",
+                emitter,
             );
         }
-        // Never more than the size found: a file still growing is cut at it.
-        let mut content = Vec::with_capacity(size as usize);
-        if let Err(err) = File::from(fd).take(size).read_to_end(&mut content) {
-            return self.skip(rel, SkipReason::Unreadable, &format!("cannot read: {err}"));
+        if self.bytes + size > self.caps.max_total_bytes {
+            let detail = "output files over the total size limit";
+            return self.skip(rel, SkipReason::TotalTooLarge, detail, emitter);
         }
-        self.files += 1;
-        self.bytes += content.len() as u64;
-        self.emitter.frame(&Frame::File {
-            name: rel.to_string(),
-            size: content.len() as u64,
-            sha256: hex::encode(Sha256::digest(&content)),
-        })?;
-        self.emitter.data(&content)?;
-        self.emitter.flush()
+        match stream(&File::from(fd), size, rel, emitter)? {
+            Streamed::Whole(sent) => {
+                self.files += 1;
+                self.bytes += sent;
+            }
+            Streamed::NotStarted(detail) => {
+                self.skip(rel, SkipReason::Unreadable, &detail, emitter)?;
+            }
+            Streamed::CutShort(detail) => {
+                self.bytes += size;
+                self.skip(rel, SkipReason::Unreadable, &detail, emitter)?;
+            }
+        }
+        emitter.flush()
     }
 
     /// Reasons that are a cap the run went over are reported by the operator as
     /// `artifact_limit_exceeded`.
-    fn skip(&mut self, name: &str, reason: SkipReason, detail: &str) -> io::Result<()> {
+    pub(crate) fn skip<W: Write>(
+        &mut self,
+        name: &str,
+        reason: SkipReason,
+        detail: &str,
+        emitter: &mut Emitter<W>,
+    ) -> io::Result<()> {
         if self.skipped >= MAX_SKIPPED_FRAMES {
             self.unreported += 1;
             if !self
@@ -225,24 +267,114 @@ impl<W: Write> Walk<'_, W> {
             return Ok(());
         }
         self.skipped += 1;
-        self.emitter.frame(&Frame::Skipped(SkippedFile {
+        emitter.frame(&Frame::Skipped(SkippedFile {
             name: name.to_string(),
             reason,
             detail: detail.to_string(),
         }))
     }
 
-    fn finish(self) -> io::Result<()> {
+    /// Sums up the entries left out past the skipped frames written one by one.
+    pub(crate) fn finish<W: Write>(self, emitter: &mut Emitter<W>) -> io::Result<()> {
         if self.unreported == 0 {
             return Ok(());
         }
         let reason = self.unreported_reason.unwrap_or(SkipReason::NotWalked);
-        self.emitter.frame(&Frame::Skipped(SkippedFile {
+        emitter.frame(&Frame::Skipped(SkippedFile {
             name: "...".into(),
             reason,
             detail: format!("{} more entries left out", self.unreported),
         }))
     }
+}
+
+/// What became of a file being sent.
+enum Streamed {
+    /// Sent whole, this many bytes.
+    Whole(u64),
+    /// Not sent: it could not be read (nothing of it is in the record).
+    NotStarted(String),
+    /// Its `file` frame went out but it changed or failed while being read: its last data
+    /// frame was held back, so the reader sees it cut short.
+    CutShort(String),
+}
+
+/// Sends at most `size` bytes of `file` as a `file` frame and its `data` frames, holding no
+/// more than a frame's worth in memory. The checksum goes before the data, so the file is read
+/// twice: once for the checksum, once for the frames, the last of which is held back until the
+/// second read has matched the first. A file that changed in between (a process still writing
+/// it, in a container) ends cut short, never with data that does not match its checksum,
+/// which would make the reader refuse the whole record.
+fn stream<W: Write>(
+    file: &File,
+    size: u64,
+    rel: &str,
+    emitter: &mut Emitter<W>,
+) -> io::Result<Streamed> {
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let (length, checksum) = match read_through(file, size, &mut buf, |_| Ok(())) {
+        Ok(read) => read,
+        Err(Failed::Writing(err)) => return Err(err),
+        Err(Failed::Reading(err)) => {
+            return Ok(Streamed::NotStarted(format!("cannot read: {err}")));
+        }
+    };
+    emitter.frame(&Frame::File {
+        name: rel.to_string(),
+        size: length,
+        sha256: checksum.clone(),
+    })?;
+    let mut held: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
+    let second = read_through(file, length, &mut buf, |chunk| {
+        if !held.is_empty() {
+            emitter.data(&held)?;
+        }
+        held.clear();
+        held.extend_from_slice(chunk);
+        Ok(())
+    });
+    match second {
+        Ok((again, same)) if again == length && same == checksum => {
+            emitter.data(&held)?;
+            Ok(Streamed::Whole(length))
+        }
+        Ok(_) => Ok(Streamed::CutShort(
+            "changed while being collected: cut short".into(),
+        )),
+        Err(Failed::Reading(err)) => Ok(Streamed::CutShort(format!("cannot read: {err}"))),
+        Err(Failed::Writing(err)) => Err(err),
+    }
+}
+
+/// Why a read through a file stopped: the file, or the record it was being written to.
+enum Failed {
+    Reading(io::Error),
+    Writing(io::Error),
+}
+
+/// Reads up to `limit` bytes of `file` from its start, handing each chunk to `each` (which
+/// writes the record); how many were read, and their sha256.
+fn read_through(
+    file: &File,
+    limit: u64,
+    buf: &mut [u8],
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(u64, String), Failed> {
+    let mut hasher = Sha256::new();
+    let mut at = 0u64;
+    while at < limit {
+        let want = usize::try_from(limit - at).map_or(buf.len(), |left| left.min(buf.len()));
+        let n = match file.read_at(&mut buf[..want], at) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(Failed::Reading(err)),
+        };
+        hasher.update(&buf[..n]);
+        each(&buf[..n]).map_err(Failed::Writing)?;
+        at += n as u64;
+    }
+    Ok((at, hex::encode(hasher.finalize())))
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -254,13 +386,13 @@ fn join(prefix: &str, name: &str) -> String {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Dir,
     File,
     Other(&'static str),
 }
 
-fn kind(stat: &FileStat) -> Kind {
+pub(crate) fn kind(stat: &FileStat) -> Kind {
     match SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) {
         SFlag::S_IFDIR => Kind::Dir,
         SFlag::S_IFREG => Kind::File,
