@@ -133,6 +133,15 @@ if ((static function (): bool {
                 }
                 self::$snippet = (string) hex2bin($message[1]);
             }
+            // fd 0 is the job's stdin file, which the wrapper writes anew before each snippet
+            // (in place): each snippet reads it from its start.
+            try {
+                if (defined('STDIN')) {
+                    rewind(STDIN);
+                }
+            } catch (\Throwable $e) {
+                // A snippet closed it: nothing to rewind.
+            }
             self::$interrupted = false;
             self::$running = true;
             return true;

@@ -216,6 +216,7 @@ def _session(channel, path):
 
 
 def _snippet(path, namespace, handler, signal):
+    _rewind_stdin()
     try:
         try:
             signal.signal(signal.SIGINT, handler[0])
@@ -234,6 +235,17 @@ def _snippet(path, namespace, handler, signal):
         _print_uncaught(err)
         return 1, "error"
     return 0, "ok"
+
+
+def _rewind_stdin():
+    """fd 0 is the job's stdin file, which the wrapper writes anew before each snippet (in
+    place): each snippet reads it from its start."""
+    try:
+        os.lseek(0, 0, os.SEEK_SET)
+        if sys.stdin is not None and sys.stdin.fileno() == 0:
+            sys.stdin.seek(0)
+    except Exception:  # a snippet closed or replaced it: nothing to rewind
+        pass
 
 
 def _ignore_sigint(signal):

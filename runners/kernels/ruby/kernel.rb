@@ -111,6 +111,13 @@
     $stderr.write(shown)
   end
   run_snippet = lambda do |path|
+    # fd 0 is the job's stdin file, which the wrapper writes anew before each snippet (in
+    # place): each snippet reads it from its start.
+    begin
+      STDIN.rewind
+    rescue StandardError
+      nil
+    end
     depth = caller(0).size
     begin
       begin

@@ -24,6 +24,7 @@ use nix::unistd::{Pid, read};
 use runner_protocol::Language;
 
 pub use control::How;
+pub(crate) use session::INTERRUPT_GRACE;
 pub use session::{SnippetEnd, SnippetOutcome};
 
 use crate::job::{self, STDIN_FILE};
@@ -166,7 +167,9 @@ struct Shared {
     reaped: AtomicBool,
 }
 
-/// Interrupts a kernel's running snippet from another thread: SIGINT, as a timeout does.
+/// Interrupts a kernel's running snippet from another thread: SIGINT, as a timeout does. An
+/// interrupt made while no snippet runs holds for the next one (so one made while a snippet is
+/// being sent is not lost), until the kernel's interrupt is cleared.
 #[derive(Clone, Debug)]
 pub struct Interrupter {
     pid: Pid,
@@ -270,6 +273,46 @@ impl Kernel {
             pid: self.pid,
             shared: self.shared.clone(),
         }
+    }
+
+    /// Forgets an interrupt made while no snippet ran.
+    pub(crate) fn clear_interrupt(&self) {
+        self.shared
+            .interrupt_requested
+            .store(false, Ordering::SeqCst);
+    }
+
+    /// What to wait on while the kernel idles between snippets: its channel and its output.
+    pub(crate) fn idle_fds(&self) -> Vec<BorrowedFd<'_>> {
+        std::iter::once(self.channel.fd())
+            .chain(
+                [&self.stdout, &self.stderr]
+                    .into_iter()
+                    .flatten()
+                    .map(|fd| fd.as_fd()),
+            )
+            .collect()
+    }
+
+    /// Between snippets: drops what the kernel (a thread a snippet left running) wrote, acts on
+    /// its messages, and says whether it is still there.
+    pub(crate) fn tend(&mut self) -> Result<(), KernelError> {
+        self.discard_output();
+        self.handle_messages(false)?;
+        self.check_alive()
+    }
+
+    /// Kills what is left of the kernel's process group once it is gone (a process it started
+    /// that outlived it). Only right after it was reaped: the group's id is not reused while a
+    /// member lives, but may be once none does.
+    pub(crate) fn kill_leftovers(&self) {
+        let _ = killpg(self.pid, Signal::SIGKILL);
+    }
+
+    /// Puts lasting limits on a kernel that serves snippets (see [`sandbox::lower_limits`]).
+    pub(crate) fn limit(&self, limits: ChildLimits) -> std::io::Result<()> {
+        let used_ms = proctree::process_cpu_ms(self.pid).unwrap_or(0);
+        sandbox::lower_limits(self.pid, limits, used_ms).map(drop)
     }
 
     /// Waits until the kernel says it is ready (its preloading done), discarding its output.

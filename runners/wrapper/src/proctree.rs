@@ -125,6 +125,17 @@ pub fn kill_everything(program_group: Pid, is_pid1: bool) {
     eprintln!("ci-runner: some processes did not die after SIGKILL");
 }
 
+/// The wrapper's children that have exited and wait to be reaped (orphans re-parented to it
+/// among them), found without reaping any: a container's server must not reap its kernels here.
+pub fn exited_children() -> Vec<i32> {
+    let me = getpid().as_raw();
+    all_processes()
+        .into_iter()
+        .filter(|p| p.ppid == me && p.zombie)
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// Whether the wrapper has any child at all, exited or not (without reaping it).
 pub fn has_children() -> bool {
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;

@@ -20,7 +20,7 @@ use crate::report::{Ended, Stop};
 use crate::supervise::{Pipe, poll_timeout};
 
 /// How long an interrupted snippet has to end before the kernel is killed.
-const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 /// How often the kernel's CPU is read against the budget.
 const CPU_CHECK_EVERY: Duration = Duration::from_millis(200);
 
@@ -64,6 +64,18 @@ impl Kernel {
         limits: &EffectiveLimits,
         emitter: &mut Emitter<W>,
     ) -> io::Result<SnippetOutcome> {
+        self.run_snippet_with(path, limits, emitter, |_, _| {})
+    }
+
+    /// [`Kernel::run_snippet`], with `adjust` given the exit report before it is written (what
+    /// only the caller knows: the container's OOM counter, its disk, words for a person).
+    pub(crate) fn run_snippet_with<W: Write>(
+        &mut self,
+        path: &Path,
+        limits: &EffectiveLimits,
+        emitter: &mut Emitter<W>,
+        adjust: impl FnOnce(&SnippetEnd, &mut ExitReport),
+    ) -> io::Result<SnippetOutcome> {
         emitter.frame(&Frame::Start {
             v: PROTOCOL_VERSION,
         })?;
@@ -98,11 +110,14 @@ impl Kernel {
         }
         let wall = started.elapsed();
         let [out, err] = pipes;
-        let report = watch.report(self, wall, &out, &err);
+        let mut report = watch.report(self, wall, &out, &err);
         (self.stdout, self.stderr) = (out.fd, err.fd);
+        // The interrupt was for this snippet; one made while it was being sent is not lost.
+        self.clear_interrupt();
+        let end = watch.end.expect("a watched snippet has ended");
+        adjust(&end, &mut report);
         emitter.frame(&Frame::Exit(report.clone()))?;
         emitter.flush()?;
-        let end = watch.end.expect("a watched snippet has ended");
         Ok(SnippetOutcome { end, report })
     }
 
@@ -117,9 +132,6 @@ impl Kernel {
         // Output between snippets (a timer that fired late) belongs to no run.
         self.discard_output();
         self.handle_messages(false)?;
-        self.shared
-            .interrupt_requested
-            .store(false, Ordering::SeqCst);
         self.channel.send(&super::ToKernel::Snippet(path))?;
         Ok(())
     }
@@ -250,6 +262,7 @@ impl Watch {
             stderr_bytes: err.cap.total(),
             stdout_truncated: out.cap.truncated(),
             stderr_truncated: err.cap.truncated(),
+            interpreter_lost: matches!(self.end, Some(SnippetEnd::KernelGone { .. })),
             error,
             kernel: true,
             ..ExitReport::default()
