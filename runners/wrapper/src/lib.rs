@@ -12,9 +12,14 @@
 //!
 //! A pool pod may ask for a kernel (`CI_RUNNER_KERNEL`, see [`kernel`]): the interpreter is
 //! started, with its modules imported, before the job arrives, and the job's program runs in it.
+//!
+//! A container's pod (`CI_RUNNER_MODE=container`) makes it a long-lived server instead: runs,
+//! file operations and new readers arrive on stdin for as long as it is open, and the programs
+//! run in one interpreter per language that keeps its state between runs (see `container.rs`).
 
 mod cgroup;
 mod collect;
+mod container;
 mod disk;
 mod emit;
 mod job;
@@ -34,7 +39,7 @@ use runner_protocol::{ExitReport, Frame, Job, PROTOCOL_VERSION};
 
 pub use emit::Emitter;
 pub use kernel::{Kernel, KernelError, KernelSpec};
-pub use settings::{KernelSettings, Settings, default_preload};
+pub use settings::{ContainerSettings, KernelSettings, Settings, default_preload};
 
 use crate::kernel::HandedOver;
 use crate::supervise::{Clock, Launch, Running};
@@ -50,6 +55,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(container) = &settings.container {
+        return container::serve(&settings, container, signals);
+    }
     let stdout = match io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => File::from(fd),
         Err(err) => {

@@ -25,6 +25,25 @@ pub struct Settings {
     /// Start a kernel before the job (`CI_RUNNER_KERNEL`); `None`: a fresh interpreter per
     /// job, as always.
     pub kernel: Option<KernelSettings>,
+    /// Serve a container's operations instead of running one job (`CI_RUNNER_MODE=container`).
+    pub container: Option<ContainerSettings>,
+}
+
+/// A container: a long-lived server of the operations of [`runner_protocol::Op`], whose
+/// programs run in one interpreter per language that keeps its state between runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerSettings {
+    /// The container's files, the programs' working folder (`CI_RUNNER_DATA_DIR`, by default
+    /// [`runner_protocol::CONTAINER_DATA_DIR`]).
+    pub data_dir: PathBuf,
+    /// Where the kernel drivers are (`CI_RUNNER_KERNELS_DIR`).
+    pub kernels_dir: PathBuf,
+    /// What the Python interpreter imports when it starts (`CI_RUNNER_PRELOAD`,
+    /// comma-separated; unset: nothing). The other languages load nothing ahead.
+    pub python_preload: Vec<String>,
+    /// How long a run waits for its language's interpreter to start and preload
+    /// (`CI_RUNNER_KERNEL_READY_MS`) before it fails.
+    pub ready_timeout: Duration,
 }
 
 /// The one-shot kernel of a pool pod: an interpreter started before the job, with modules
@@ -48,6 +67,9 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const TMP_SEED: &str = "/usr/local/share/ci-runner/tmp-seed";
 const KERNELS_DIR: &str = "/usr/local/share/ci-runner/kernels";
 const KERNEL_READY_MS: u64 = 10_000;
+/// A container's run waits this long for its interpreter: failing it would not make the next
+/// start any faster.
+const CONTAINER_KERNEL_READY_MS: u64 = 60_000;
 
 impl Settings {
     pub fn from_env() -> Self {
@@ -67,8 +89,42 @@ impl Settings {
             tmp_seed: TMP_SEED.into(),
             is_pid1,
             kernel: KernelSettings::from_vars(|name| std::env::var(name).ok()),
+            container: ContainerSettings::from_vars(|name| std::env::var(name).ok()),
         }
     }
+}
+
+impl ContainerSettings {
+    /// Reads the container's variables through `var`; `None` unless `CI_RUNNER_MODE` is
+    /// `container`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        if var("CI_RUNNER_MODE")?.trim() != "container" {
+            return None;
+        }
+        Some(ContainerSettings {
+            data_dir: var("CI_RUNNER_DATA_DIR")
+                .map_or_else(|| runner_protocol::CONTAINER_DATA_DIR.into(), PathBuf::from),
+            kernels_dir: var("CI_RUNNER_KERNELS_DIR")
+                .map_or_else(|| KERNELS_DIR.into(), PathBuf::from),
+            python_preload: var("CI_RUNNER_PRELOAD")
+                .map(|list| split_list(&list))
+                .unwrap_or_default(),
+            ready_timeout: Duration::from_millis(
+                var("CI_RUNNER_KERNEL_READY_MS")
+                    .and_then(|ms| ms.trim().parse().ok())
+                    .unwrap_or(CONTAINER_KERNEL_READY_MS),
+            ),
+        })
+    }
+}
+
+fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 impl KernelSettings {
@@ -90,13 +146,7 @@ impl KernelSettings {
                 }
             },
         };
-        let preload = var("CI_RUNNER_PRELOAD").map(|list| {
-            list.split(',')
-                .map(str::trim)
-                .filter(|name| !name.is_empty())
-                .map(String::from)
-                .collect()
-        });
+        let preload = var("CI_RUNNER_PRELOAD").map(|list| split_list(&list));
         let ready_ms = var("CI_RUNNER_KERNEL_READY_MS")
             .and_then(|ms| ms.trim().parse().ok())
             .unwrap_or(KERNEL_READY_MS);
@@ -202,6 +252,25 @@ mod tests {
         ]))
         .unwrap();
         assert!(none.preload(Language::Python).is_empty());
+    }
+
+    #[test]
+    fn a_container_only_when_the_pod_says_so_with_nothing_preloaded_by_default() {
+        assert_eq!(ContainerSettings::from_vars(vars(&[])), None);
+        let one_shot = vars(&[("CI_RUNNER_MODE", "job")]);
+        assert_eq!(ContainerSettings::from_vars(one_shot), None);
+        let c = ContainerSettings::from_vars(vars(&[("CI_RUNNER_MODE", "container")])).unwrap();
+        assert_eq!(c.data_dir, Path::new("/mnt/data"));
+        assert!(c.python_preload.is_empty());
+        assert_eq!(c.ready_timeout, Duration::from_secs(60));
+        let c = ContainerSettings::from_vars(vars(&[
+            ("CI_RUNNER_MODE", "container"),
+            ("CI_RUNNER_DATA_DIR", "/tmp/d"),
+            ("CI_RUNNER_PRELOAD", "numpy, pandas"),
+        ]))
+        .unwrap();
+        assert_eq!(c.data_dir, Path::new("/tmp/d"));
+        assert_eq!(c.python_preload, ["numpy", "pandas"]);
     }
 
     #[test]
