@@ -41,8 +41,6 @@ pub enum Decision {
     Admitted,
     /// Wait: this is the run's place in line (1 is next).
     Queued { position: u32 },
-    /// The tenant already has as many runs waiting as it may.
-    Full,
 }
 
 /// Caps on what one tenant, and everyone, may hold.
@@ -50,8 +48,6 @@ pub enum Decision {
 pub struct Caps {
     /// Runs of one tenant running at once (0: no cap).
     pub running_per_tenant: usize,
-    /// Runs of one tenant waiting.
-    pub queued_per_tenant: usize,
     /// Runs running at once in all (0: no cap).
     pub concurrent: usize,
 }
@@ -72,7 +68,14 @@ pub struct Queue {
     /// Tenants with runs waiting, in the order they take turns.
     turns: VecDeque<String>,
     seats: HashMap<String, Seat>,
+    /// Heads of lines passed over (they did not fit while others got room): how often.
+    passed: HashMap<String, u32>,
 }
+
+/// A head of a line passed over this many times holds the room from then on: nothing else
+/// that needs room is admitted until it fits, so a stream of small runs cannot starve a
+/// large one until its queue timeout.
+pub const MAX_PASSES: u32 = 8;
 
 impl Queue {
     pub fn new(caps: Caps) -> Self {
@@ -81,6 +84,7 @@ impl Queue {
             lines: HashMap::new(),
             turns: VecDeque::new(),
             seats: HashMap::new(),
+            passed: HashMap::new(),
         }
     }
 
@@ -129,6 +133,7 @@ impl Queue {
     }
 
     fn remove_waiting(&mut self, uid: &str) {
+        self.passed.remove(uid);
         let mut emptied = None;
         for (tenant, line) in self.lines.iter_mut() {
             if let Some(i) = line.iter().position(|e| e.uid == uid) {
@@ -160,7 +165,10 @@ impl Queue {
         }
     }
 
-    /// A run asks for room. Admitted runs stay admitted until released.
+    /// A run asks for room. Admitted runs stay admitted until released. A run is never
+    /// refused here: the door that answers the client (the REST API's queue cap, a
+    /// namespace's ResourceQuota for kubectl) is the one place that refuses, so a run
+    /// accepted is a run that runs.
     pub fn request(&mut self, entry: Entry) -> Decision {
         if self.seats.contains_key(&entry.uid) {
             return Decision::Admitted;
@@ -169,12 +177,6 @@ impl Queue {
             return Decision::Queued { position };
         }
         let line = self.lines.entry(entry.tenant.clone()).or_default();
-        if line.len() >= self.caps.queued_per_tenant {
-            if line.is_empty() {
-                self.lines.remove(&entry.tenant);
-            }
-            return Decision::Full;
-        }
         let order = |e: &Entry| (e.created, e.revision, e.key.name.clone());
         let at = line
             .iter()
@@ -192,59 +194,104 @@ impl Queue {
     }
 
     /// Admits as many waiting runs as the room (and free warm pods) allow, taking turns
-    /// between tenants. Returns the admitted runs, to be woken.
+    /// between tenants; a head passed over [`MAX_PASSES`] times goes first and, if it still
+    /// does not fit, holds the room (only runs that take a free warm pod go meanwhile).
+    /// Returns the admitted runs, to be woken.
     pub fn pump(&mut self, room: &mut Room, free_warm: &mut HashMap<String, usize>) -> Vec<Entry> {
         let mut admitted = Vec::new();
+        let holding = self.admit_held(room, free_warm, &mut admitted);
         let mut stalled = 0;
-        while stalled < self.turns.len() {
-            if self.caps.concurrent > 0 && self.seats.len() >= self.caps.concurrent {
-                break;
-            }
+        while stalled < self.turns.len() && !self.all_seats_taken() {
             let Some(tenant) = self.turns.pop_front() else {
                 break;
             };
-            let capped = self.caps.running_per_tenant > 0
-                && self.seated_of(&tenant) >= self.caps.running_per_tenant;
             let head = self.lines.get(&tenant).and_then(|l| l.front()).cloned();
-            let Some(head) = head.filter(|_| !capped) else {
+            let Some(head) = head.filter(|_| !self.capped(&tenant)) else {
                 self.turns.push_back(tenant);
                 stalled += 1;
                 continue;
             };
-            let warm = head
-                .pool
-                .as_ref()
-                .and_then(|p| free_warm.get_mut(p))
-                .filter(|n| **n > 0);
-            let reserved = if let Some(n) = warm {
-                *n -= 1;
-                false
-            } else if room.take(head.demand) {
-                true
-            } else {
+            let Some(reserved) = take_room(&head, room, free_warm, holding) else {
                 self.turns.push_back(tenant);
                 stalled += 1;
                 continue;
             };
             stalled = 0;
-            let line = self.lines.get_mut(&tenant).expect("the tenant has a line");
-            line.pop_front();
-            if line.is_empty() {
-                self.lines.remove(&tenant);
-            } else {
-                self.turns.push_back(tenant.clone());
+            admitted.push(self.seat_head(tenant, reserved));
+        }
+        if !admitted.is_empty() {
+            // Every head still waiting was passed over.
+            for line in self.lines.values() {
+                if let Some(head) = line.front() {
+                    *self.passed.entry(head.uid.clone()).or_default() += 1;
+                }
             }
-            self.seats.insert(
-                head.uid.clone(),
-                Seat {
-                    tenant,
-                    demand: head.demand,
-                    reserved,
-                },
-            );
-            admitted.push(head);
         }
         admitted
+    }
+
+    /// Admits the heads passed over too often, in turn order; true if one did not fit (it
+    /// holds the room).
+    fn admit_held(
+        &mut self,
+        room: &mut Room,
+        free_warm: &mut HashMap<String, usize>,
+        admitted: &mut Vec<Entry>,
+    ) -> bool {
+        let held: Vec<String> = self
+            .turns
+            .iter()
+            .filter(|t| {
+                let head = self.lines.get(*t).and_then(|l| l.front());
+                head.is_some_and(|h| self.passed.get(&h.uid).copied().unwrap_or(0) >= MAX_PASSES)
+                    && !self.capped(t)
+            })
+            .cloned()
+            .collect();
+        for tenant in held {
+            if self.all_seats_taken() {
+                return true;
+            }
+            let head = self.lines[&tenant].front().cloned().expect("a head");
+            match take_room(&head, room, free_warm, false) {
+                Some(reserved) => {
+                    self.turns.retain(|t| *t != tenant);
+                    admitted.push(self.seat_head(tenant, reserved));
+                }
+                None => return true,
+            }
+        }
+        false
+    }
+
+    fn all_seats_taken(&self) -> bool {
+        self.caps.concurrent > 0 && self.seats.len() >= self.caps.concurrent
+    }
+
+    fn capped(&self, tenant: &str) -> bool {
+        self.caps.running_per_tenant > 0 && self.seated_of(tenant) >= self.caps.running_per_tenant
+    }
+
+    /// Seats the head of `tenant`'s line (the tenant was taken out of the turns; it goes to
+    /// the back if its line goes on).
+    fn seat_head(&mut self, tenant: String, reserved: bool) -> Entry {
+        let line = self.lines.get_mut(&tenant).expect("the tenant has a line");
+        let head = line.pop_front().expect("a head");
+        if line.is_empty() {
+            self.lines.remove(&tenant);
+        } else {
+            self.turns.push_back(tenant.clone());
+        }
+        self.passed.remove(&head.uid);
+        self.seats.insert(
+            head.uid.clone(),
+            Seat {
+                tenant,
+                demand: head.demand,
+                reserved,
+            },
+        );
+        head
     }
 
     /// Places in line (1 is next) of every waiting run, in the order turns would admit them.
@@ -289,6 +336,27 @@ impl Queue {
             .sum();
         (before + after + 1) as u32
     }
+}
+
+/// Room for the run: a free warm pod of its pool (`Some(false)`: nothing reserved), or its
+/// demand taken from the room (`Some(true)`) unless the room is held for another; `None`
+/// if neither.
+fn take_room(
+    head: &Entry,
+    room: &mut Room,
+    free_warm: &mut HashMap<String, usize>,
+    held: bool,
+) -> Option<bool> {
+    let warm = head
+        .pool
+        .as_ref()
+        .and_then(|p| free_warm.get_mut(p))
+        .filter(|n| **n > 0);
+    if let Some(n) = warm {
+        *n -= 1;
+        return Some(false);
+    }
+    (!held && room.take(head.demand)).then_some(true)
 }
 
 /// What the schedulable nodes can still hold, node by node (a run's pod must fit one node).
@@ -361,6 +429,13 @@ pub fn pod_demand(pod: &Pod) -> Demand {
     d
 }
 
+fn is_gated(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty())
+}
+
 fn is_terminal(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -394,7 +469,9 @@ impl Room {
             });
         }
         let mut unbound = Vec::new();
-        for pod in pods.into_iter().filter(|p| !is_terminal(p)) {
+        // A pod held by a scheduling gate is placed by nobody until its gate goes: it takes
+        // no room (else anyone who may create pods could hold the runs back with gated ones).
+        for pod in pods.into_iter().filter(|p| !is_terminal(p) && !is_gated(p)) {
             let d = pod_demand(pod);
             match pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
                 Some(node) => {
@@ -448,7 +525,6 @@ mod tests {
     fn caps() -> Caps {
         Caps {
             running_per_tenant: 0,
-            queued_per_tenant: 1000,
             concurrent: 0,
         }
     }
@@ -549,20 +625,50 @@ mod tests {
     }
 
     #[test]
-    fn a_full_line_refuses_and_an_admitted_run_stays_admitted() {
-        let mut q = Queue::new(Caps {
-            queued_per_tenant: 2,
-            ..caps()
-        });
-        assert!(matches!(q.request(entry("a", 0)), Decision::Queued { .. }));
-        assert!(matches!(q.request(entry("a", 1)), Decision::Queued { .. }));
-        assert_eq!(q.request(entry("a", 2)), Decision::Full);
+    fn a_long_line_never_refuses_and_an_admitted_run_stays_admitted() {
+        let mut q = Queue::new(caps());
+        for i in 0..5000 {
+            assert!(matches!(q.request(entry("a", i)), Decision::Queued { .. }));
+        }
         q.pump(&mut room(1), &mut HashMap::new());
         assert_eq!(q.request(entry("a", 0)), Decision::Admitted);
         assert!(matches!(
             q.request(entry("a", 2)),
             Decision::Queued { position: 2 }
         ));
+    }
+
+    #[test]
+    fn a_large_run_passed_over_often_enough_holds_the_room_until_it_fits() {
+        let mut q = Queue::new(caps());
+        let mut big = entry("big", 0);
+        big.demand = Demand {
+            cpu_millicores: 400,
+            memory_bytes: 400,
+        };
+        q.request(big);
+        for n in 0..100 {
+            q.request(entry("small", n));
+        }
+        // Room for one small run at a time (one ends, another may go): the large run never
+        // fits, and is passed over each time...
+        for pass in 0..MAX_PASSES {
+            let got = names(&q.pump(&mut room(1), &mut HashMap::new()));
+            assert_eq!(got, [format!("small-{pass}")]);
+        }
+        // ...until it holds the room: small runs wait while room gathers.
+        assert!(q.pump(&mut room(1), &mut HashMap::new()).is_empty());
+        assert!(q.pump(&mut room(3), &mut HashMap::new()).is_empty());
+        // A run that takes a free warm pod needs no room, and still goes.
+        let mut warm = entry("small", 1000);
+        warm.pool = Some("python".into());
+        warm.created = -1;
+        q.request(warm);
+        let mut pods = HashMap::from([("python".to_string(), 1)]);
+        assert_eq!(names(&q.pump(&mut room(1), &mut pods)), ["small-1000"]);
+        assert_eq!(names(&q.pump(&mut room(4), &mut HashMap::new())), ["big-0"]);
+        // Then the small runs go on.
+        assert_eq!(q.pump(&mut room(2), &mut HashMap::new()).len(), 2);
     }
 
     #[test]
@@ -668,5 +774,29 @@ mod tests {
         let mut cordoned = node("a", "2", "4Gi", true);
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
         assert_eq!(Room::of_cluster(&[cordoned], &[], []).how_many(run), 0);
+    }
+
+    #[test]
+    fn gated_pods_take_no_room_and_the_same_pods_ungated_do() {
+        let nodes = [node("a", "4", "8Gi", true)];
+        let run = Demand {
+            cpu_millicores: 100,
+            memory_bytes: 512 << 20,
+        };
+        let pending = |gated: bool| {
+            let mut p = pod_on(None, "500m", "1Gi");
+            if gated {
+                p.spec.as_mut().unwrap().scheduling_gates =
+                    Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate {
+                        name: "hold".into(),
+                    }]);
+            }
+            p
+        };
+        let gated: Vec<Pod> = (0..120).map(|_| pending(true)).collect();
+        assert_eq!(Room::of_cluster(&nodes, &gated, []).how_many(run), 16);
+        // The control: the same pods without their gate will be placed, and do take it.
+        let ungated: Vec<Pod> = (0..120).map(|_| pending(false)).collect();
+        assert_eq!(Room::of_cluster(&nodes, &ungated, []).how_many(run), 0);
     }
 }

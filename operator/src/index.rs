@@ -598,7 +598,6 @@ mod tests {
     fn index() -> Index {
         Index::new(Queue::new(Caps {
             running_per_tenant: 0,
-            queued_per_tenant: 10,
             concurrent: 0,
         }))
     }

@@ -127,7 +127,10 @@ async fn resolve_file(
 }
 
 /// The run's inputs, resolved as the operator's settings allow.
+/// The cache may hold the run without its code and stdin (see [`crate::projection`]): they
+/// are read from the API then.
 pub async fn for_run(ctx: &crate::context::Context, run: &CodeRun) -> Result<Inputs, Refusal> {
+    let run = &whole(ctx, run).await?;
     let tenant = ctx.tenant(run);
     let readable = ctx.is_rest_run(run).then_some(tenant.as_str());
     resolve(
@@ -190,4 +193,24 @@ impl Inputs {
         }
         out.flush().await
     }
+}
+
+/// The run with its whole spec, read again for a while if the API fails.
+async fn whole(ctx: &crate::context::Context, run: &CodeRun) -> Result<CodeRun, Refusal> {
+    use kube::ResourceExt;
+    let api = ctx.runs_api(&run.namespace().unwrap_or_default());
+    let mut wait = std::time::Duration::from_millis(200);
+    for _ in 0..6 {
+        match crate::projection::full_run(&api, run).await {
+            Ok(full) => return Ok(full),
+            Err(kube::Error::Api(s)) if s.code == 404 => break,
+            Err(e) => tracing::warn!(error = %e, "reading the run's spec; trying again"),
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+    }
+    Err(refuse(
+        Reason::InvalidInput,
+        "the run's spec could not be read from the API".into(),
+    ))
 }

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod pod_spec;
 pub mod pool;
+pub mod projection;
 pub mod reading;
 pub mod results;
 pub mod runtime;

@@ -385,7 +385,6 @@ fn context(parts: Parts, w: &Watches, c: Controlled, tasks: &Tasks) -> (Arc<Cont
     let (tidy, tidy_queue) = steps::collect::tidy();
     let queue = Queue::new(Caps {
         running_per_tenant: cfg.max_running_per_tenant,
-        queued_per_tenant: cfg.shared.max_queued_per_tenant(),
         concurrent: cfg.max_concurrent_runs,
     });
     let reporter = Reporter {
@@ -461,7 +460,14 @@ async fn serve(mut parts: Parts, tasks: Tasks) -> anyhow::Result<()> {
     let selector = parts.cfg.shared.shard_selector();
     let concurrency = parts.cfg.concurrency;
     let runs_api = parts.runs_api.take().expect("the runs API");
-    let controller = Controller::new(runs_api, watcher::Config::default().labels(&selector))
+    // The cache keeps what decisions need, not what a tenant may make large.
+    let (runs, runs_writer) = reflector::store();
+    let run_changes = watcher(runs_api, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .modify(crate::projection::project)
+        .reflect(runs_writer)
+        .touched_objects();
+    let controller = Controller::for_stream(run_changes, runs)
         .reconcile_on(woken)
         .with_config(ControllerConfig::default().concurrency(concurrency));
     let containers_api = parts.containers_api.take().expect("the containers API");

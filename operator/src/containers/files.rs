@@ -3,8 +3,8 @@
 //! by the container before the next, and how far they got written to its status.
 use codeinterp_crds::{CodeContainer, FileOp, FileOpError, FileOpKind};
 use codeinterp_store::{ContainerFile, FileSource};
-use kube::ResourceExt;
 use futures::TryStreamExt;
+use kube::ResourceExt;
 use runner_protocol::{DATA_LINE_BYTES, Frame, Op, data_lines};
 
 use super::line::{Line, LineError, Read};

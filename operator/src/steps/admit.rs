@@ -1,9 +1,9 @@
 //! A run without a pod asks for room: its inputs are checked first (a bad one fails it at
-//! once), then it is admitted, or waits in line with its place in its status, or is refused
-//! because its tenant's line is full.
+//! once), then it is admitted, or waits in line with its place in its status. It is never
+//! refused for a full line: the door that accepted it was the place to refuse.
 use std::sync::Arc;
 
-use codeinterp_crds::{CodeRun, Phase, Reason};
+use codeinterp_crds::{CodeRun, Phase};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use tokio::time::Duration;
@@ -30,15 +30,6 @@ pub async fn admit(ctx: &Arc<Context>, run: &CodeRun) -> Result<Action, Error> {
         decision = ctx.index.request(entry);
     }
     match decision {
-        Decision::Full => {
-            let message = format!(
-                "tenant {} already has {} runs waiting",
-                ctx.tenant(run),
-                ctx.cfg().shared.max_queued_per_tenant
-            );
-            finish::end(ctx, run, None, Outcome::ended(Reason::QueueFull, message)).await?;
-            Ok(Action::await_change())
-        }
         Decision::Queued { position } => wait_in_line(ctx, run, position).await,
         Decision::Admitted => place::place(ctx, run).await,
     }

@@ -312,7 +312,6 @@ fn harness(args: &[&str]) -> Harness {
     let (wake_container, _) = futures::channel::mpsc::unbounded();
     let queue = Queue::new(Caps {
         running_per_tenant: cfg.max_running_per_tenant,
-        queued_per_tenant: cfg.shared.max_queued_per_tenant(),
         concurrent: cfg.max_concurrent_runs,
     });
     let ctx = Arc::new(Context {
