@@ -80,7 +80,11 @@ impl std::str::FromStr for MemoryLimit {
     validation = Rule::new("self.metadata.name.size() <= 63").message("a CodeContainer's name must be at most 63 characters (it names its pod)")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.memoryLimit == oldSelf.memoryLimit").message("memoryLimit is immutable"))]
+// Only the file operations and `stop` change after creation; the rules sit on the spec so
+// that a field absent before (or now) is caught too.
+#[x_kube(validation = Rule::new("has(self.memoryLimit) == has(oldSelf.memoryLimit) && (!has(self.memoryLimit) || self.memoryLimit == oldSelf.memoryLimit)").message("memoryLimit is immutable"))]
+#[x_kube(validation = Rule::new("has(self.idleMinutes) == has(oldSelf.idleMinutes) && (!has(self.idleMinutes) || self.idleMinutes == oldSelf.idleMinutes)").message("idleMinutes is immutable"))]
+#[x_kube(validation = Rule::new("has(self.displayName) == has(oldSelf.displayName) && (!has(self.displayName) || self.displayName == oldSelf.displayName)").message("displayName is immutable"))]
 pub struct CodeContainerSpec {
     /// A name for people (OpenAI's `name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

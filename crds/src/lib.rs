@@ -77,31 +77,36 @@ pub const NAMESPACE_TENANT_PREFIX: &str = "_ns-";
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel)").message("a cancelled run cannot be resumed"))]
+// Everything but `cancel` is fixed at creation. The rules sit on the spec, not on each field:
+// a field's own `self == oldSelf` is skipped when the field was absent before or is absent
+// now, so stdin, args or files could be added to (or taken from) a queued run.
+#[x_kube(validation = Rule::new("self.language == oldSelf.language").message("language is immutable"))]
+#[x_kube(validation = Rule::new("self.code == oldSelf.code").message("code is immutable"))]
+#[x_kube(validation = Rule::new("has(self.stdin) == has(oldSelf.stdin) && (!has(self.stdin) || self.stdin == oldSelf.stdin)").message("stdin is immutable"))]
+#[x_kube(validation = Rule::new("has(self.args) == has(oldSelf.args) && (!has(self.args) || self.args == oldSelf.args)").message("args are immutable"))]
+#[x_kube(validation = Rule::new("has(self.files) == has(oldSelf.files) && (!has(self.files) || self.files == oldSelf.files)").message("files are immutable"))]
+#[x_kube(validation = Rule::new("has(self.limits) == has(oldSelf.limits) && (!has(self.limits) || self.limits == oldSelf.limits)").message("limits are immutable"))]
+#[x_kube(validation = Rule::new("has(self.ttlSecondsAfterFinished) == has(oldSelf.ttlSecondsAfterFinished) && (!has(self.ttlSecondsAfterFinished) || self.ttlSecondsAfterFinished == oldSelf.ttlSecondsAfterFinished)").message("ttlSecondsAfterFinished is immutable"))]
+#[x_kube(validation = Rule::new("has(self.container) == has(oldSelf.container) && (!has(self.container) || self.container == oldSelf.container)").message("container is immutable"))]
 pub struct CodeRunSpec {
-    #[x_kube(validation = Rule::new("self == oldSelf").message("language is immutable"))]
     pub language: Language,
     /// The program's source.
     #[schemars(length(min = 1, max = 262144))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("code is immutable"))]
     pub code: String,
     /// Standard input for the program.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 262144))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("stdin is immutable"))]
     pub stdin: Option<String>,
     /// Command-line arguments for the program.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 4096)))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("args are immutable"))]
     pub args: Vec<String>,
     /// Files placed in the program's working directory before it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.all(f, self.exists_one(g, g.name == f.name))").message("file names must be unique"))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("files are immutable"))]
     pub files: Vec<InputFile>,
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("limits are immutable"))]
     pub limits: Limits,
     /// Delete the CodeRun (and anything left of its pod) this many seconds after it
     /// finishes; the run record stays in object storage. Default: the operator's setting.
@@ -115,7 +120,6 @@ pub struct CodeRunSpec {
     /// interpreter's state and its files are there from earlier runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("container is immutable"))]
     pub container: Option<String>,
 }
 
