@@ -172,7 +172,15 @@ impl Worker {
                     setup.account(language, interruptible, oom_kills, end, report);
                 });
             self.transcript.disarm(|| kernel.clear_interrupt());
-            if matches!(outcome?.end, SnippetEnd::KernelGone { .. }) {
+            let gone = match outcome {
+                Ok(outcome) => matches!(outcome.end, SnippetEnd::KernelGone { .. }),
+                Err(err) => {
+                    // The program may still be running: its interpreter goes.
+                    eprintln!("ci-runner: the run's record broke off: {err}");
+                    true
+                }
+            };
+            if gone {
                 kernel.kill_leftovers();
                 self.kernels.remove(&language);
             }
