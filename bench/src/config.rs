@@ -10,6 +10,7 @@ pub enum Suite {
     Pool,
     Stream,
     Mcp,
+    Preload,
     Throughput,
     Apiserver,
     Scale,
@@ -44,6 +45,11 @@ pub struct Args {
     /// raw pod.
     #[arg(long, env = "BENCH_LATENCY_RUNS", default_value_t = 30)]
     pub latency_runs: usize,
+
+    /// Rounds of the data-science run on each of the preloaded pool, a pool without
+    /// preloading and a cold pod.
+    #[arg(long, env = "BENCH_PRELOAD_ROUNDS", default_value_t = 12)]
+    pub preload_rounds: usize,
 
     /// The Python warm pool's size during the pool benchmark (and its concurrency).
     #[arg(long, env = "BENCH_POOL_SIZE", default_value_t = 16)]

@@ -8,6 +8,7 @@ mod config;
 mod latency;
 mod mcp;
 mod pool;
+mod preload;
 mod raw_pod;
 mod report;
 mod rest;

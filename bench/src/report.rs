@@ -5,6 +5,7 @@ use crate::apiserver_load::ApiLoadReport;
 use crate::latency::{LatencyReport, PathReport};
 use crate::mcp::McpReport;
 use crate::pool::PoolReport;
+use crate::preload::PreloadReport;
 use crate::scale::ScaleReport;
 use crate::stream::StreamReport;
 use crate::throughput::ThroughputReport;
@@ -60,6 +61,7 @@ pub struct Report {
     pub pool: Section<PoolReport>,
     pub stream: Section<StreamReport>,
     pub mcp: Section<McpReport>,
+    pub preload: Section<PreloadReport>,
     pub throughput: Section<ThroughputReport>,
     pub apiserver: Section<ApiLoadReport>,
     pub scale: Section<ScaleRounds>,
@@ -131,6 +133,7 @@ pub fn table(report: &Report) -> Vec<Row> {
     rows.extend(latency_rows(&report.latency));
     rows.extend(stream_rows(&report.stream));
     rows.extend(mcp_rows(&report.mcp));
+    rows.extend(preload_rows(&report.preload));
     rows.extend(pool_rows(&report.pool));
     rows.extend(throughput_rows(&report.throughput));
     rows.extend(api_rows(&report.apiserver));
@@ -288,6 +291,80 @@ fn stream_rows(section: &Section<StreamReport>) -> Vec<Row> {
             NONE.into(),
         ),
     ]
+}
+
+fn preload_rows(section: &Section<PreloadReport>) -> Vec<Row> {
+    const B: &str = "2b preloaded interpreters";
+    if let Some(rows) = failed_row(B, section) {
+        return rows;
+    }
+    let Section::Ran(p) = section else {
+        return Vec::new();
+    };
+    let d = &p.data;
+    let mut rows = vec![
+        judged(
+            row(
+                B,
+                &format!(
+                    "pandas + matplotlib run, POST -> answer, p50 (n={}, {} warm; baseline: same pool without preload, n={}, {} warm)",
+                    d.preloaded.n, d.preloaded_warm, d.plain_pool.n, d.plain_warm
+                ),
+                ms(d.preloaded.p50_ms),
+                ms(d.plain_pool.p50_ms),
+            ),
+            "<= 150 ms",
+            d.preloaded.p50_ms.map(|v| v <= 150.0),
+        ),
+        row(
+            B,
+            "the same, p99",
+            ms(d.preloaded.p99_ms),
+            ms(d.plain_pool.p99_ms),
+        ),
+        row(
+            B,
+            &format!("the same on a cold pod, p50 (n={})", d.cold.n),
+            ms(d.cold.p50_ms),
+            format!("x{} of preloaded", f(d.p50_cold_over_preloaded, 1)),
+        ),
+        judged(
+            row(
+                B,
+                &format!(
+                    "{} print(1+1) at 3/s through the default pool (min 2), p99 ({} cold)",
+                    p.steady.runs, p.steady.cold
+                ),
+                ms(p.steady.latency.p99_ms),
+                format!("p50 {}", ms(p.steady.latency.p50_ms)),
+            ),
+            "<= 150 ms, none cold",
+            p.steady
+                .latency
+                .p99_ms
+                .map(|v| v <= 150.0 && p.steady.cold == 0 && p.steady.completed == p.steady.runs),
+        ),
+        row(
+            B,
+            "idle pool pod's interpreter RSS (baseline: without preload)",
+            p.idle
+                .preloaded_rss_mib
+                .map_or(NONE.into(), |v| format!("{v} MiB")),
+            p.idle
+                .plain_rss_mib
+                .map_or(NONE.into(), |v| format!("{v} MiB")),
+        ),
+    ];
+    if let Some(l) = &p.large_output {
+        rows.push(row(
+            B,
+            "100 MiB output file: run, then download (operator peak RSS)",
+            format!("{:.1} s, {:.1} s", l.run_s, l.download_s),
+            l.operator_peak_mib
+                .map_or(NONE.into(), |v| format!("{v} MiB")),
+        ));
+    }
+    rows
 }
 
 fn mcp_rows(section: &Section<McpReport>) -> Vec<Row> {
@@ -625,6 +702,7 @@ pub fn notes(report: &Report) -> Vec<String> {
         ("run latency", report.latency.error()),
         ("live output", report.stream.error()),
         ("MCP vs REST", report.mcp.error()),
+        ("preloaded interpreters", report.preload.error()),
         ("warm pool", report.pool.error()),
         ("throughput", report.throughput.error()),
         ("apiserver", report.apiserver.error()),
@@ -660,6 +738,20 @@ pub fn notes(report: &Report) -> Vec<String> {
                 .into(),
         );
         notes.extend(m.errors.iter().take(3).map(|e| format!("MCP vs REST: {e}")));
+    }
+    if let Section::Ran(p) = &report.preload {
+        notes.push(
+            "preloaded interpreters: the data-science run makes a 1,000-row CSV, reads it with \
+             pandas, groups it and plots it with matplotlib to a PNG; the plain pool is a pool \
+             of the same image whose interpreter waits without importing anything, the cold \
+             pod a shape no pool has; the three are interleaved"
+                .into(),
+        );
+        notes.extend(
+            p.first_error
+                .iter()
+                .map(|e| format!("preloaded interpreters: first error: {e}")),
+        );
     }
     if let Section::Ran(p) = &report.pool {
         notes.push(format!(

@@ -60,6 +60,41 @@ impl Api {
             .await
     }
 
+    /// `POST /v1/runs`, the whole run object as answered.
+    pub async fn run_full(&self, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .http
+            .post(format!("{}/v1/runs", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .context("POST /v1/runs")?;
+        let status = response.status();
+        let run: serde_json::Value = response.json().await.context("reading the answer")?;
+        if !status.is_success() {
+            bail!("POST /v1/runs answered {status}: {run}");
+        }
+        Ok(run)
+    }
+
+    /// Downloads a file's content as it streams; returns its size.
+    pub async fn download(&self, file_id: &str) -> anyhow::Result<u64> {
+        let mut response = self
+            .http
+            .get(format!("{}/v1/files/{file_id}/content", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .context("GET the file's content")?
+            .error_for_status()?;
+        let mut bytes = 0u64;
+        while let Some(chunk) = response.chunk().await? {
+            bytes += chunk.len() as u64;
+        }
+        Ok(bytes)
+    }
+
     pub async fn run(&self, body: serde_json::Value) -> anyhow::Result<Run> {
         let response = self
             .http

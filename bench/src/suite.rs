@@ -14,7 +14,7 @@ use kube::{Api, Client};
 use crate::config::{Args, Suite};
 use crate::report::{self, Host, Report, Section};
 use crate::{
-    apiserver_load, cluster, latency, mcp, pool, rest, scale, stream, throughput, wrapper,
+    apiserver_load, cluster, latency, mcp, pool, preload, rest, scale, stream, throughput, wrapper,
 };
 
 /// What the benchmarks that compare against raw pods share.
@@ -53,6 +53,7 @@ pub async fn run(args: &Args) -> Report {
     let mut pool = Section::Skipped;
     let mut stream = Section::Skipped;
     let mut mcp = Section::Skipped;
+    let mut preload = Section::Skipped;
     let mut throughput = Section::Skipped;
     let mut apiserver = Section::Skipped;
     let mut scale = Section::Skipped;
@@ -65,6 +66,7 @@ pub async fn run(args: &Args) -> Report {
             pool = unavailable(args, Suite::Pool, &error);
             stream = unavailable(args, Suite::Stream, &error);
             mcp = unavailable(args, Suite::Mcp, &error);
+            preload = unavailable(args, Suite::Preload, &error);
             throughput = unavailable(args, Suite::Throughput, &error);
             apiserver = unavailable(args, Suite::Apiserver, &error);
             scale = unavailable(args, Suite::Scale, &error);
@@ -103,6 +105,13 @@ pub async fn run(args: &Args) -> Report {
                     args.mcp_pairs,
                 ))
                 .await;
+            }
+            if args.wants(Suite::Preload) {
+                progress(&format!(
+                    "preloaded interpreters: {} data-science rounds, 60 runs at 3/s, a 100 MiB output",
+                    args.preload_rounds
+                ));
+                preload = guarded(preload::run(&env, args.preload_rounds)).await;
             }
             if args.wants(Suite::Pool) {
                 progress(&format!(
@@ -201,6 +210,7 @@ pub async fn run(args: &Args) -> Report {
         pool,
         stream,
         mcp,
+        preload,
         throughput,
         apiserver,
         scale,

@@ -1,0 +1,183 @@
+//! One tenant against a shared component (issue 18, round three): each attack is tried on
+//! the real stack, the component's memory is measured during it and held to a stated
+//! bound, and a polite tenant's run completes meanwhile.
+use std::time::{Duration, Instant};
+
+use codeinterp_crds::CodeRun;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use serde_json::json;
+use testkit::rest::*;
+use testkit::*;
+
+/// A polite tenant's `print(1+1)` during an attack: it completes, with its answer.
+async fn polite_run_completes(api: &Api, limits: serde_json::Value) -> serde_json::Value {
+    let run = api
+        .post(
+            "/v1/runs",
+            &json!({"language": "python", "code": "print(1+1)", "limits": limits}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["stdout"], "2\n");
+    run
+}
+
+/// The operator's peak resident memory so far (VmHWM), in MiB.
+async fn operator_peak_mib(client: &kube::Client) -> u64 {
+    let operator = stack_pod(client, "operator").await;
+    let pid = pod_process(client, OPERATOR_NAMESPACE, &operator, "operator")
+        .await
+        .expect("the operator's process");
+    proc_status_kib(pid, "VmHWM:").unwrap() / 1024
+}
+
+// ---- 1. specs a tenant makes large do not grow the operator ----
+
+#[tokio::test]
+async fn a_hundred_and_fifty_mib_of_coderun_specs_leave_the_operator_under_its_bound() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "bigspec").await;
+    let runs = ns.runs();
+    // 262,144 four-byte characters: the most the CRD allows, 1 MiB of code per run. They
+    // are cancelled from the start, so the operator ends each without a pod: what is tested
+    // is what it holds of them.
+    let code = format!("# {}\npass\n", "😀".repeat(262_000));
+    let n = 150;
+    let started = Instant::now();
+    let created = futures::stream::iter(0..n)
+        .map(|i| {
+            let runs = runs.clone();
+            let mut spec = spec(codeinterp_crds::Language::Python, &code);
+            spec.cancel = Some(true);
+            async move {
+                let run = CodeRun::new(&format!("big-{i}"), spec);
+                runs.create(&PostParams::default(), &run).await.is_ok()
+            }
+        })
+        .buffer_unordered(8)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    eprintln!(
+        "created {created} runs of {} bytes of code in {:?}",
+        code.len(),
+        started.elapsed()
+    );
+    // The control: the specs really are that large in the API (holding them would break
+    // the bound several times over).
+    assert_eq!(created, n);
+    let one = runs.get("big-0").await.unwrap();
+    assert!(one.spec.code.len() > 1_000_000);
+    // A polite tenant's run goes meanwhile.
+    polite_run_completes(&Api::main(), json!({})).await;
+    // Every one ends (cancelled), none lost.
+    let all_ended = eventually_async(Duration::from_secs(120), || async {
+        let list = runs.list(&Default::default()).await.unwrap();
+        list.items.iter().filter(|r| r.is_finished()).count() == n
+    })
+    .await;
+    assert!(all_ended, "not every run ended");
+    let peak = operator_peak_mib(&client).await;
+    eprintln!(
+        "operator peak RSS {peak} MiB with {} MiB of specs",
+        n * code.len() / (1 << 20)
+    );
+    assert!(peak < 200, "the operator peaked at {peak} MiB");
+}
+
+// ---- 4. pods no scheduler will place take no room from runs ----
+
+#[tokio::test]
+async fn a_hundred_and_twenty_gated_pods_elsewhere_do_not_hold_a_cold_run_back() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "gated").await;
+    let pods = ns.pods();
+    // 60 CPUs and 120 GiB asked for: far more than the node has.
+    for i in 0..120 {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("gated-{i}")},
+            "spec": {
+                "schedulingGates": [{"name": "example.com/hold"}],
+                "containers": [{"name": "c", "image": runner_image("python"),
+                    "command": ["true"],
+                    "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}]
+            }
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    // The control: they are there, unscheduled, all 120.
+    let listed = pods.list(&Default::default()).await.unwrap();
+    let pending = listed
+        .items
+        .iter()
+        .filter(|p| p.spec.as_ref().unwrap().node_name.is_none())
+        .count();
+    assert_eq!(pending, 120);
+    // A run of a shape no pool has goes cold: it needs room, and gets it.
+    let started = Instant::now();
+    let mut cold = spec(codeinterp_crds::Language::Python, "print(1+1)");
+    cold.limits.memory_mb = Some(320);
+    let run = run_to_end(&ns.runs(), cold, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let st = run.status.unwrap();
+    assert_eq!(
+        (st.phase, st.start_mode),
+        (
+            Some(codeinterp_crds::Phase::Completed),
+            Some(codeinterp_crds::StartMode::Cold)
+        )
+    );
+    eprintln!("cold run beside 120 gated pods: {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+// ---- 5. a run accepted is a run that runs ----
+
+#[tokio::test]
+async fn a_burst_past_the_tenants_queue_cap_is_refused_at_the_door_and_every_accepted_run_runs() {
+    let key = Key::fresh("burst");
+    // A door with a line of one: the burst must meet it.
+    let server = ApiServer::start(
+        &Key::api_keys(&[&key]),
+        &[("MAX_QUEUED_PER_TENANT", "1".to_string())],
+    )
+    .await;
+    let api = server.api(&key.token);
+    let body = json!({"language": "python", "code": "import time; time.sleep(0.5); print('ran')",
+                      "wait": false, "limits": {"timeout_ms": 20000}});
+    let answers: Vec<Reply> = futures::stream::iter(0..24)
+        .map(|_| {
+            let api = api.clone();
+            let body = body.clone();
+            async move { api.post("/v1/runs", &body).await }
+        })
+        .buffer_unordered(24)
+        .collect()
+        .await;
+    let refused: Vec<&Reply> = answers.iter().filter(|r| r.status == 429).collect();
+    let accepted: Vec<String> = answers
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
+    eprintln!("{} accepted, {} refused", accepted.len(), refused.len());
+    // The control: the cap was met, and said so the way a client can act on.
+    assert!(!refused.is_empty(), "the burst never met the cap");
+    for r in &refused {
+        assert_eq!(r.openai_error(429)["code"], "queue_full");
+        assert!(r.header("retry-after").is_some());
+    }
+    for r in &answers {
+        assert!(matches!(r.status, 200 | 429), "{} {}", r.status, r.text());
+    }
+    for id in &accepted {
+        let run = api.wait_run(id, Duration::from_secs(120)).await;
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(run["stdout"], "ran\n");
+    }
+}
