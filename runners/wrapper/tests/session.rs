@@ -284,6 +284,21 @@ fn an_interrupter_from_another_thread_ends_the_running_snippet() {
 }
 
 #[test]
+fn a_snippet_that_swallows_the_first_interrupt_gets_a_second_before_its_kernel_is_killed() {
+    let mut session = Session::start(Language::Python);
+    session.run("x = 41\n");
+    let ran = session.run_within(
+        "import signal, time\nseen = []\n\
+         def once(*_):\n    seen.append(1)\n    if len(seen) > 1:\n        raise KeyboardInterrupt\n\
+         signal.signal(signal.SIGINT, once)\nwhile True:\n    time.sleep(0.01)\n",
+        300,
+    );
+    assert_eq!(finished(&ran), (130, How::Interrupted));
+    assert!(ran.outcome.report.timed_out && !ran.outcome.report.interpreter_lost);
+    assert_eq!(session.run("print(x + 1, len(seen))\n").stdout, "42 2\n");
+}
+
+#[test]
 fn exit_in_a_snippet_ends_the_snippet_where_the_language_allows_it() {
     let mut python = Session::start(Language::Python);
     let ran = python.run("import sys\nx = 5\nsys.exit(4)\n");

@@ -50,6 +50,8 @@ struct Watch {
     stop: Option<Stop>,
     /// When the interrupt was sent: past the grace the kernel is killed.
     interrupted_at: Option<Instant>,
+    /// The interrupt was sent again, halfway through the grace.
+    reminded: bool,
     end: Option<SnippetEnd>,
 }
 
@@ -93,6 +95,7 @@ impl Kernel {
             next_cpu_check: started + CPU_CHECK_EVERY,
             stop: None,
             interrupted_at: None,
+            reminded: false,
             end: None,
         };
         let watched = self.begin_snippet(path).and_then(|()| {
@@ -180,6 +183,7 @@ impl Kernel {
             let wake = [
                 Some(watch.deadline),
                 Some(watch.next_cpu_check),
+                watch.interrupted_at.map(|at| at + INTERRUPT_GRACE / 2),
                 watch.interrupted_at.map(|at| at + INTERRUPT_GRACE),
                 Some(now + LIVENESS),
             ]
@@ -229,6 +233,16 @@ impl Kernel {
         } else {
             Duration::ZERO
         };
+        // Once more halfway: an interrupt that came as the snippet was being sent may have
+        // reached the kernel before it listened for it, and a program may have swallowed the
+        // first (as a person presses Ctrl-C twice).
+        if self.is_interruptible()
+            && !watch.reminded
+            && watch.interrupted_at.is_some_and(|at| now >= at + grace / 2)
+        {
+            watch.reminded = true;
+            let _ = kill(self.pid, Signal::SIGINT);
+        }
         if watch.interrupted_at.is_some_and(|at| now >= at + grace) {
             self.kill();
         }
