@@ -14,7 +14,7 @@ use tracing::Level;
 
 use crate::error::{self, ApiError};
 use crate::state::AppState;
-use crate::{admin, auth, files, health, mcp, metrics, openapi, ratelimit, runs};
+use crate::{admin, auth, containers, files, health, mcp, metrics, openapi, ratelimit, runs};
 
 /// JSON bodies: code and stdin are 256 KiB each, and JSON escaping can make them up to six
 /// times longer.
@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .merge(runs::router())
         .merge(files::router(state.settings.max_upload_bytes))
+        .merge(containers::router(state.settings.max_upload_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit,

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Parser;
-use codeinterp_crds::Maxima;
+use codeinterp_crds::{Maxima, MemoryLimit};
 use sha2::{Digest, Sha256};
 
 #[derive(Clone, Parser)]
@@ -97,6 +97,12 @@ pub struct Settings {
     pub maxima: Maxima,
     pub max_queued_per_tenant: usize,
     pub max_streams_per_tenant: usize,
+    /// Live containers one tenant may have.
+    pub max_containers_per_tenant: usize,
+    /// The largest memory limit a container may have.
+    pub container_max_memory: MemoryLimit,
+    /// What a container's folder holds.
+    pub container_disk_bytes: u64,
     pub trusted_proxy_header: Option<axum::http::HeaderName>,
     /// Normalized origins (`scheme://host:port`) that may call `/mcp`.
     pub mcp_allowed_origins: Vec<String>,
@@ -151,6 +157,10 @@ impl Config {
             maxima: self.shared.maxima(),
             max_queued_per_tenant: self.shared.max_queued_per_tenant(),
             max_streams_per_tenant: self.max_streams_per_tenant,
+            max_containers_per_tenant: usize::try_from(self.shared.max_containers_per_tenant)
+                .unwrap_or(usize::MAX),
+            container_max_memory: self.shared.container_max_memory,
+            container_disk_bytes: self.shared.container_disk_mb.saturating_mul(1024 * 1024),
             trusted_proxy_header,
             mcp_allowed_origins: crate::mcp::parse_allowed_origins(&self.mcp_allowed_origins)?,
         })

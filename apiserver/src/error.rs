@@ -47,6 +47,14 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    /// The tenant has as many of something as it may (`code` names what, e.g.
+    /// `container_limit_reached`).
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        code: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("the request took too long")]
     Timeout,
     #[error("{0}")]
@@ -109,9 +117,9 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RateLimited { .. } | ApiError::QueueFull { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::RateLimited { .. }
+            | ApiError::QueueFull { .. }
+            | ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,6 +142,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => ("invalid_request_error", None, None),
             ApiError::RateLimited { .. } => ("requests", None, Some("rate_limit_exceeded")),
             ApiError::QueueFull { .. } => ("requests", None, Some("queue_full")),
+            ApiError::QuotaExceeded { code, .. } => ("requests", None, Some(*code)),
             ApiError::Timeout => ("timeout", None, None),
             ApiError::Unavailable(_) => ("server_error", None, Some("unavailable")),
             ApiError::Internal(_) => ("server_error", None, None),
@@ -164,6 +173,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(self.body())).into_response();
         if let ApiError::RateLimited { retry_after_secs }
         | ApiError::QueueFull {
+            retry_after_secs, ..
+        }
+        | ApiError::QuotaExceeded {
             retry_after_secs, ..
         } = self
         {

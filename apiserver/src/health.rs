@@ -1,4 +1,4 @@
-//! `/healthz` (the process answers) and `/readyz` (the cluster, storage and the run cache are
+//! `/healthz` (the process answers) and `/readyz` (the cluster, storage and the caches are
 //! usable; the answer is reused for a moment, so a flood of probes costs the cluster and
 //! storage one check each few seconds). `/metrics` is served on its own port.
 use std::sync::Mutex;
@@ -142,7 +142,15 @@ async fn check_now(state: &AppState) -> (bool, Health) {
             "not synced yet".into()
         },
     };
-    let checks = vec![kube, store, cache];
+    let containers = Check {
+        name: "container_cache",
+        status: if state.containers.is_synced() {
+            "ok".into()
+        } else {
+            "not synced yet".into()
+        },
+    };
+    let checks = vec![kube, store, cache, containers];
     let ready = checks.iter().all(|c| c.status == "ok");
     let body = Health {
         status: if ready { "ready" } else { "not_ready" },

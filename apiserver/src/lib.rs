@@ -2,7 +2,7 @@
 //! reads them back from a reflector cache and object storage, `/v1/files` stores inputs and
 //! serves outputs (with signed URLs), plus health, metrics, OpenAPI and an admin page.
 //!
-//! Layout: [`app`] assembles the routes of [`runs`], [`files`], [`mcp`], [`health`],
+//! Layout: [`app`] assembles the routes of [`runs`], [`files`], [`containers`], [`mcp`], [`health`],
 //! [`admin`] and [`openapi`] under the middleware ([`auth`], [`ratelimit`], [`metrics`]); [`serve`] starts
 //! it all from the [`config`]; [`state`] is what handlers share.
 #![forbid(unsafe_code)]
@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod containers;
 pub mod error;
 pub mod files;
 pub mod health;

@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::runs::events;
 use crate::state::AppState;
-use crate::{files, health, runs};
+use crate::{containers, files, health, runs};
 
 struct BearerAuth;
 
@@ -177,6 +177,15 @@ impl Modify for LinksAsTheSpecSpellsThem {
         files::get_file,
         files::delete_file,
         files::file_content,
+        containers::create_container,
+        containers::list_containers,
+        containers::get_container,
+        containers::delete_container,
+        containers::files::create_file,
+        containers::files::list_files,
+        containers::files::get_file,
+        containers::files::file_content,
+        containers::files::delete_file,
         health::healthz,
         health::readyz,
     ),
@@ -184,6 +193,7 @@ impl Modify for LinksAsTheSpecSpellsThem {
     tags(
         (name = "runs", description = "Run code and read the results"),
         (name = "files", description = "Upload inputs and download outputs"),
+        (name = "containers", description = "Sessions that keep state and files between runs"),
         (name = "health", description = "Probes and metrics"),
     )
 )]

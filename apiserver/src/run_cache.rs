@@ -1,27 +1,75 @@
-//! The tenant-labelled CodeRuns of the sandbox namespace and of this server's shard, kept in
-//! memory by a kube-runtime reflector. Reads never call the Kubernetes API; waiting for a run to finish watches the
-//! cache's change counter instead of polling.
+//! The tenant-labelled CodeRuns and CodeContainers of the sandbox namespace and of this
+//! server's shard, kept in memory by kube-runtime reflectors (one [`Cache`] per kind). Reads
+//! never call the Kubernetes API; waiting for a run to finish (or a container to take a
+//! file) watches the cache's change counter instead of polling.
+use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use codeinterp_crds::{CodeRun, SHARD_LABEL, TENANT_LABEL};
+use codeinterp_crds::{CodeContainer, CodeRun, SHARD_LABEL, TENANT_LABEL};
 use futures::StreamExt;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// A kind the API server keeps in a [`Cache`], and what of each object it need not keep.
+pub trait Cached:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// Drops what the REST API never shows.
+    fn slim(&mut self);
+}
+
+/// The cache keeps what the REST API shows; the program's source and stdin (up to 512 KiB
+/// a run) and the managed fields are dropped.
+impl Cached for CodeRun {
+    fn slim(&mut self) {
+        self.spec.code.clear();
+        self.spec.stdin = None;
+        drop_bookkeeping(self);
+    }
+}
+
+/// A container is small; its file operations are kept (the next one's number is counted
+/// from them).
+impl Cached for CodeContainer {
+    fn slim(&mut self) {
+        drop_bookkeeping(self);
+    }
+}
+
+fn drop_bookkeeping<K: ResourceExt>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    object
+        .annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+/// The objects of one kind in memory, and a counter that moves whenever they change.
 #[derive(Clone)]
-pub struct RunCache {
-    reader: reflector::Store<CodeRun>,
+pub struct Cache<K: Cached> {
+    reader: reflector::Store<K>,
     changes: watch::Receiver<u64>,
     synced: Arc<AtomicBool>,
     namespace: String,
     shard: Option<String>,
 }
 
-/// The CodeRuns a server of this shard serves: created through the API (they carry a
+/// The CodeRuns of the REST API.
+pub type RunCache = Cache<CodeRun>;
+/// The CodeContainers of the REST API.
+pub type ContainerCache = Cache<CodeContainer>;
+
+/// The objects a server of this shard serves: created through the API (they carry a
 /// tenant) and labelled with the shard, or with no shard label at all when it has none,
 /// the same split as the operator's.
 pub fn selector(shard: Option<&str>) -> String {
@@ -31,31 +79,21 @@ pub fn selector(shard: Option<&str>) -> String {
     }
 }
 
-/// The cache keeps what the REST API shows; the program's source and stdin (up to 512 KiB
-/// a run) and the managed fields are dropped.
-fn slim(run: &mut CodeRun) {
-    run.spec.code.clear();
-    run.spec.stdin = None;
-    run.managed_fields_mut().clear();
-    run.annotations_mut()
-        .remove("kubectl.kubernetes.io/last-applied-configuration");
-}
-
-impl RunCache {
-    /// The cache of the namespace (the shard's runs in it), and the watch that fills it: the
-    /// caller runs that future for as long as it serves.
+impl<K: Cached> Cache<K> {
+    /// The cache of the namespace (the shard's objects in it), and the watch that fills it:
+    /// the caller runs that future for as long as it serves.
     pub fn start(
         client: Client,
         namespace: &str,
         shard: Option<&str>,
-    ) -> (Self, impl Future<Output = ()> + Send + use<>) {
-        let (reader, writer) = reflector::store::<CodeRun>();
+    ) -> (Self, impl Future<Output = ()> + Send + use<K>) {
+        let (reader, writer) = reflector::store::<K>();
         let (tx, changes) = watch::channel(0u64);
         let synced = Arc::new(AtomicBool::new(false));
-        let api: Api<CodeRun> = Api::namespaced(client, namespace);
+        let api: Api<K> = Api::namespaced(client, namespace);
         let stream = watcher(api, watcher::Config::default().labels(&selector(shard)))
             .default_backoff()
-            .modify(slim)
+            .modify(K::slim)
             .reflect(writer);
         let flag = synced.clone();
         let watching = async move {
@@ -64,12 +102,12 @@ impl RunCache {
                 match event {
                     Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Release),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "watching CodeRuns"),
+                    Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watching"),
                 }
                 tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         };
-        let cache = RunCache {
+        let cache = Cache {
             reader,
             changes,
             synced,
@@ -81,9 +119,9 @@ impl RunCache {
 
     /// A cache that is never filled, for tests of the routes that need no cluster.
     pub fn detached(namespace: &str) -> Self {
-        let (reader, _writer) = reflector::store::<CodeRun>();
+        let (reader, _writer) = reflector::store::<K>();
         let (_tx, changes) = watch::channel(0u64);
-        RunCache {
+        Cache {
             reader,
             changes,
             synced: Arc::new(AtomicBool::new(false)),
@@ -96,7 +134,7 @@ impl RunCache {
         &self.namespace
     }
 
-    /// The shard label new CodeRuns get, if any.
+    /// The shard label new objects get, if any.
     pub fn shard(&self) -> Option<&str> {
         self.shard.as_deref()
     }
@@ -106,11 +144,63 @@ impl RunCache {
         self.synced.load(Ordering::Acquire)
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<CodeRun>> {
+    pub fn get(&self, name: &str) -> Option<Arc<K>> {
         self.reader
             .get(&ObjectRef::new(name).within(&self.namespace))
     }
 
+    /// Every object in the cache.
+    pub fn all(&self) -> Vec<Arc<K>> {
+        self.reader.state()
+    }
+
+    /// Waits until the object is in the cache (one just created reaches it a moment
+    /// later), or the deadline passes.
+    pub async fn wait_for_arrival(&self, name: &str, deadline: Instant) -> Option<Arc<K>> {
+        self.wait(name, deadline, |object| object.is_some()).await
+    }
+
+    /// Waits until `done` holds for the object, or it leaves the cache (it was deleted:
+    /// `None`), or the deadline passes (the object as it is then).
+    pub async fn wait_until(
+        &self,
+        name: &str,
+        deadline: Instant,
+        done: impl Fn(&K) -> bool,
+    ) -> Option<Arc<K>> {
+        self.wait(name, deadline, |object| object.is_none_or(&done))
+            .await
+    }
+
+    async fn wait(
+        &self,
+        name: &str,
+        deadline: Instant,
+        done: impl Fn(Option<&K>) -> bool,
+    ) -> Option<Arc<K>> {
+        let mut changes = self.changes.clone();
+        loop {
+            // Mark the current version seen before looking, so a change between the look
+            // and the wait still wakes us.
+            changes.borrow_and_update();
+            let object = self.get(name);
+            if done(object.as_deref()) {
+                return object;
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // Nothing will change any more.
+                        return self.get(name);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return self.get(name),
+            }
+        }
+    }
+}
+
+impl Cache<CodeRun> {
     /// A run, only if it carries the tenant's label (the caller checks that the REST API
     /// bound it).
     pub fn get_for(&self, tenant: &str, name: &str) -> Option<Arc<CodeRun>> {
@@ -129,49 +219,31 @@ impl RunCache {
             })
             .count()
     }
+}
 
-    /// Waits until the run is in the cache (a run just created reaches it a moment later),
-    /// or the deadline passes.
-    pub async fn wait_for_arrival(&self, name: &str, deadline: Instant) -> Option<Arc<CodeRun>> {
-        self.wait(name, deadline, |run| run.is_some()).await
+impl Cache<CodeContainer> {
+    /// A container, only if it is the tenant's: its tenant as the operator reads it (the
+    /// label, honoured in the sandbox namespace, the only one this cache watches).
+    pub fn get_for(&self, tenant: &str, name: &str) -> Option<Arc<CodeContainer>> {
+        self.get(name)
+            .filter(|c| c.tenant_in(&self.namespace) == tenant)
     }
 
-    /// Waits until `done` holds for the run, or the run leaves the cache (it was deleted:
-    /// `None`), or the deadline passes (the run as it is then).
-    pub async fn wait_until(
-        &self,
-        name: &str,
-        deadline: Instant,
-        done: impl Fn(&CodeRun) -> bool,
-    ) -> Option<Arc<CodeRun>> {
-        self.wait(name, deadline, |run| run.is_none_or(&done)).await
+    /// The tenant's containers, ended ones included.
+    pub fn of_tenant(&self, tenant: &str) -> Vec<Arc<CodeContainer>> {
+        self.reader
+            .state()
+            .into_iter()
+            .filter(|c| c.tenant_in(&self.namespace) == tenant)
+            .collect()
     }
 
-    async fn wait(
-        &self,
-        name: &str,
-        deadline: Instant,
-        done: impl Fn(Option<&CodeRun>) -> bool,
-    ) -> Option<Arc<CodeRun>> {
-        let mut changes = self.changes.clone();
-        loop {
-            // Mark the current version seen before looking, so a change between the look
-            // and the wait still wakes us.
-            changes.borrow_and_update();
-            let run = self.get(name);
-            if done(run.as_deref()) {
-                return run;
-            }
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        // Nothing will change any more.
-                        return self.get(name);
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => return self.get(name),
-            }
-        }
+    /// How many of the tenant's containers are live: not ended, not being deleted.
+    pub fn live_for(&self, tenant: &str) -> usize {
+        self.of_tenant(tenant)
+            .iter()
+            .filter(|c| !c.is_ended() && c.metadata.deletion_timestamp.is_none())
+            .count()
     }
 }
 
@@ -210,7 +282,7 @@ mod tests {
     fn fed() -> (RunCache, Writer<CodeRun>, watch::Sender<u64>) {
         let (reader, writer) = reflector::store::<CodeRun>();
         let (tx, changes) = watch::channel(0u64);
-        let cache = RunCache {
+        let cache = Cache {
             reader,
             changes,
             synced: Arc::new(AtomicBool::new(true)),
@@ -342,7 +414,7 @@ mod tests {
     fn the_cache_drops_the_source_and_stdin() {
         let mut r = run("run-f", None);
         r.spec.stdin = Some("secret input".into());
-        slim(&mut r);
+        r.slim();
         assert!(r.spec.code.is_empty());
         assert_eq!(r.spec.stdin, None);
     }

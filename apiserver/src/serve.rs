@@ -1,4 +1,4 @@
-//! Start-up: settings checked, clients connected, the run cache started, then serving
+//! Start-up: settings checked, clients connected, the caches started, then serving
 //! until SIGTERM or Ctrl-C.
 use std::net::{Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
@@ -10,10 +10,11 @@ use kube::Client;
 
 use crate::auth::Keys;
 use crate::config::{Config, Settings, parse_api_keys};
+use crate::containers::service::CreationLocks;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimits, quota};
-use crate::run_cache::RunCache;
+use crate::run_cache::{ContainerCache, RunCache};
 use crate::runs::events::StreamSlots;
 use crate::runs::finished::FinishedRuns;
 use crate::signing::Signer;
@@ -44,6 +45,7 @@ pub fn state(
     store: Store,
     kube: Client,
     runs: RunCache,
+    containers: ContainerCache,
 ) -> anyhow::Result<AppState> {
     let keys = parse_api_keys(&cfg.api_keys)?;
     let signer = signer(cfg)?;
@@ -64,6 +66,8 @@ pub fn state(
         store,
         kube,
         runs,
+        containers,
+        container_locks: Arc::new(CreationLocks::default()),
         metrics: Metrics::default(),
     })
 }
@@ -91,7 +95,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         &settings.namespace,
         cfg.shared.shard.as_deref(),
     );
-    let state = state(&cfg, settings, store, client, runs)?;
+    let (containers, watching_containers) = ContainerCache::start(
+        client.clone(),
+        &settings.namespace,
+        cfg.shared.shard.as_deref(),
+    );
+    let state = state(&cfg, settings, store, client, runs, containers)?;
     tracing::info!(
         port = cfg.port,
         metrics_port = cfg.metrics_port,
@@ -123,6 +132,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tokio::select! {
         served = api => served.context("serving")?,
         _ = watching => anyhow::bail!("the CodeRun watch ended"),
+        _ = watching_containers => anyhow::bail!("the CodeContainer watch ended"),
         served = metrics => anyhow::bail!("the metrics server stopped: {served:?}"),
         () = housekeeping => unreachable!("housekeeping never ends"),
     }

@@ -2,16 +2,17 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use codeinterp_crds::CodeRun;
+use codeinterp_crds::{CodeContainer, CodeRun};
 use codeinterp_store::Store;
 use kube::{Api, Client};
 
 use crate::auth::Keys;
 use crate::config::Settings;
+use crate::containers::service::CreationLocks;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
-use crate::run_cache::RunCache;
+use crate::run_cache::{ContainerCache, RunCache};
 use crate::runs::events::StreamSlots;
 use crate::runs::finished::FinishedRuns;
 use crate::runs::model::Links;
@@ -26,6 +27,9 @@ pub struct AppState {
     pub store: Store,
     pub kube: Client,
     pub runs: RunCache,
+    pub containers: ContainerCache,
+    /// One container creation at a time per tenant (its cap is counted then).
+    pub container_locks: Arc<CreationLocks>,
     pub metrics: Metrics,
     /// Finished runs, answered from memory.
     pub finished: Arc<FinishedRuns>,
@@ -50,6 +54,10 @@ pub fn now_unix() -> i64 {
 impl AppState {
     pub fn coderuns(&self) -> Api<CodeRun> {
         Api::namespaced(self.kube.clone(), self.runs.namespace())
+    }
+
+    pub fn codecontainers(&self) -> Api<CodeContainer> {
+        Api::namespaced(self.kube.clone(), self.containers.namespace())
     }
 
     /// Signed URLs made now expire together, `URL_TTL_SECONDS` from now.

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
 use codeinterp_apiserver::config::Config;
-use codeinterp_apiserver::run_cache::RunCache;
+use codeinterp_apiserver::run_cache::{ContainerCache, RunCache};
 use codeinterp_crds::{ArtifactRef, Language, Phase, Usage};
 use codeinterp_store::{
     FileMeta, HEAD_BYTES, OutputStream, RECORD_VERSION, RunBinding, RunRecord, Store, head,
@@ -54,6 +54,7 @@ fn harness_with(args: &[&str]) -> Harness {
         store.clone(),
         kube,
         RunCache::detached("codeinterp-test"),
+        ContainerCache::detached("codeinterp-test"),
     )
     .unwrap();
     Harness {

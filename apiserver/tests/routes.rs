@@ -10,7 +10,7 @@ use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
 use codeinterp_apiserver::config::Config;
 use codeinterp_apiserver::metrics::Metrics;
-use codeinterp_apiserver::run_cache::RunCache;
+use codeinterp_apiserver::run_cache::{ContainerCache, RunCache};
 use codeinterp_apiserver::signing::Signer;
 use codeinterp_apiserver::state::now_unix;
 use codeinterp_crds::{ArtifactRef, Language, Phase, Usage};
@@ -62,6 +62,7 @@ fn harness_with(args: &[&str]) -> Harness {
         store.clone(),
         kube,
         RunCache::detached("codeinterp-test"),
+        ContainerCache::detached("codeinterp-test"),
     )
     .unwrap();
     Harness {

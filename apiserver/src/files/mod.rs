@@ -3,7 +3,7 @@
 //! whoever holds a signed URL ([`download`]); [`model`] holds the wire objects.
 pub mod download;
 pub mod model;
-mod upload;
+pub(crate) mod upload;
 
 use axum::body::Body;
 use axum::extract::multipart::{Multipart, MultipartRejection};
@@ -26,10 +26,15 @@ use model::{FileDeleted, FileObject, UploadForm, content_disposition, display_ty
 /// Room for the multipart framing and the `purpose` field around the file.
 const MULTIPART_OVERHEAD: usize = 64 * 1024;
 
-pub fn router(max_upload_bytes: u64) -> Router<AppState> {
-    let body_limit = usize::try_from(max_upload_bytes)
+/// The body limit of a route that takes an upload of at most `max_upload_bytes`.
+pub fn upload_body_limit(max_upload_bytes: u64) -> usize {
+    usize::try_from(max_upload_bytes)
         .unwrap_or(usize::MAX)
-        .saturating_add(MULTIPART_OVERHEAD);
+        .saturating_add(MULTIPART_OVERHEAD)
+}
+
+pub fn router(max_upload_bytes: u64) -> Router<AppState> {
+    let body_limit = upload_body_limit(max_upload_bytes);
     Router::new()
         .route(
             "/v1/files",
@@ -262,7 +267,7 @@ async fn file_content(
 /// A file's bytes with the headers that keep them bytes: an image (judged from its bytes
 /// when it was stored) is shown inline, anything else is only ever a download, never a page
 /// of this origin.
-fn download_response(meta: &FileMeta, body: Body) -> Response {
+pub(crate) fn download_response(meta: &FileMeta, body: Body) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     let image = display_type(meta);

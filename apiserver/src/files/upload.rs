@@ -1,6 +1,7 @@
-//! Receiving an upload: a multipart form of one `file` and a `purpose`. The file streams to
-//! object storage under the size cap as it arrives; a form refused for any reason leaves no
-//! bytes behind.
+//! Receiving an upload: a multipart form of one `file` and a `purpose` (`/v1/files`), or of
+//! one `file` alone (into a container, whose uploads are the tenant's files of a fixed
+//! purpose). The file streams to object storage under the size cap as it arrives; a form
+//! refused for any reason leaves no bytes behind.
 use axum::extract::multipart::{Field, Multipart, MultipartError};
 use axum::http::StatusCode;
 use codeinterp_store::{FileMeta, UploadError};
@@ -24,14 +25,41 @@ struct Form {
     purpose: Option<String>,
 }
 
-/// Reads the form, storing its file, and returns the new file's metadata (not written yet).
+/// The purpose of a file uploaded into a container (it is the tenant's file too).
+pub const CONTAINER_UPLOAD_PURPOSE: &str = "user_data";
+
+/// Reads the form (`file` and `purpose`), storing its file, and returns the new file's
+/// metadata (not written yet).
 pub async fn receive(
     state: &AppState,
     tenant: &str,
-    mut multipart: Multipart,
+    multipart: Multipart,
 ) -> Result<FileMeta, ApiError> {
-    let mut form = Form::default();
-    let read = read_form(state, tenant, &mut multipart, &mut form).await;
+    receive_form(state, tenant, multipart, None).await
+}
+
+/// Reads a form of a `file` alone (an upload into a container), as [`receive`] does.
+pub async fn receive_file(
+    state: &AppState,
+    tenant: &str,
+    multipart: Multipart,
+) -> Result<FileMeta, ApiError> {
+    receive_form(state, tenant, multipart, Some(CONTAINER_UPLOAD_PURPOSE)).await
+}
+
+/// `purpose` fixes the file's purpose (the form then has none), or the form gives it.
+async fn receive_form(
+    state: &AppState,
+    tenant: &str,
+    mut multipart: Multipart,
+    purpose: Option<&str>,
+) -> Result<FileMeta, ApiError> {
+    let mut form = Form {
+        purpose: purpose.map(str::to_string),
+        ..Form::default()
+    };
+    let asks_purpose = purpose.is_none();
+    let read = read_form(state, tenant, &mut multipart, &mut form, asks_purpose).await;
     let (file, purpose) = match read.and_then(|()| form.accept()) {
         Ok(accepted) => accepted,
         Err(e) => {
@@ -94,7 +122,13 @@ async fn read_form(
     tenant: &str,
     multipart: &mut Multipart,
     form: &mut Form,
+    asks_purpose: bool,
 ) -> Result<(), ApiError> {
+    let expected = if asks_purpose {
+        "file and purpose"
+    } else {
+        "file"
+    };
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         match field.name() {
             Some("file") if form.file.is_some() => {
@@ -104,11 +138,13 @@ async fn read_form(
                 ));
             }
             Some("file") => form.file = Some(store_file(state, tenant, field).await?),
-            Some("purpose") => form.purpose = Some(field.text().await.map_err(multipart_error)?),
+            Some("purpose") if asks_purpose => {
+                form.purpose = Some(field.text().await.map_err(multipart_error)?)
+            }
             other => {
                 return Err(ApiError::invalid(
                     format!(
-                        "Unrecognized request argument supplied: {}; expected file and purpose",
+                        "Unrecognized request argument supplied: {}; expected {expected}",
                         other.unwrap_or("(unnamed part)")
                     ),
                     other.map(str::to_string),

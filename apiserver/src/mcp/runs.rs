@@ -64,6 +64,7 @@ impl RunCodeArgs {
             }),
             wait: None,
             stream: None,
+            container: None,
         }
     }
 }

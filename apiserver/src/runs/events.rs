@@ -21,6 +21,7 @@
 //! most 64 KiB and the log client's read buffer (~400 KiB): under 1.5 MiB. So the 32 streams
 //! one tenant may hold (`MAX_STREAMS_PER_TENANT`) cost under 48 MiB, never 32 copies of the
 //! run's output.
+mod container_log;
 mod live;
 mod phases;
 mod replay;

@@ -64,8 +64,9 @@ fn run_not_found(id: &str) -> ApiError {
                 ("GetRunEvents" = (operation_id = "get_events", parameters(("id" = "$response.body#/id")))),
             ),
         ),
-        (status = 400, description = "Invalid request, or an input file this key cannot read (`file_not_found`)", body = ErrorBody),
+        (status = 400, description = "Invalid request, an input file this key cannot read (`file_not_found`), or a container that has ended (`container_expired`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The `container` named is not this API key's (or does not exist)", body = ErrorBody),
         (status = 409, description = "The `Idempotency-Key` names another tenant's run, or one still being created", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not a JSON body", body = ErrorBody),
@@ -83,6 +84,9 @@ async fn create_run(
     let received = Instant::now();
     let tenant = caller.tenant.as_str();
     let run = validate(request, &state.settings.maxima)?;
+    if let Some(container) = &run.container {
+        crate::containers::service::for_run(&state, tenant, container)?;
+    }
     let (files, sizes) = service::input_files(&state, tenant, &run).await?;
     check_input_size(&run, &sizes, &state.settings.maxima)?;
     let key = service::idempotent_name(&headers, tenant)?;
@@ -110,6 +114,7 @@ async fn create_run(
     } else {
         service::answer_for(&state, tenant, &created).await?
     };
+    let reply = reply.in_container(&state, run.container.as_deref());
     Ok(reply.into_response(&state))
 }
 

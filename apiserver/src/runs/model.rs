@@ -105,6 +105,10 @@ pub struct Run {
     pub status: RunStatus,
     #[schema(example = "python")]
     pub language: String,
+    /// The container it runs in (`cntr_...`), if it was made in one. Shown while the run
+    /// is live and when it is created; the stored record of a finished run does not keep
+    /// it, so a finished run read back shows null.
+    pub container: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub completed_at: Option<i64>,
@@ -166,6 +170,7 @@ pub fn from_record(rec: &RunRecord, stdout: &[u8], stderr: &[u8], links: &Links<
         object: "run".into(),
         status: rec.phase.into(),
         language: rec.language.as_str().into(),
+        container: None,
         created_at: rec.created_at,
         started_at: rec.started_at,
         completed_at: rec.completed_at,
@@ -208,6 +213,11 @@ pub fn from_coderun(run: &CodeRun, links: &Links<'_>) -> Run {
         object: "run".into(),
         status: status.phase.unwrap_or(Phase::Queued).into(),
         language: run.spec.language.as_str().into(),
+        container: run
+            .spec
+            .container
+            .as_deref()
+            .and_then(crate::containers::model::id_of),
         created_at: seconds(&run.metadata.creation_timestamp).unwrap_or_default(),
         started_at: seconds(&status.started_at),
         completed_at: seconds(&status.completed_at),
@@ -458,6 +468,7 @@ mod tests {
             json,
             serde_json::json!({
                 "id": "run-abc", "object": "run", "status": "timed_out", "language": "node",
+                "container": null,
                 "created_at": 100, "started_at": 101, "completed_at": 104,
                 "exit_code": null, "signal": 9,
                 "stdout": "the whole output", "stderr": "err",

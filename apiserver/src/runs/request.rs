@@ -58,6 +58,12 @@ pub struct CreateRunRequest {
     /// Answer with the run's events as they happen (`text/event-stream`) instead of the run.
     #[serde(default)]
     pub stream: Option<bool>,
+    /// Run in this container (`cntr_...`, see `/v1/containers`): in its interpreter of the
+    /// language, with the state earlier runs left there, in its folder `/mnt/data` (input
+    /// files go there too). Runs in one container go one at a time, in order.
+    #[serde(default)]
+    #[schema(pattern = r"^cntr_[0-9a-f]{1,58}$", max_length = 63)]
+    pub container: Option<String>,
 }
 
 /// The pattern of a file id.
@@ -169,6 +175,8 @@ pub struct ValidRun {
     pub limits: Limits,
     pub wait: bool,
     pub stream: bool,
+    /// The CodeContainer to run in.
+    pub container: Option<String>,
 }
 
 /// The CRD's lower bounds on each limit (camelCase name -> minimum), read from the schema
@@ -307,6 +315,7 @@ pub fn validate(req: CreateRunRequest, maxima: &Maxima) -> Result<ValidRun, ApiE
         }
     }
     let limits = check_limits(&req.limits.unwrap_or_default(), maxima)?;
+    let container = req.container.as_deref().map(container_name).transpose()?;
     Ok(ValidRun {
         language,
         code: req.code,
@@ -316,6 +325,19 @@ pub fn validate(req: CreateRunRequest, maxima: &Maxima) -> Result<ValidRun, ApiE
         limits,
         wait: req.wait.unwrap_or(true),
         stream: req.stream.unwrap_or(false),
+        container,
+    })
+}
+
+/// The CodeContainer a run's `container` names (whether it is the tenant's is the
+/// service's to say).
+fn container_name(id: &str) -> Result<String, ApiError> {
+    crate::containers::model::name_of(id).ok_or_else(|| {
+        ApiError::invalid_with_code(
+            format!("{id:?} is not a container id (cntr_...)"),
+            "container".to_string(),
+            "container_not_found",
+        )
     })
 }
 

@@ -54,6 +54,22 @@ impl Answer {
         }
     }
 
+    /// The answer naming the container the run was made in (a CodeRun's name): a finished
+    /// run's record does not.
+    pub fn in_container(self, state: &AppState, container: Option<&str>) -> Answer {
+        let Some(id) = container.and_then(crate::containers::model::id_of) else {
+            return self;
+        };
+        match self {
+            Answer::Done(prepared) => {
+                let mut run = prepared.to_run(&state.links());
+                run.container = Some(id);
+                Answer::Live(Box::new(run))
+            }
+            live => live,
+        }
+    }
+
     pub fn into_response(self, state: &AppState) -> Response {
         match self {
             Answer::Live(run) => Json(*run).into_response(),
@@ -232,7 +248,7 @@ fn coderun(
             limits: run.limits.clone(),
             ttl_seconds_after_finished: None,
             cancel: None,
-            container: None,
+            container: run.container.clone(),
         },
     );
     cr.metadata.namespace = Some(namespace.to_string());
@@ -503,6 +519,7 @@ mod tests {
             limits: Limits::default(),
             wait: true,
             stream: false,
+            container: None,
         }
     }
 

@@ -1,37 +1,57 @@
 //! While the program runs: its pod's log, followed through the protocol's [`Follower`] with
 //! an events-only decoder (the same validation the operator applies, keeping no output), as
 //! `run.output.delta` events. The log is read only as fast as the client takes events.
+//!
+//! A run in a container shares its pod, and the pod's log, with the container's other runs:
+//! only its own record is followed ([`super::container_log`]), from a little before the run
+//! was made, and the follow ends when the run does (the pod goes on).
 use std::sync::Arc;
+use std::time::Duration;
 
+use codeinterp_crds::CodeRun;
 use futures::future::ready;
 use futures::io::AsyncRead;
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
+use k8s_openapi::jiff::SignedDuration;
 use kube::api::LogParams;
+use kube::{Api, ResourceExt};
 use runner_protocol::{
     Decoder, Event, Follower, MAX_RECORD_BYTES, RUNNER_CONTAINER, Stream as OutputKind,
 };
 
 use super::Ctx;
+use super::container_log::only_run;
 use super::text::Utf8Text;
 use super::wire::{Emit, index};
 use crate::runs::service;
 
+/// How much of a container's log before a run's creation is read, for clocks that differ.
+const CLOCK_SKEW: Duration = Duration::from_secs(10);
+
+type Log = Box<dyn AsyncRead + Unpin + Send + 'static>;
+
 /// The output deltas of the program while it runs, from `has` (the bytes of each stream the
 /// client already has) on; nothing if the run has no pod to follow (queued, or finished).
 pub fn output(ctx: Arc<Ctx>, has: [u64; 2]) -> impl Stream<Item = Emit> {
-    stream::once(follow(ctx))
+    stream::once(follow(ctx.clone()))
         .filter_map(ready)
-        .flat_map(move |follower| {
-            stream::unfold(Live::new(follower, has), |mut live| async move {
+        .flat_map(move |(follower, in_container)| {
+            let live = stream::unfold(Live::new(follower, has), |mut live| async move {
                 live.next().await.map(|emit| (emit, live))
-            })
+            });
+            if !in_container {
+                return live.boxed();
+            }
+            // The container's pod outlives the run: its end ends the follow.
+            let ctx = ctx.clone();
+            let ended = async move { ctx.wait_for(CodeRun::is_finished).await };
+            live.take_until(Box::pin(ended)).boxed()
         })
 }
 
-/// The runner's log, if the run is running on a pod.
-async fn follow(ctx: Arc<Ctx>) -> Option<Follower<impl AsyncRead + Unpin + Send + 'static>> {
+/// The runner's log, if the run is running on a pod, and whether it is a container's.
+async fn follow(ctx: Arc<Ctx>) -> Option<(Follower<Log>, bool)> {
     let run = service::live_run(&ctx.state, &ctx.tenant, &ctx.id)
         .await
         .ok()??;
@@ -41,14 +61,37 @@ async fn follow(ctx: Arc<Ctx>) -> Option<Follower<impl AsyncRead + Unpin + Send 
     let pod = run.status.as_ref()?.pod_name.clone()?;
     let limits = run.spec.limits.clamp(&ctx.state.settings.maxima);
     let pods: Api<Pod> = Api::namespaced(ctx.state.kube.clone(), ctx.state.runs.namespace());
-    let params = LogParams {
+    let in_container = run.spec.container.is_some();
+    let params = log_params(&run);
+    let log = pods.log_stream(&pod, &params).await.ok()?;
+    let log: Log = if in_container {
+        Box::new(only_run(log, &run.uid().unwrap_or_default()))
+    } else {
+        Box::new(log)
+    };
+    Some((
+        Follower::new(log, Decoder::events_only(&limits)),
+        in_container,
+    ))
+}
+
+/// A run's own pod: its whole log, at most a record's size. A container's: from a little
+/// before the run was made, however long (the follow stops at the run's end).
+fn log_params(run: &CodeRun) -> LogParams {
+    let mut params = LogParams {
         container: Some(RUNNER_CONTAINER.into()),
         follow: true,
-        limit_bytes: Some(i64::try_from(MAX_RECORD_BYTES).unwrap_or(i64::MAX)),
         ..Default::default()
     };
-    let log = pods.log_stream(&pod, &params).await.ok()?;
-    Some(Follower::new(log, Decoder::events_only(&limits)))
+    if run.spec.container.is_none() {
+        params.limit_bytes = Some(i64::try_from(MAX_RECORD_BYTES).unwrap_or(i64::MAX));
+        return params;
+    }
+    let skew = SignedDuration::try_from(CLOCK_SKEW).unwrap_or_default();
+    params.since_time = run
+        .creation_timestamp()
+        .and_then(|t| t.0.checked_sub(skew).ok());
+    params
 }
 
 /// A followed log turned into deltas.
@@ -168,6 +211,39 @@ mod tests {
                 ("stdout", "world".to_string(), 5),
             ]
         );
+    }
+
+    #[test]
+    fn a_containers_log_is_read_from_just_before_the_run_and_a_pods_up_to_a_record() {
+        use codeinterp_crds::{CodeRunSpec, Language};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use k8s_openapi::jiff::Timestamp;
+        let mut run = CodeRun::new(
+            "run-a",
+            CodeRunSpec {
+                language: Language::Python,
+                code: "print(1)".into(),
+                stdin: None,
+                args: vec![],
+                files: vec![],
+                limits: Default::default(),
+                ttl_seconds_after_finished: None,
+                cancel: None,
+                container: None,
+            },
+        );
+        run.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1000).unwrap()));
+        let own = log_params(&run);
+        assert_eq!(own.limit_bytes, Some(MAX_RECORD_BYTES as i64));
+        assert_eq!(own.since_time, None);
+        run.spec.container = Some("cntr-ab".into());
+        let shared = log_params(&run);
+        assert_eq!(shared.limit_bytes, None);
+        assert_eq!(
+            shared.since_time,
+            Some(Timestamp::from_second(990).unwrap())
+        );
+        assert!(shared.follow && own.follow);
     }
 
     #[tokio::test]
