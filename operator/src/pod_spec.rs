@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use codeinterp_crds::{
-    Applied, CodeContainer, CodeRun, EffectiveLimits, Language, POOL_LABEL, RUN_UID_LABEL,
-    RUNNER_LABEL, default_preload,
+    Applied, CodeContainer, CodeRun, EffectiveLimits, HELD_LABEL, Language, POOL_LABEL,
+    RUN_UID_LABEL, RUNNER_LABEL, default_preload,
 };
 use k8s_openapi::api::core::v1::{
     AppArmorProfile, Capabilities, Container, EmptyDirVolumeSource, EnvVar, Pod, PodDNSConfig,
@@ -23,13 +23,16 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{AppArmorMode, Config, PoolSpec, Seccomp, UserNamespaces};
 
+mod trust;
+pub use trust::Loose;
+
 /// Name of the per-namespace NetworkPolicy that denies all traffic to and from runner pods.
 pub const DENY_ALL_POLICY: &str = "codeinterp-runner-deny-all";
 pub const RUNNER_CONTAINER: &str = "runner";
 /// The image's non-root user.
 pub const RUNNER_UID: i64 = 65532;
-/// Label with a digest of the pod's security-relevant spec, to find pool pods of the current
-/// configuration quickly (the spec itself is what is checked before a pod is trusted).
+/// Label with a digest of the pod's spec, to find pool pods of the current configuration
+/// quickly (the whole pod is what is checked before it is trusted).
 pub const SPEC_LABEL: &str = "codeinterp.dev/spec";
 /// The job folder holds the source and stdin (up to 1 MiB each).
 const JOB_DIR_MB: u64 = 4;
@@ -482,75 +485,6 @@ pub fn run_of(pod: &Pod) -> Option<ObjectRef<CodeRun>> {
     Some(ObjectRef::new(&owner.name).within(&pod.namespace()?))
 }
 
-/// The parts of a pod's spec its isolation rests on, in a form that does not depend on who
-/// wrote them (quantities in bytes and millicores, defaults left out).
-pub fn isolation_view(pod: &Pod) -> Value {
-    let Some(spec) = pod.spec.as_ref() else {
-        return Value::Null;
-    };
-    let containers: Vec<Value> = spec
-        .containers
-        .iter()
-        .map(|c| {
-            let res = c.resources.clone().unwrap_or_default();
-            let q = |m: &Option<BTreeMap<String, Quantity>>, k: &str| {
-                m.as_ref().and_then(|m| m.get(k)).and_then(|q| quantity_units(&q.0))
-            };
-            json!({
-                "name": c.name,
-                "image": c.image,
-                "command": c.command,
-                "args": c.args,
-                "env": c.env,
-                "envFrom": c.env_from,
-                "stdin": c.stdin,
-                "stdinOnce": c.stdin_once,
-                "tty": c.tty,
-                "securityContext": c.security_context,
-                "volumeMounts": c.volume_mounts.as_ref().map(|ms| ms.iter().map(|m| json!({
-                    "name": m.name, "mountPath": m.mount_path, "readOnly": m.read_only.unwrap_or(false),
-                    "subPath": m.sub_path,
-                })).collect::<Vec<_>>()),
-                "limits": [q(&res.limits, "cpu"), q(&res.limits, "memory")],
-                "requests": [q(&res.requests, "cpu"), q(&res.requests, "memory")],
-            })
-        })
-        .collect();
-    let volumes: Vec<Value> = spec
-        .volumes
-        .iter()
-        .flatten()
-        .map(|v| {
-            json!({
-                "name": v.name,
-                "emptyDir": v.empty_dir.as_ref().map(|e| json!({
-                    "medium": e.medium,
-                    "sizeLimit": e.size_limit.as_ref().and_then(|q| quantity_units(&q.0)),
-                })),
-                // Anything else a volume could be (a host path, a secret) shows up here.
-                "other": v.host_path.is_some() || v.secret.is_some() || v.config_map.is_some()
-                    || v.projected.is_some() || v.persistent_volume_claim.is_some()
-                    || v.csi.is_some() || v.ephemeral.is_some() || v.nfs.is_some(),
-            })
-        })
-        .collect();
-    json!({
-        "containers": containers,
-        "initContainers": spec.init_containers.as_ref().map(Vec::len).unwrap_or(0),
-        "volumes": volumes,
-        "securityContext": spec.security_context,
-        "hostUsers": spec.host_users,
-        "hostNetwork": spec.host_network.unwrap_or(false),
-        "hostPID": spec.host_pid.unwrap_or(false),
-        "hostIPC": spec.host_ipc.unwrap_or(false),
-        "automountServiceAccountToken": spec.automount_service_account_token,
-        "serviceAccountName": spec.service_account_name.as_deref().unwrap_or("default"),
-        "enableServiceLinks": spec.enable_service_links,
-        "runtimeClassName": spec.runtime_class_name,
-        "dnsPolicy": spec.dns_policy,
-    })
-}
-
 /// A quantity as a whole number of its base unit: millicores for CPU (`100m`, `1`), bytes
 /// for memory (`512Mi`, `1Gi`, `1048576`). Enough for what the operator writes.
 pub fn quantity_units(q: &str) -> Option<i128> {
@@ -576,23 +510,71 @@ pub fn quantity_units(q: &str) -> Option<i128> {
     Some((number * factor).round() as i128)
 }
 
-/// A digest of the pod's isolation view: the label pool pods carry.
+/// A digest of the pod's spec: the label pool pods carry, so pods of another configuration
+/// are told apart at a glance (what is trusted is the whole pod, see [`trust`]).
 pub fn spec_digest(pod: &Pod) -> String {
-    let view = serde_json::to_vec(&isolation_view(pod)).expect("a view serializes");
-    hex::encode(&Sha256::digest(view)[..8])
+    let spec = serde_json::to_vec(&pod.spec).expect("a spec serializes");
+    hex::encode(&Sha256::digest(spec)[..8])
 }
 
-/// Whether a live pool pod is exactly what this operator would create for the pool: only
-/// then may a run's inputs be handed to it. Pods anyone could have created with the pool's
-/// labels fail this.
-pub fn is_trusted_pool_pod(live: &Pod, pool: &PoolSpec, cfg: &Config, applied: &Applied) -> bool {
+/// Where a live pool pod differs from what this operator would create for the pool (empty:
+/// it may be handed a run's job). A pod anyone could have created with the pool's labels and
+/// owner, and one extra probe, differs.
+pub fn pool_pod_differences(
+    live: &Pod,
+    pool: &PoolSpec,
+    cfg: &Config,
+    applied: &Applied,
+) -> Vec<String> {
     let want = pool_pod(
         pool,
         live.namespace().as_deref().unwrap_or_default(),
         cfg,
         applied,
     );
-    isolation_view(live) == isolation_view(&want)
+    let held = Loose {
+        labels: &[HELD_LABEL],
+        deadline: false,
+    };
+    trust::differences(live, &want, held)
+}
+
+/// Whether a live pool pod is exactly what this operator would create for the pool.
+pub fn is_trusted_pool_pod(live: &Pod, pool: &PoolSpec, cfg: &Config, applied: &Applied) -> bool {
+    pool_pod_differences(live, pool, cfg, applied).is_empty()
+}
+
+/// Where the pod a run's job is about to be handed to differs from what this operator would
+/// have made it (empty: the job may go): the run's own cold pod, or a pool's pod (by its
+/// label, among `pools`) as the run's claim left it.
+pub fn run_pod_differences(
+    live: &Pod,
+    run: &CodeRun,
+    limits: &EffectiveLimits,
+    pools: &[PoolSpec],
+    cfg: &Config,
+    applied: &Applied,
+) -> Vec<String> {
+    let Some(name) = live.labels().get(POOL_LABEL) else {
+        let want = cold_pod(run, limits, cfg, applied);
+        return trust::differences(live, &want, Loose::default());
+    };
+    let Some(pool) = pools.iter().find(|p| p.name == *name) else {
+        return vec![format!("metadata.labels.{POOL_LABEL} (no pool {name:?})")];
+    };
+    let mut want = pool_pod(
+        pool,
+        live.namespace().as_deref().unwrap_or_default(),
+        cfg,
+        applied,
+    );
+    want.labels_mut()
+        .insert(RUN_UID_LABEL.into(), run.uid().unwrap_or_default());
+    let claimed = Loose {
+        labels: &[HELD_LABEL],
+        deadline: true,
+    };
+    trust::differences(live, &want, claimed)
 }
 
 /// Denies every packet to and from runner pods in a namespace: no ingress, no egress, DNS
@@ -774,7 +756,6 @@ mod tests {
         assert!(run_of(&pod).is_none(), "no run does");
         assert!(pod.spec.as_ref().unwrap().active_deadline_seconds.is_none());
         assert_eq!(pod.labels()[POOL_LABEL], pool.name());
-        assert!(is_trusted_pool_pod(&pod, &pool, &cfg, &applied));
 
         let run = run();
         let limits = run.spec.limits.clamp(&cfg.maxima());
@@ -786,39 +767,6 @@ mod tests {
         assert_eq!(patch["metadata"]["ownerReferences"][0]["controller"], true);
         // A pod's deadline counts from its start: ten minutes idle, then the run's own 33 s.
         assert_eq!(patch["spec"]["activeDeadlineSeconds"], 633);
-    }
-
-    #[test]
-    fn a_pod_that_only_looks_like_a_pool_pod_is_not_trusted() {
-        let cfg = Config::for_tests();
-        let applied = decide_isolation(&cfg, false).unwrap();
-        let pool = PoolSpec::for_tests(Language::Python, 1);
-        let honest = pool_pod(&pool, "sandbox", &cfg, &applied);
-        type Tamper = Box<dyn Fn(&mut PodSpec)>;
-        let tamper: Vec<Tamper> = vec![
-            Box::new(|s| s.containers[0].image = Some("evil:latest".into())),
-            Box::new(|s| s.host_network = Some(true)),
-            Box::new(|s| s.automount_service_account_token = Some(true)),
-            Box::new(|s| s.security_context.as_mut().unwrap().run_as_user = Some(0)),
-            Box::new(|s| {
-                s.containers[0]
-                    .security_context
-                    .as_mut()
-                    .unwrap()
-                    .privileged = Some(true)
-            }),
-            Box::new(|s| s.volumes.as_mut().unwrap()[0].empty_dir = None),
-            Box::new(|s| s.service_account_name = Some("admin".into())),
-            Box::new(|s| s.containers[0].command = Some(vec!["/bin/sh".into()])),
-        ];
-        for (i, change) in tamper.iter().enumerate() {
-            let mut pod = honest.clone();
-            change(pod.spec.as_mut().unwrap());
-            assert!(
-                !is_trusted_pool_pod(&pod, &pool, &cfg, &applied),
-                "change {i} was trusted"
-            );
-        }
     }
 
     #[test]

@@ -198,16 +198,25 @@ async fn keep_fresh(ctx: &Context, pool: &PoolSpec, applied: &Applied) -> Vec<Ar
     let max_age = ctx.cfg().pool_max_idle_seconds as i64;
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     let me = crate::identity_label(&ctx.settings.identity);
-    let (live, stale): (Vec<_>, Vec<_>) = pool_pods(ctx, pool).into_iter().partition(|p| {
-        let young = p
+    let mut live = Vec::new();
+    for pod in pool_pods(ctx, pool) {
+        let young = pod
             .creation_timestamp()
             .is_none_or(|t| now - t.0.as_second() < max_age);
         // Held by another process: its stdin closes with that process's session.
-        let foreign = p.labels().get(HELD_LABEL).is_some_and(|by| *by != me);
-        young && !foreign && pod_spec::is_trusted_pool_pod(p, pool, ctx.cfg(), applied)
-    });
-    for pod in &stale {
-        remove(ctx, pod, "stale, old, or held by another process").await;
+        let foreign = pod.labels().get(HELD_LABEL).is_some_and(|by| *by != me);
+        let differs = pod_spec::pool_pod_differences(&pod, pool, ctx.cfg(), applied);
+        match (young, foreign, differs.is_empty()) {
+            (true, false, true) => live.push(pod),
+            (_, _, false) => {
+                let why = format!(
+                    "not what this operator would create: {}",
+                    differs.join(", ")
+                );
+                remove(ctx, &pod, &why).await;
+            }
+            _ => remove(ctx, &pod, "old, or held by another process").await,
+        }
     }
     for pod in ended_pool_pods(ctx, pool) {
         remove(ctx, &pod, "it ended without a job").await;

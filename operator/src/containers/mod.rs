@@ -8,7 +8,7 @@
 //! and it takes no room in the run queue (a tenant's containers are capped at the door).
 use std::sync::Arc;
 
-use codeinterp_crds::{CodeContainer, CodeRun};
+use codeinterp_crds::{CodeContainer, CodeRun, Phase};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
@@ -180,7 +180,45 @@ pub async fn step_for_run(ctx: &Arc<Context>, run: &CodeRun) -> Result<Action, E
     }
     ctx.wake_container(ObjectRef::from_obj(&*container));
     ctx.index.container_wake(&uid).notify_one();
+    show_place(ctx, &container, run).await?;
     Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+/// A run waiting for its container (busy with an earlier run, or not started yet) says so,
+/// with its place; a run the container takes at once is not written to.
+async fn show_place(ctx: &Context, container: &CodeContainer, run: &CodeRun) -> Result<(), Error> {
+    let uid = container.uid().unwrap_or_default();
+    let run_uid = run.uid().unwrap_or_default();
+    let busy = ctx.index.busy_with(&uid);
+    let starting = container.status.as_ref().and_then(|s| s.phase)
+        != Some(codeinterp_crds::ContainerPhase::Running);
+    if run.phase().is_some_and(|p| p != Phase::Queued)
+        || (busy.is_none() && !starting)
+        || busy.as_deref() == Some(run_uid.as_str())
+    {
+        return Ok(());
+    }
+    let waiting = serve::waiting_runs(ctx, container);
+    let Some(i) = waiting
+        .iter()
+        .filter(|r| r.uid() != busy)
+        .position(|r| r.uid().as_deref() == Some(run_uid.as_str()))
+    else {
+        return Ok(());
+    };
+    let position = i as u32 + 1;
+    let shown = run.status.as_ref().and_then(|s| s.queue_position);
+    if run.phase() == Some(Phase::Queued) && shown == Some(position) {
+        return Ok(());
+    }
+    let why = if starting {
+        "waiting for its container to start"
+    } else {
+        "waiting for its container, busy with an earlier run"
+    };
+    let api = ctx.runs_api(&run.namespace().unwrap_or_default());
+    crate::kube_io::update_status(&api, run, |s| crate::status::queued(s, position, why)).await?;
+    Ok(())
 }
 
 /// How long a run may name a container the cache does not show yet.

@@ -238,8 +238,14 @@ async fn work(
 
 /// The container's runs not ended yet, oldest first: the next to run.
 fn next_run(ctx: &Context, container: &CodeContainer) -> Option<CodeRun> {
+    waiting_runs(ctx, container).first().map(|r| (**r).clone())
+}
+
+/// The runs that name the container (of its tenant) and have not ended, oldest first.
+pub fn waiting_runs(ctx: &Context, container: &CodeContainer) -> Vec<Arc<CodeRun>> {
     let ns = container.namespace();
     let name = container.name_any();
+    let tenant = container.tenant_in(ctx.settings.sandbox_namespace());
     let mut waiting: Vec<Arc<CodeRun>> = ctx
         .cluster
         .runs
@@ -250,7 +256,7 @@ fn next_run(ctx: &Context, container: &CodeContainer) -> Option<CodeRun> {
                 && r.spec.container.as_deref() == Some(name.as_str())
                 && !r.is_finished()
                 && ctx.index.known(&r.uid().unwrap_or_default()) != crate::index::Known::Ended
-                && ctx.tenant(r) == container.tenant_in(ctx.settings.sandbox_namespace())
+                && ctx.tenant(r) == tenant
         })
         .collect();
     waiting.sort_by_key(|r| {
@@ -259,7 +265,7 @@ fn next_run(ctx: &Context, container: &CodeContainer) -> Option<CodeRun> {
             r.resource_version().and_then(|v| v.parse::<u64>().ok()),
         )
     });
-    waiting.first().map(|r| (**r).clone())
+    waiting
 }
 
 fn run_by_uid(ctx: &Context, container: &CodeContainer, uid: &str) -> Option<CodeRun> {

@@ -15,6 +15,7 @@ use tokio::time::{Duration, Instant};
 use crate::Error;
 use crate::context::Context;
 use crate::outcome::{self, PodProgress};
+use crate::pod_spec;
 use crate::reading::{Conclusion, Ending, LogState, Plan, Read, Start, better_of, conclude, plan};
 use crate::steps::deliver::{self, Delivered};
 use crate::steps::{finish, restart};
@@ -83,7 +84,13 @@ async fn read(ctx: &Arc<Context>, run: &CodeRun, pod: &Pod, how: How) -> Result<
         How::Fresh(session) => (Start::Fresh, session),
         How::Resume => (Start::Log(probe(ctx, pod, &limits).await), None),
     };
-    let (stream, written) = match plan(start, ended(pod)) {
+    let plan = plan(start, ended(pod));
+    if plan == Plan::Deliver
+        && let Some(why) = not_ours(ctx, run, pod, &limits)
+    {
+        return restart::restart(ctx, run, pod, &why).await;
+    }
+    let (stream, written) = match plan {
         Plan::Deliver => match deliver::deliver(ctx, run, pod, session, deadline).await? {
             Delivered::Read { read, run } => (*read, run.map(|r| *r)),
             Delivered::NotHanded { why } => return restart::restart(ctx, run, pod, &why).await,
@@ -103,6 +110,28 @@ async fn read(ctx: &Arc<Context>, run: &CodeRun, pod: &Pod, how: How) -> Result<
         }
         Conclusion::Restart { why } => restart::restart(ctx, &latest, pod, &why).await,
     }
+}
+
+/// Why the pod must not be handed the run's job, if it must not: it is not exactly what this
+/// operator would have made it (a pod planted with the run as its owner, where the chart's
+/// admission policy is missing). It is replaced, as a pod the job never reached is.
+fn not_ours(ctx: &Context, run: &CodeRun, pod: &Pod, limits: &EffectiveLimits) -> Option<String> {
+    let differs = match ctx.isolation() {
+        Ok(applied) => {
+            let pools = ctx.pools();
+            pod_spec::run_pod_differences(pod, run, limits, &pools, ctx.cfg(), &applied)
+        }
+        Err(why) => vec![why],
+    };
+    if differs.is_empty() {
+        return None;
+    }
+    let why = format!(
+        "the pod is not what this operator would create for the run ({}); the job was not handed to it",
+        differs.join(", ")
+    );
+    tracing::warn!(pod = %pod.name_any(), %why, "an untrusted pod");
+    Some(why)
 }
 
 fn ended(pod: &Pod) -> bool {
