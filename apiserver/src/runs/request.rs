@@ -245,15 +245,18 @@ fn snake_of(camel: &str) -> String {
 
 fn too_long(param: &str, len: usize, max: usize) -> ApiError {
     ApiError::invalid_with_code(
-        format!("{param} is {len} characters; the maximum is {max}"),
+        format!("{param} is {len} bytes of UTF-8; the maximum is {max}"),
         param.to_string(),
         "too_large",
     )
 }
 
-/// Lengths are counted in characters, as JSON Schema's `maxLength` (and the CRD's) count.
-fn chars(s: &str) -> usize {
-    s.chars().count()
+/// Lengths are counted in bytes of UTF-8: what a run costs to keep and to send is its bytes
+/// (a cap in characters let two- and four-byte characters double or quadruple it). The
+/// schema's `maxLength` (characters) is the same figure, so a text within it in bytes is
+/// within it in characters too.
+fn bytes(s: &str) -> usize {
+    s.len()
 }
 
 /// Every check that needs no storage, in the order a client would fix them.
@@ -267,13 +270,13 @@ pub fn validate(req: CreateRunRequest, maxima: &Maxima) -> Result<ValidRun, ApiE
             "code".to_string(),
         ));
     }
-    if chars(&req.code) > MAX_CODE_BYTES {
-        return Err(too_long("code", chars(&req.code), MAX_CODE_BYTES));
+    if bytes(&req.code) > MAX_CODE_BYTES {
+        return Err(too_long("code", bytes(&req.code), MAX_CODE_BYTES));
     }
     if let Some(stdin) = &req.stdin
-        && chars(stdin) > MAX_STDIN_BYTES
+        && bytes(stdin) > MAX_STDIN_BYTES
     {
-        return Err(too_long("stdin", chars(stdin), MAX_STDIN_BYTES));
+        return Err(too_long("stdin", bytes(stdin), MAX_STDIN_BYTES));
     }
     let args = req.args.unwrap_or_default();
     if args.len() > MAX_ARGS {
@@ -285,9 +288,9 @@ pub fn validate(req: CreateRunRequest, maxima: &Maxima) -> Result<ValidRun, ApiE
     if let Some((i, a)) = args
         .iter()
         .enumerate()
-        .find(|(_, a)| chars(a) > MAX_ARG_BYTES)
+        .find(|(_, a)| bytes(a) > MAX_ARG_BYTES)
     {
-        return Err(too_long(&format!("args[{i}]"), chars(a), MAX_ARG_BYTES));
+        return Err(too_long(&format!("args[{i}]"), bytes(a), MAX_ARG_BYTES));
     }
     let file_ids = req.files.unwrap_or_default();
     if file_ids.len() > MAX_FILES {
@@ -565,9 +568,15 @@ mod tests {
     }
 
     #[test]
-    fn lengths_are_counted_in_characters_as_the_schema_counts_them() {
-        let code = "é".repeat(MAX_CODE_BYTES);
+    fn lengths_are_counted_in_bytes_so_wide_characters_cannot_multiply_them() {
+        let code = "é".repeat(MAX_CODE_BYTES / 2);
         assert!(request(&format!(r#"{{"language": "python", "code": "{code}"}}"#)).is_ok());
+        let code = "é".repeat(MAX_CODE_BYTES / 2 + 1);
+        let e = request(&format!(r#"{{"language": "python", "code": "{code}"}}"#)).unwrap_err();
+        assert_eq!(param(&e).as_deref(), Some("code"));
+        let stdin = "😀".repeat(MAX_STDIN_BYTES / 4 + 1);
+        let body = format!(r#"{{"language": "python", "code": "x", "stdin": "{stdin}"}}"#);
+        assert_eq!(param(&request(&body).unwrap_err()).as_deref(), Some("stdin"));
         let e = request(r#"{"language": "python", "code": "x", "files": ["../x"]}"#).unwrap_err();
         assert_eq!(param(&e).as_deref(), Some("files[0]"));
     }
