@@ -1,6 +1,7 @@
 //! Admission: which waiting run gets room next. Runs wait in one line per tenant (first come,
 //! first served) and the lines take turns (round robin), so a tenant's backlog of a thousand
-//! delays another tenant's single run by about one run. Room is what the schedulable nodes
+//! delays another tenant's single run by about one run. Room is what the nodes runner pods
+//! may go to (ready, not cordoned, selected by their node selector, every taint tolerated)
 //! can still hold, read from the watched nodes and pods (every pod's requests, of any shard or
 //! namespace), less what runs admitted a moment ago will request. Pure: the operator feeds it
 //! the cluster as it watches it.
@@ -10,6 +11,7 @@ use codeinterp_crds::CodeRun;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::ObjectRef;
 
+use crate::placement::Placement;
 use crate::pod_spec::quantity_units;
 
 /// What a run's pod will request.
@@ -386,19 +388,11 @@ impl NodeRoom {
     }
 }
 
-/// A node pods may be scheduled on: ready, not cordoned, no taint runner pods do not
-/// tolerate (they tolerate none).
-pub fn schedulable(node: &Node) -> bool {
-    let spec = node.spec.clone().unwrap_or_default();
-    if spec.unschedulable == Some(true) {
-        return false;
-    }
-    if spec
-        .taints
-        .iter()
-        .flatten()
-        .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-    {
+/// A node runner pods may be scheduled on: ready, not cordoned, and taking them by its labels
+/// and taints (see [`Placement::admits`]).
+pub fn schedulable(node: &Node, placement: &Placement) -> bool {
+    let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+    if cordoned || !placement.admits(node) {
         return false;
     }
     node.status
@@ -444,17 +438,18 @@ fn is_terminal(pod: &Pod) -> bool {
 }
 
 impl Room {
-    /// The room left: allocatable of the schedulable nodes, less the requests of every pod
-    /// bound to them and (placed first-fit, as the scheduler would) of pods not bound yet
-    /// and of the `reserved` demands.
+    /// The room left: allocatable of the nodes runner pods may go to, less the requests of
+    /// every pod bound to them and (placed first-fit, as the scheduler would) of pods not
+    /// bound yet and of the `reserved` demands.
     pub fn of_cluster<'a>(
         nodes: impl IntoIterator<Item = &'a Node>,
         pods: impl IntoIterator<Item = &'a Pod>,
         reserved: impl IntoIterator<Item = Demand>,
+        placement: &Placement,
     ) -> Room {
         let mut names = Vec::new();
         let mut room = Room::default();
-        for node in nodes.into_iter().filter(|n| schedulable(n)) {
+        for node in nodes.into_iter().filter(|n| schedulable(n, placement)) {
             let alloc = node
                 .status
                 .as_ref()
@@ -726,6 +721,12 @@ mod tests {
         assert_eq!(q.seated(), 0);
     }
 
+    /// Runner pods with no node selector and no toleration (the default settings).
+    const PLAIN: Placement = Placement {
+        node_selector: BTreeMap::new(),
+        tolerations: Vec::new(),
+    };
+
     fn node(name: &str, cpu: &str, memory: &str, ready: bool) -> Node {
         Node {
             metadata: kube::api::ObjectMeta {
@@ -766,14 +767,59 @@ mod tests {
             cpu_millicores: 100,
             memory_bytes: 512 << 20,
         };
-        assert_eq!(Room::of_cluster(&nodes, &[], []).how_many(run), 8);
+        assert_eq!(Room::of_cluster(&nodes, &[], [], &PLAIN).how_many(run), 8);
         let pods = [pod_on(Some("a"), "1", "1Gi"), pod_on(None, "100m", "512Mi")];
         // 4 Gi - 1 Gi bound - 512 Mi pending = 2.5 Gi: 5 runs of 512 Mi.
-        let room = Room::of_cluster(&nodes, &pods, [run]);
+        let room = Room::of_cluster(&nodes, &pods, [run], &PLAIN);
         assert_eq!(room.how_many(run), 4);
         let mut cordoned = node("a", "2", "4Gi", true);
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
-        assert_eq!(Room::of_cluster(&[cordoned], &[], []).how_many(run), 0);
+        assert_eq!(
+            Room::of_cluster(&[cordoned], &[], [], &PLAIN).how_many(run),
+            0
+        );
+    }
+
+    #[test]
+    fn a_tainted_pool_is_room_only_for_runner_pods_that_tolerate_and_select_it() {
+        let run = Demand {
+            cpu_millicores: 100,
+            memory_bytes: 1 << 30,
+        };
+        let mut pool = node("pool", "16", "64Gi", true);
+        pool.metadata.labels = Some(BTreeMap::from([("pool".into(), "sandbox".into())]));
+        pool.spec.as_mut().unwrap().taints = Some(vec![k8s_openapi::api::core::v1::Taint {
+            key: "dedicated".into(),
+            value: Some("sandbox".into()),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }]);
+        let plain = node("plain", "2", "4Gi", true);
+        let nodes = [pool, plain];
+        // By default the tainted pool is no room: only the plain node's 4 runs.
+        assert_eq!(Room::of_cluster(&nodes, &[], [], &PLAIN).how_many(run), 4);
+        let tolerations = crate::placement::parse_tolerations(
+            r#"[{"key":"dedicated","operator":"Exists","effect":"NoSchedule"}]"#,
+        )
+        .unwrap()
+        .0;
+        let tolerating = Placement {
+            tolerations: tolerations.clone(),
+            ..PLAIN
+        };
+        assert_eq!(
+            Room::of_cluster(&nodes, &[], [], &tolerating).how_many(run),
+            68
+        );
+        // Selecting the pool leaves the plain node out.
+        let dedicated = Placement {
+            node_selector: BTreeMap::from([("pool".into(), "sandbox".into())]),
+            tolerations,
+        };
+        assert_eq!(
+            Room::of_cluster(&nodes, &[], [], &dedicated).how_many(run),
+            64
+        );
     }
 
     #[test]
@@ -794,9 +840,15 @@ mod tests {
             p
         };
         let gated: Vec<Pod> = (0..120).map(|_| pending(true)).collect();
-        assert_eq!(Room::of_cluster(&nodes, &gated, []).how_many(run), 16);
+        assert_eq!(
+            Room::of_cluster(&nodes, &gated, [], &PLAIN).how_many(run),
+            16
+        );
         // The control: the same pods without their gate will be placed, and do take it.
         let ungated: Vec<Pod> = (0..120).map(|_| pending(false)).collect();
-        assert_eq!(Room::of_cluster(&nodes, &ungated, []).how_many(run), 0);
+        assert_eq!(
+            Room::of_cluster(&nodes, &ungated, [], &PLAIN).how_many(run),
+            0
+        );
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use codeinterp_crds::{EffectiveLimits, Language, Maxima, RunnerPool};
 
+use crate::placement::{self, NodeSelector, Placement, Tolerations};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AppArmorMode {
     /// Every runner pod gets the profile; runs fail if the nodes cannot enforce it.
@@ -172,6 +174,14 @@ pub struct Config {
     /// RuntimeClass for runner pods (e.g. gvisor), if any.
     #[arg(long, env = "RUNTIME_CLASS")]
     pub runtime_class: Option<String>,
+    /// Node selector of runner pods, `key=value` pairs comma-separated (a node pool kept for
+    /// sandboxes). Admission counts only the nodes it selects as room.
+    #[arg(long, env = "RUNNER_NODE_SELECTOR", default_value = "", value_parser = placement::parse_node_selector)]
+    pub runner_node_selector: NodeSelector,
+    /// Tolerations of runner pods, a JSON list as in a pod spec (e.g. for a tainted sandbox
+    /// pool). Admission counts as room only nodes whose taints they tolerate.
+    #[arg(long, env = "RUNNER_TOLERATIONS", default_value = "", value_parser = placement::parse_tolerations)]
+    pub runner_tolerations: Tolerations,
     #[arg(
         long,
         env = "RUNNER_IMAGE_PYTHON",
@@ -263,6 +273,14 @@ impl Config {
         self.shared.maxima()
     }
 
+    /// Where runner pods may go.
+    pub fn placement(&self) -> Placement {
+        Placement {
+            node_selector: self.runner_node_selector.0.clone(),
+            tolerations: self.runner_tolerations.0.clone(),
+        }
+    }
+
     pub fn lease_namespace(&self) -> String {
         self.lease_namespace
             .clone()
@@ -344,5 +362,19 @@ mod tests {
         assert!(check(&[]).is_ok());
         assert!(check(&["--seccomp", "/etc/x.json"]).is_err());
         assert!(check(&["--seccomp", "../x.json"]).is_err());
+        assert!(check(&["--runner-node-selector", "pool"]).is_err());
+        assert!(check(&["--runner-tolerations", r#"[{"key":"k","operator":"In"}]"#]).is_err());
+        let tolerate = r#"[{"key":"dedicated","operator":"Exists","effect":"NoSchedule"}]"#;
+        let placed = Config::try_parse_from([
+            "operator",
+            "--runner-node-selector",
+            "pool=sandbox",
+            "--runner-tolerations",
+            tolerate,
+        ])
+        .unwrap()
+        .placement();
+        assert_eq!(placed.node_selector["pool"], "sandbox");
+        assert_eq!(placed.tolerations[0].key.as_deref(), Some("dedicated"));
     }
 }

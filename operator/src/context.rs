@@ -22,6 +22,7 @@ use crate::events::Events;
 use crate::index::Index;
 use crate::kube_io::{self, Clients};
 use crate::metrics::Metrics;
+use crate::placement::Placement;
 use crate::pod_spec::{self, Shape};
 use crate::streams::PodStreams;
 use crate::tasks::Tasks;
@@ -30,6 +31,8 @@ use crate::tasks::Tasks;
 pub struct Settings {
     pub cfg: Config,
     pub maxima: Maxima,
+    /// Where runner pods may go (the nodes that count as room).
+    pub placement: Placement,
     /// This process, as it holds the lease (and marks the pool pods it holds).
     pub identity: String,
 }
@@ -38,6 +41,7 @@ impl Settings {
     pub fn new(cfg: Config, identity: String) -> Self {
         Settings {
             maxima: cfg.maxima(),
+            placement: cfg.placement(),
             cfg,
             identity,
         }
@@ -194,11 +198,14 @@ impl Context {
         })
     }
 
-    /// The isolation pods get now (AppArmor depends on what the nodes report).
+    /// The isolation pods get now (AppArmor depends on what the nodes runner pods may go to
+    /// report; a tainted pool of other workloads does not count).
     pub fn isolation(&self) -> Result<Applied, String> {
         let apparmor_on_nodes = self.cfg().apparmor_mode != AppArmorMode::Off && {
             let nodes = self.cluster.nodes.state();
-            !nodes.is_empty() && nodes.iter().all(|n| reports_apparmor(n))
+            let mut ours = nodes.iter().filter(|n| self.settings.placement.admits(n));
+            let first = ours.next();
+            first.is_some_and(|n| reports_apparmor(n)) && ours.all(|n| reports_apparmor(n))
         };
         pod_spec::decide_isolation(self.cfg(), apparmor_on_nodes)
     }
@@ -270,6 +277,7 @@ impl Context {
             nodes.iter().map(|n| n.as_ref()),
             pods.iter().map(|p| p.as_ref()),
             self.index.reservations(),
+            &self.settings.placement,
         )
     }
 

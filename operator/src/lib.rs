@@ -23,6 +23,7 @@ pub mod kube_io;
 pub mod leader;
 pub mod metrics;
 pub mod outcome;
+pub mod placement;
 pub mod pod_spec;
 pub mod pool;
 pub mod projection;

@@ -181,6 +181,9 @@ fn runner_pod(shape: &Shape, cfg: &Config, applied: &Applied, apparmor_on: bool)
             }),
             host_users: applied.user_namespace.then_some(false),
             runtime_class_name: applied.runtime_class.clone(),
+            // Where the settings send runner pods (a dedicated pool); none by default.
+            node_selector: Some(cfg.runner_node_selector.0.clone()).filter(|s| !s.is_empty()),
+            tolerations: Some(cfg.runner_tolerations.0.clone()).filter(|t| !t.is_empty()),
             termination_grace_period_seconds: Some(5),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
@@ -767,6 +770,31 @@ mod tests {
         assert_eq!(patch["metadata"]["ownerReferences"][0]["controller"], true);
         // A pod's deadline counts from its start: ten minutes idle, then the run's own 33 s.
         assert_eq!(patch["spec"]["activeDeadlineSeconds"], 633);
+    }
+
+    #[test]
+    fn runner_pods_go_where_the_settings_send_them() {
+        use clap::Parser as _;
+        let (pod, _) = build();
+        let spec = pod.spec.unwrap();
+        assert!(spec.node_selector.is_none() && spec.tolerations.is_none());
+
+        let tolerate =
+            r#"[{"key":"dedicated","operator":"Equal","value":"sandbox","effect":"NoSchedule"}]"#;
+        let cfg = Config::try_parse_from([
+            "operator",
+            "--runner-node-selector",
+            "pool=sandbox",
+            "--runner-tolerations",
+            tolerate,
+        ])
+        .unwrap();
+        let applied = decide_isolation(&cfg, false).unwrap();
+        let pool = PoolSpec::for_tests(Language::Python, 1);
+        let pod = pool_pod(&pool, "sandbox", &cfg, &applied);
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_selector.unwrap()["pool"], "sandbox");
+        assert_eq!(spec.tolerations.unwrap().len(), 1);
     }
 
     #[test]

@@ -262,13 +262,12 @@ mod tests {
         spec.insert("serviceAccountName".into(), json!("default"));
         spec.insert("priority".into(), json!(0));
         spec.insert("preemptionPolicy".into(), json!("PreemptLowerPriority"));
-        spec.insert(
-            "tolerations".into(),
-            json!([
-                {"effect": "NoExecute", "key": "node.kubernetes.io/not-ready", "operator": "Exists", "tolerationSeconds": 300},
-                {"effect": "NoExecute", "key": "node.kubernetes.io/unreachable", "operator": "Exists", "tolerationSeconds": 300},
-            ]),
-        );
+        // Appended after the pod's own tolerations by DefaultTolerationSeconds.
+        let tolerations = spec.entry("tolerations").or_insert(json!([]));
+        tolerations.as_array_mut().unwrap().extend([
+            json!({"effect": "NoExecute", "key": "node.kubernetes.io/not-ready", "operator": "Exists", "tolerationSeconds": 300}),
+            json!({"effect": "NoExecute", "key": "node.kubernetes.io/unreachable", "operator": "Exists", "tolerationSeconds": 300}),
+        ]);
         let c = &mut spec.get_mut("containers").unwrap()[0];
         c["terminationMessagePath"] = json!("/dev/termination-log");
         let limits = c["resources"]["limits"].clone();
@@ -441,6 +440,41 @@ mod tests {
             .labels_mut()
             .remove(codeinterp_crds::RUNNER_LABEL);
         assert!(!is_trusted_pool_pod(&unselected, &pool, &cfg, &applied));
+    }
+
+    #[test]
+    fn a_pod_sent_to_a_dedicated_pool_is_trusted_as_stored_and_not_without_its_selector() {
+        use clap::Parser as _;
+        let tolerate =
+            r#"[{"key":"dedicated","operator":"Equal","value":"sandbox","effect":"NoSchedule"}]"#;
+        let cfg = Config::try_parse_from([
+            "operator",
+            "--runner-node-selector",
+            "pool=sandbox",
+            "--runner-tolerations",
+            tolerate,
+        ])
+        .unwrap();
+        let applied = decide_isolation(&cfg, false).unwrap();
+        let pool = PoolSpec::for_tests(Language::Python, 1);
+        let live = stored(&pool_pod(&pool, "sandbox", &cfg, &applied));
+        assert_eq!(
+            live.spec
+                .as_ref()
+                .unwrap()
+                .tolerations
+                .as_ref()
+                .unwrap()
+                .len(),
+            3
+        );
+        assert!(is_trusted_pool_pod(&live, &pool, &cfg, &applied));
+        let mut moved = live.clone();
+        moved.spec.as_mut().unwrap().node_selector = None;
+        assert!(!is_trusted_pool_pod(&moved, &pool, &cfg, &applied));
+        // Nor is a pod of the plain settings, on which the selector was never set.
+        let plain = Config::for_tests();
+        assert!(!is_trusted_pool_pod(&live, &pool, &plain, &applied));
     }
 
     #[test]
