@@ -108,10 +108,25 @@ compile_helm() {
     gobuild -o "$1/helm" helm.sh/helm/v3/cmd/helm
 }
 
+# kwok and the stages it plays (a node made Ready and kept alive through its Lease, a pod
+# bound to it marked Running, a pod being deleted removed), from the same module version.
+compile_kwok() {
+  log "building kwok $KWOK_VERSION"
+  wrapper_module sigs.k8s.io/kwok "$KWOK_VERSION" kwok
+  gobuild -o "$1/kwok" sigs.k8s.io/kwok/cmd/kwok
+  local src; src=$(go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  mkdir -p "$1/stages"
+  cp "$src/kustomize/stage/node/fast/node-initialize.yaml" \
+    "$src/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+    "$src/kustomize/stage/pod/fast/pod-ready.yaml" "$src/kustomize/stage/pod/fast/pod-delete.yaml" \
+    "$1/stages/"
+}
+
 declare -A OUT=([kubernetes]="$K8S_BIN" [etcd]="$ETCD_BIN" [containerd]="$CONTAINERD_BIN"
-  [runc]="$RUNC_BIN" [kube_router]="$KUBE_ROUTER_BIN" [helm]="$HELM_BIN")
+  [runc]="$RUNC_BIN" [kube_router]="$KUBE_ROUTER_BIN" [helm]="$HELM_BIN" [kwok]="$KWOK_BIN")
 
 targets=("$@")
+# What the cluster needs (kwok is built only when asked for, by hack/kwok/kwok.sh).
 ((${#targets[@]})) || targets=(containerd runc etcd kubernetes kube_router helm)
 for t in "${targets[@]}"; do
   [[ -n ${OUT[$t]:-} ]] || die "unknown component: $t (one of: ${!OUT[*]})"

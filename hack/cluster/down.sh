@@ -19,8 +19,9 @@ stop_pid() { # NAME: TERM, then KILL after a grace period
   rm -f "$f"
 }
 
-# Control plane and node agents first, so nothing restarts the containers we stop next.
-for c in kube-router kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver; do
+# Control plane and node agents first, so nothing restarts the containers we stop next
+# (and the bench's simulated nodes' kwok, if a round left it running).
+for c in kwok kube-router kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver; do
   stop_pid "$c"
 done
 

@@ -16,6 +16,11 @@ CONTAINERD_BIN="$CACHE_DIR/bin/containerd-$CONTAINERD_VERSION"
 RUNC_BIN="$CACHE_DIR/bin/runc-$RUNC_VERSION"
 KUBE_ROUTER_BIN="$CACHE_DIR/bin/kube-router-$KUBE_ROUTER_VERSION"
 HELM_BIN="$CACHE_DIR/bin/helm-$HELM_VERSION"
+# Simulated nodes for the bench's scale round only (hack/kwok/kwok.sh; `make up` neither
+# builds nor starts it). Pinned here rather than in versions.env, whose change restarts the
+# cluster.
+KWOK_VERSION=v0.8.0
+KWOK_BIN="$CACHE_DIR/bin/kwok-$KWOK_VERSION"
 NODE_NAME="${NODE_NAME:-codeinterp-node}"
 POD_CIDR="10.244.0.0/24"
 SERVICE_CIDR="10.96.0.0/16"
