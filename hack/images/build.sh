@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Runner images: a minimal Debian base made with mmdebstrap, the ci-runner wrapper, and one
-# image per language from runners/<lang>/Dockerfile. Each archive is cached under a key of the
-# content that made it, so a second run rebuilds nothing; the images are imported into the
-# cluster's containerd when it is up.
+# Runner images: a minimal Debian base made with mmdebstrap, the ci-runner wrapper, one image
+# per language from runners/<lang>/Dockerfile, and the containers' image with all four
+# (runners/container/Dockerfile). Each archive is cached under a key of the content that made
+# it, so a second run rebuilds nothing; the images are imported into the cluster's containerd
+# when it is up.
 # The operator's and the REST API's images are built the same way from their Dockerfiles.
-#   hack/images/build.sh [python|node|ruby|php ...]     (default: all four, and the services)
+#   hack/images/build.sh [python|node|ruby|php|container ...]   (default: all, and the services)
 source "$(dirname "$0")/lib.sh"
 
 ALL_LANGS=(python node ruby php)
+ALL_RUNNERS=("${ALL_LANGS[@]}" container)
 LANGS=("$@")
 SERVICES=()
-[[ ${#LANGS[@]} -gt 0 ]] || { LANGS=("${ALL_LANGS[@]}"); SERVICES=(operator apiserver); }
+[[ ${#LANGS[@]} -gt 0 ]] || { LANGS=("${ALL_RUNNERS[@]}"); SERVICES=(operator apiserver); }
 for lang in "${LANGS[@]}"; do
-  [[ -f $REPO_ROOT/runners/$lang/Dockerfile ]] || die "no runner image for '$lang' (one of: ${ALL_LANGS[*]})"
+  [[ -f $REPO_ROOT/runners/$lang/Dockerfile ]] || die "no runner image for '$lang' (one of: ${ALL_RUNNERS[*]})"
 done
 BUILD_LOG_DIR="$IMAGE_CACHE/logs"
 mkdir -p "$BUILD_LOG_DIR"
@@ -87,12 +89,23 @@ oci_runtime() {
     die "no OCI runtime for buildah's RUN steps: build runc first (hack/cluster/build.sh runc)"
 }
 
+# kernels_of IMAGE: the kernel drivers the image holds (the containers' image: every language's).
+kernels_of() {
+  local lang
+  if [[ $1 == container ]]; then
+    for lang in "${ALL_LANGS[@]}"; do echo "$REPO_ROOT/runners/kernels/$lang"; done
+  else
+    echo "$REPO_ROOT/runners/kernels/$1"
+  fi
+}
+
 build_runner() {
   local lang=$1
   local ref="localhost/codeinterp/runner-$lang:dev"
   local dockerfile="$REPO_ROOT/runners/$lang/Dockerfile"
-  local key
-  key=$(printf '%s %s\n' "$(content_key "$dockerfile" "$WRAPPER" "$REPO_ROOT/runners/kernels/$lang")" "$BASE_KEY" | sha256sum | cut -c1-16)
+  local key kernels
+  mapfile -t kernels < <(kernels_of "$lang")
+  key=$(printf '%s %s\n' "$(content_key "$dockerfile" "$WRAPPER" "${kernels[@]}")" "$BASE_KEY" | sha256sum | cut -c1-16)
   local archive="$IMAGE_CACHE/runner-$lang-$key.tar"
   if [[ ! -f $archive ]]; then
     log "building $ref"
