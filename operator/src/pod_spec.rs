@@ -25,6 +25,8 @@ use crate::config::{AppArmorMode, Config, PoolSpec, Seccomp, UserNamespaces};
 
 mod trust;
 pub use trust::Loose;
+#[cfg(test)]
+pub use trust::stored;
 
 /// Name of the per-namespace NetworkPolicy that denies all traffic to and from runner pods.
 pub const DENY_ALL_POLICY: &str = "codeinterp-runner-deny-all";

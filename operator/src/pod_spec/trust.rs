@@ -233,6 +233,35 @@ fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// The pod as the API server stores and reports it once scheduled: what a pool pod of
+/// this operator looked like on a real v1.37 cluster. For tests.
+#[cfg(test)]
+pub fn stored(pod: &Pod) -> Pod {
+    let mut v = serde_json::to_value(pod).unwrap();
+    let spec = v["spec"].as_object_mut().unwrap();
+    spec.insert("nodeName".into(), json!("node-1"));
+    spec.insert("schedulerName".into(), json!("default-scheduler"));
+    spec.insert("serviceAccount".into(), json!("default"));
+    spec.insert("serviceAccountName".into(), json!("default"));
+    spec.insert("priority".into(), json!(0));
+    spec.insert("preemptionPolicy".into(), json!("PreemptLowerPriority"));
+    // Appended after the pod's own tolerations by DefaultTolerationSeconds.
+    let tolerations = spec.entry("tolerations").or_insert(json!([]));
+    tolerations.as_array_mut().unwrap().extend([
+        json!({"effect": "NoExecute", "key": "node.kubernetes.io/not-ready", "operator": "Exists", "tolerationSeconds": 300}),
+        json!({"effect": "NoExecute", "key": "node.kubernetes.io/unreachable", "operator": "Exists", "tolerationSeconds": 300}),
+    ]);
+    let c = &mut spec.get_mut("containers").unwrap()[0];
+    c["terminationMessagePath"] = json!("/dev/termination-log");
+    let limits = c["resources"]["limits"].clone();
+    c["resources"]["requests"]["ephemeral-storage"] = limits["ephemeral-storage"].clone();
+    // The API server's spelling of a quantity.
+    if limits["cpu"] == json!("1000m") {
+        c["resources"]["limits"]["cpu"] = json!("1");
+    }
+    serde_json::from_value(v).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use codeinterp_crds::{
@@ -246,40 +275,8 @@ mod tests {
     use crate::config::{Config, PoolSpec};
     use crate::pod_spec::{
         cold_pod, decide_isolation, is_trusted_pool_pod, pool_pod, pool_pod_differences,
-        run_pod_differences,
+        run_pod_differences, stored,
     };
-
-    use super::*;
-
-    /// The pod as the API server stores and reports it once scheduled: what a pool pod of
-    /// this operator looked like on a real v1.37 cluster.
-    fn stored(pod: &Pod) -> Pod {
-        let mut v = serde_json::to_value(pod).unwrap();
-        let spec = v["spec"].as_object_mut().unwrap();
-        spec.insert("nodeName".into(), json!("node-1"));
-        spec.insert("schedulerName".into(), json!("default-scheduler"));
-        spec.insert("serviceAccount".into(), json!("default"));
-        spec.insert("serviceAccountName".into(), json!("default"));
-        spec.insert("priority".into(), json!(0));
-        spec.insert("preemptionPolicy".into(), json!("PreemptLowerPriority"));
-        // Appended after the pod's own tolerations by DefaultTolerationSeconds.
-        let tolerations = spec.entry("tolerations").or_insert(json!([]));
-        tolerations.as_array_mut().unwrap().extend([
-            json!({"effect": "NoExecute", "key": "node.kubernetes.io/not-ready", "operator": "Exists", "tolerationSeconds": 300}),
-            json!({"effect": "NoExecute", "key": "node.kubernetes.io/unreachable", "operator": "Exists", "tolerationSeconds": 300}),
-        ]);
-        let c = &mut spec.get_mut("containers").unwrap()[0];
-        c["terminationMessagePath"] = json!("/dev/termination-log");
-        let limits = c["resources"]["limits"].clone();
-        c["resources"]["requests"]["ephemeral-storage"] = limits["ephemeral-storage"].clone();
-        // The API server's spelling of a quantity.
-        if limits["cpu"] == json!("1000m") {
-            c["resources"]["limits"]["cpu"] = json!("1");
-        }
-        v["metadata"]["uid"] = json!("pod-uid");
-        v["metadata"]["name"] = json!("pool-python-abcde");
-        serde_json::from_value(v).unwrap()
-    }
 
     fn setup() -> (Config, Applied, PoolSpec) {
         let cfg = Config::for_tests();

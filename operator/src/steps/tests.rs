@@ -378,7 +378,9 @@ fn run(name: &str) -> CodeRun {
     run
 }
 
-fn running(mut pod: Pod) -> Pod {
+/// The pod as the API server stores it (its defaults filled in), running.
+fn running(pod: Pod) -> Pod {
+    let mut pod = pod_spec::stored(&pod);
     pod.status = Some(
         serde_json::from_value(json!({
             "phase": "Running",
@@ -797,8 +799,14 @@ async fn a_claimed_pool_pod_gets_its_job_over_the_session_held_open_to_it() {
     let session = h.ctx.streams.attach(NS, "pool-pod").await.unwrap();
     h.ctx.index.slot_opened("pool-uid", Some(session));
     let reconcile = h.reconcile(&r);
+    // The pod as the claim leaves it: the run its controller, labelled with its UID, with a
+    // deadline (the job goes only to a pod that is exactly that).
     let mut claimed = idle.clone();
     claimed.metadata.owner_references = r.controller_owner_ref(&()).map(|o| vec![o]);
+    claimed
+        .labels_mut()
+        .insert(codeinterp_crds::RUN_UID_LABEL.into(), "uid-r1".into());
+    claimed.spec.as_mut().unwrap().active_deadline_seconds = Some(633);
     let server = async {
         h.api.policy_in_place().await;
         h.api
@@ -916,6 +924,35 @@ async fn a_pod_that_cannot_be_attached_to_is_replaced_not_failed() {
     assert_eq!(restart.body["status"]["restarts"], 1);
     let delete = h.api.answer(200, serde_json::to_value(&pod).unwrap()).await;
     assert_eq!(delete.method, "DELETE");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_that_names_the_run_but_is_not_what_the_operator_makes_never_gets_the_job() {
+    let mut h = harness(&[]);
+    let r = run("r1");
+    h.show_run(&r);
+    // Planted under another name with the run as its controller and one probe more.
+    let mut planted = h.cold_pod(&r);
+    planted.metadata.name = Some("planted".into());
+    planted.metadata.uid = Some("pod-planted".into());
+    planted.spec.as_mut().unwrap().containers[0].readiness_probe =
+        serde_json::from_value(json!({"exec": {"command": ["cat", "/work/secret.txt"]}})).unwrap();
+    let planted = running(planted);
+    h.streams.script("planted", Script::default());
+    h.show_pod(&planted);
+    h.reconcile(&r).await;
+    let restart = h.api.status_write(&r).await;
+    assert_eq!(restart.body["status"]["restarts"], 1);
+    let delete = h
+        .api
+        .answer(200, serde_json::to_value(&planted).unwrap())
+        .await;
+    assert_eq!(delete.method, "DELETE");
+    assert_eq!(delete.body["preconditions"]["uid"], "pod-planted");
+    assert!(
+        h.streams.job_of("planted").is_none(),
+        "the job was handed over"
+    );
 }
 
 #[tokio::test(start_paused = true)]
