@@ -98,7 +98,7 @@ impl Summary {
     /// The run with at most the first 4 KiB of each stream.
     pub fn to_run(&self, state: &AppState) -> Run {
         match self {
-            Summary::Status(run) => from_coderun(run, &state.links()).with_heads(),
+            Summary::Status(run) => from_coderun(run).with_heads(),
             Summary::Record(rec) => list_item(rec, &state.links()),
         }
     }
@@ -175,7 +175,7 @@ pub async fn answer_for(state: &AppState, tenant: &str, run: &CodeRun) -> Result
             }
         }
     }
-    Ok(Answer::Live(Box::new(from_coderun(run, &state.links()))))
+    Ok(Answer::Live(Box::new(from_coderun(run))))
 }
 
 /// The run of the tenant with this id as lists and events show it; `None` if it has none.
