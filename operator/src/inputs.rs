@@ -157,6 +157,16 @@ impl Inputs {
         out: &mut (impl AsyncWrite + Unpin),
     ) -> std::io::Result<()> {
         out.write_all(&self.job.header_line()).await?;
+        self.write_body(store, out).await
+    }
+
+    /// Writes what follows the job's header: code, stdin and the input files' bytes (a
+    /// container's `run` operation carries the header itself).
+    pub async fn write_body(
+        &self,
+        store: &Store,
+        out: &mut (impl AsyncWrite + Unpin),
+    ) -> std::io::Result<()> {
         out.write_all(&self.code).await?;
         if let Some(stdin) = &self.stdin {
             out.write_all(stdin).await?;

@@ -36,7 +36,7 @@ pub async fn run(
         }
     };
     let mut payload = Vec::with_capacity(inputs.job.payload_bytes() as usize);
-    if let Err(e) = inputs.write(&ctx.store, &mut payload).await {
+    if let Err(e) = inputs.write_body(&ctx.store, &mut payload).await {
         let outcome = Outcome::ended(Reason::InvalidInput, format!("reading the inputs: {e}"));
         end_quietly(finish::end(ctx, run, None, outcome).await);
         return Ok(());
