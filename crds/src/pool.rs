@@ -73,6 +73,11 @@ pub struct RunnerPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 4096))]
     pub preload_memory_mb: Option<u64>,
+    /// Pods for containers (CodeContainers of `memoryMb` as their memory limit: 1024 for
+    /// `1g`) instead of runs: a new container claims one and starts at once. Such a pod has
+    /// every language's interpreter; `language`, `kernel` and `preload` do not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

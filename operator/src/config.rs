@@ -75,6 +75,8 @@ pub struct PoolSpec {
     pub preload: Vec<String>,
     /// Memory each pod has on top of the run's, for the waiting interpreter.
     pub preload_memory_mb: u64,
+    /// Its pods are for containers (of `memory_mb`), not runs.
+    pub container: bool,
 }
 
 impl PoolSpec {
@@ -93,6 +95,7 @@ impl PoolSpec {
             kernel: spec.kernel(),
             preload: spec.preload(),
             preload_memory_mb: spec.preload_memory_mb(),
+            container: spec.container == Some(true),
             uid: pool.metadata.uid.clone().unwrap_or_default(),
             name,
         };
@@ -136,7 +139,8 @@ impl PoolSpec {
 
     /// Whether a run with these limits fits this pool's pods exactly.
     pub fn serves(&self, language: Language, limits: &EffectiveLimits) -> bool {
-        self.language == language
+        !self.container
+            && self.language == language
             && self.memory_mb == limits.memory_mb
             && self.cpu_millicores == limits.cpu_millicores
             && self.disk_mb == limits.disk_mb

@@ -280,6 +280,9 @@ pub fn cold_pod(run: &CodeRun, limits: &EffectiveLimits, cfg: &Config, applied: 
 
 /// An idle pod of a warm pool: no owner and no deadline until a run claims it.
 pub fn pool_pod(pool: &PoolSpec, namespace: &str, cfg: &Config, applied: &Applied) -> Pod {
+    if pool.container {
+        return container_pool_pod(pool, namespace, cfg, applied);
+    }
     let shape = Shape::of_pool(pool);
     let mut pod = runner_pod(
         &shape,
@@ -330,12 +333,39 @@ const CONTAINER_TMP_MB: u64 = 256;
 
 /// A container's pod: every language's interpreter on demand (their state kept between
 /// runs), its folder `/mnt/data`, stdin open across attach sessions (a new leader attaches
-/// again), owned by the container, with no deadline (the operator ends it when it idles).
+/// again), owned by the container. Its deadline is only a backstop past the container's
+/// longest life (the operator ends it when it idles).
 pub fn container_pod(container: &CodeContainer, cfg: &Config, applied: &Applied) -> Pod {
+    let mut pod = container_shape_pod(container.spec.memory_limit.mb(), cfg, applied);
+    // A generated name: a run of the same name as the container never meets its pod.
+    pod.metadata.generate_name = Some(format!("{}-", trimmed(&container.name_any(), 50)));
+    pod.metadata.namespace = container.metadata.namespace.clone();
+    pod.metadata.owner_references = container.controller_owner_ref(&()).map(|r| vec![r]);
+    pod.labels_mut()
+        .insert(CONTAINER_LABEL.into(), container.uid().unwrap_or_default());
+    pod
+}
+
+/// A container pod of a pool (owned by it until a container claims it).
+fn container_pool_pod(pool: &PoolSpec, namespace: &str, cfg: &Config, applied: &Applied) -> Pod {
+    let mut pod = container_shape_pod(pool.memory_mb, cfg, applied);
+    pod.metadata.generate_name = Some(format!("pool-{}-", pool.name()));
+    pod.metadata.namespace = Some(namespace.to_string());
+    pod.metadata.owner_references = Some(vec![pool_owner(pool)]);
+    let digest = spec_digest(&pod);
+    let labels = pod.labels_mut();
+    labels.insert(POOL_LABEL.into(), pool.name());
+    labels.insert(SPEC_LABEL.into(), digest);
+    pod
+}
+
+/// What every container pod is, cold or from a pool: `memory_mb` for its interpreters, its
+/// folder and `/tmp` beside (memory-backed), every language's interpreter.
+fn container_shape_pod(memory_mb: u64, cfg: &Config, applied: &Applied) -> Pod {
     let disk_mb = cfg.shared.container_disk_mb;
     let shape = Shape {
         language: Language::Python,
-        memory_mb: container.spec.memory_limit.mb(),
+        memory_mb,
         cpu_millicores: cfg.maxima().defaults.cpu_millicores,
         disk_mb,
     };
@@ -345,20 +375,13 @@ pub fn container_pod(container: &CodeContainer, cfg: &Config, applied: &Applied)
         applied,
         applied.apparmor.starts_with("Localhost/"),
     );
-    // A generated name: a run of the same name as the container never meets its pod.
     pod.metadata.name = None;
-    pod.metadata.generate_name = Some(format!("{}-", trimmed(&container.name_any(), 50)));
-    pod.metadata.namespace = container.metadata.namespace.clone();
-    pod.metadata.owner_references = container.controller_owner_ref(&()).map(|r| vec![r]);
-    pod.labels_mut()
-        .insert(CONTAINER_LABEL.into(), container.uid().unwrap_or_default());
     let spec = pod.spec.as_mut().expect("a pod spec");
-    // A backstop should this operator never come back to end it.
-    spec.active_deadline_seconds = Some(cfg.container_max_lifetime_seconds as i64 + 600);
-    let memory = format!(
-        "{}Mi",
-        shape.memory_mb + disk_mb + CONTAINER_TMP_MB + JOB_DIR_MB
-    );
+    // A backstop should this operator never come back to end it: past the container's
+    // longest life, counted from the pod's start (a pool pod idles at most its idle age).
+    spec.active_deadline_seconds =
+        Some((cfg.container_max_lifetime_seconds + cfg.pool_max_idle_seconds) as i64 + 600);
+    let memory = format!("{}Mi", memory_mb + disk_mb + CONTAINER_TMP_MB + JOB_DIR_MB);
     let runner = spec.containers.first_mut().expect("a runner container");
     runner.image = Some(cfg.image_container.clone());
     runner.stdin_once = Some(false);
@@ -389,6 +412,49 @@ pub fn container_pod(container: &CodeContainer, cfg: &Config, applied: &Applied)
         }
     }
     pod
+}
+
+/// The merge patch by which a container claims an idle pod of a container pool: guarded by
+/// the pod's resourceVersion (of two claims, one wins), it makes the container the pod's
+/// controller and labels it with the container's UID.
+pub fn container_claim_patch(container: &CodeContainer, pod: &Pod) -> Value {
+    json!({
+        "metadata": {
+            "resourceVersion": pod.resource_version(),
+            "ownerReferences": container.controller_owner_ref(&()).map(|r| vec![r]),
+            "labels": { CONTAINER_LABEL: container.uid() },
+        },
+    })
+}
+
+/// Where a container's pod differs from what this operator would have made it (empty: the
+/// container's work may go to it): its own cold pod, or a container pool's pod as the claim
+/// left it.
+pub fn container_pod_differences(
+    live: &Pod,
+    container: &CodeContainer,
+    pools: &[PoolSpec],
+    cfg: &Config,
+    applied: &Applied,
+) -> Vec<String> {
+    let Some(name) = live.labels().get(POOL_LABEL) else {
+        let want = container_pod(container, cfg, applied);
+        return trust::differences(live, &want, Loose::default());
+    };
+    let Some(pool) = pools.iter().find(|p| p.name == *name && p.container) else {
+        return vec![format!(
+            "metadata.labels.{POOL_LABEL} (no container pool {name:?})"
+        )];
+    };
+    let ns = live.namespace().unwrap_or_default();
+    let mut want = container_pool_pod(pool, &ns, cfg, applied);
+    want.labels_mut()
+        .insert(CONTAINER_LABEL.into(), container.uid().unwrap_or_default());
+    let claimed = Loose {
+        labels: &[HELD_LABEL],
+        deadline: false,
+    };
+    trust::differences(live, &want, claimed)
 }
 
 /// At most `n` characters of a name, ending in a letter or digit.

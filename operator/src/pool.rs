@@ -15,8 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use codeinterp_crds::{
-    Applied, CodeRun, EffectiveLimits, HELD_LABEL, POOL_LABEL, RUN_UID_LABEL, RunnerPool,
-    RunnerPoolStatus,
+    Applied, CodeContainer, CodeRun, EffectiveLimits, HELD_LABEL, POOL_LABEL, RUN_UID_LABEL,
+    RunnerPool, RunnerPoolStatus,
 };
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -24,12 +24,11 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use tokio::time::Duration;
 
-use crate::admission::Demand;
 use crate::config::PoolSpec;
 use crate::context::Context;
 use crate::kube_io::delete_by_uid;
 use crate::metrics::PoolLabels;
-use crate::pod_spec::{self, Shape};
+use crate::pod_spec;
 use crate::status::MANAGER;
 use crate::streams::Attached;
 
@@ -86,9 +85,13 @@ fn pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
 /// Idle pods a run may claim now: running (the wrapper waits on stdin) with a session of this
 /// process open to them (so not being claimed), exactly what this operator would create.
 fn claimable(ctx: &Context, pool: &PoolSpec, applied: &Applied) -> Vec<Arc<Pod>> {
+    // A container pool's pods need no session held open: their stdin stays open.
     let mut pods: Vec<_> = pool_pods(ctx, pool)
         .into_iter()
-        .filter(|p| is_running(p) && ctx.index.slot_is_open(&p.uid().unwrap_or_default()))
+        .filter(|p| {
+            is_running(p)
+                && (pool.container || ctx.index.slot_is_open(&p.uid().unwrap_or_default()))
+        })
         .filter(|p| pod_spec::is_trusted_pool_pod(p, pool, ctx.cfg(), applied))
         .collect();
     // The oldest first: they are the next to age out anyway.
@@ -103,8 +106,43 @@ pub fn free_counts(ctx: &Context) -> HashMap<String, usize> {
     };
     ctx.pools()
         .iter()
+        .filter(|p| !p.container)
         .map(|p| (p.name(), claimable(ctx, p, &applied).len()))
         .collect()
+}
+
+/// Claims an idle pod of a container pool of the container's memory limit: the container
+/// becomes its controller. `None` when no pool has one free (the container gets a pod of
+/// its own); the pool's demand counts the claim either way.
+pub async fn claim_for_container(ctx: &Context, container: &CodeContainer) -> Option<Pod> {
+    let applied = ctx.isolation().ok()?;
+    let mb = container.spec.memory_limit.mb();
+    let pool = ctx
+        .pools()
+        .into_iter()
+        .find(|p| p.container && p.memory_mb == mb && p.max > 0)?;
+    let api = ctx.pods_api(ctx.settings.sandbox_namespace());
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    for candidate in claimable(ctx, &pool, &applied).into_iter().take(3) {
+        let patch = pod_spec::container_claim_patch(container, &candidate);
+        match api
+            .patch(&candidate.name_any(), &params, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(pod) => {
+                ctx.index.pool_arrival(&pool.name, true);
+                return Some(pod);
+            }
+            Err(e) => {
+                tracing::debug!(pod = %candidate.name_any(), error = %e, "a container's claim failed; trying another pod")
+            }
+        }
+    }
+    ctx.index.pool_arrival(&pool.name, false);
+    None
 }
 
 /// Claims an idle pod of the pool for the run, with the session held open to it; `None` when
@@ -184,8 +222,9 @@ async fn tend(ctx: &Context) {
     let mut idle = HashSet::new();
     for pool in &ctx.pools() {
         let live = keep_fresh(ctx, pool, &applied).await;
-        let ready = hold_sessions(ctx, pool, &live).await;
-        idle.extend(ready);
+        if !pool.container {
+            idle.extend(hold_sessions(ctx, pool, &live).await);
+        }
         resize(ctx, pool, live, &applied).await;
     }
     // Sessions of pods that left the pools (claimed ones were taken) are closed.
@@ -364,11 +403,7 @@ async fn report(ctx: &Context, pool: &PoolSpec, idle: usize, target: usize) {
 async fn refill(ctx: &Context, pool: &PoolSpec, missing: usize, applied: &Applied) {
     let ns = ctx.settings.sandbox_namespace();
     let mut room = ctx.room();
-    let shape = Shape::of_pool(pool);
-    let demand = Demand {
-        cpu_millicores: shape.cpu_request_millicores(),
-        memory_bytes: shape.memory_bytes(),
-    };
+    let demand = crate::admission::pod_demand(&pod_spec::pool_pod(pool, ns, ctx.cfg(), applied));
     let api: Api<Pod> = Api::namespaced(ctx.api.pool.clone(), ns);
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
@@ -422,6 +457,7 @@ mod tests {
             kernel: true,
             preload: vec![],
             preload_memory_mb: 160,
+            container: false,
         }
     }
 

@@ -95,7 +95,14 @@ async fn pod(ctx: &Context, container: &CodeContainer) -> Result<Arc<Pod>, Strin
     let ns = container.namespace().unwrap_or_default();
     let name = match ctx.index.container_pod(&uid) {
         Some(name) => name,
-        None => create(ctx, container).await?,
+        None => match crate::pool::claim_for_container(ctx, container).await {
+            Some(claimed) => {
+                let name = claimed.name_any();
+                ctx.index.container_pod_seen(&uid, &name, false);
+                name
+            }
+            None => create(ctx, container).await?,
+        },
     };
     let deadline = Instant::now() + Duration::from_secs(ctx.cfg().start_timeout_seconds);
     let settled = |p: Option<&Pod>| {
@@ -108,6 +115,18 @@ async fn pod(ctx: &Context, container: &CodeContainer) -> Result<Arc<Pod>, Strin
     let Some(pod) = pod.filter(|p| pod_spec::owned_by_kind(p, "CodeContainer", &uid)) else {
         return Err("the container's pod did not start in time".into());
     };
+    let applied = ctx.isolation()?;
+    let differs =
+        pod_spec::container_pod_differences(&pod, container, &ctx.pools(), ctx.cfg(), &applied);
+    if !differs.is_empty() {
+        // Never this container's work for a pod this operator would not have made.
+        ctx.tidy.remove(&ctx.index, &pod);
+        ctx.index.container_pod_seen(&uid, &name, true);
+        return Err(format!(
+            "the container's pod is not what this operator would make: {}",
+            differs.join(", ")
+        ));
+    }
     match outcome::progress(&pod, 0, u64::MAX) {
         PodProgress::Running { .. } if pod.metadata.deletion_timestamp.is_none() => Ok(pod),
         PodProgress::Stuck { message, .. } => Err(message),

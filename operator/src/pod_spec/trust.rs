@@ -523,4 +523,49 @@ mod tests {
         planted.spec.as_mut().unwrap().containers[0].startup_probe = Some(Probe::default());
         assert!(!run_pod_differences(&planted, &run, &limits, &[], &cfg, &applied).is_empty());
     }
+
+    fn container(memory: &str) -> codeinterp_crds::CodeContainer {
+        let mut c: codeinterp_crds::CodeContainer = serde_json::from_value(json!({
+            "apiVersion": "codeinterp.dev/v1alpha1", "kind": "CodeContainer",
+            "metadata": {"name": "box", "namespace": "sandbox", "uid": "box-uid"},
+            "spec": {"memoryLimit": memory},
+        }))
+        .unwrap();
+        c.metadata.namespace = Some("sandbox".into());
+        c
+    }
+
+    #[test]
+    fn a_container_pool_pod_is_trusted_once_claimed_and_only_by_its_container() {
+        let (cfg, applied, mut pool) = setup();
+        pool.container = true;
+        pool.memory_mb = 1024;
+        let pools = [pool.clone()];
+        let idle = stored(&pool_pod(&pool, "sandbox", &cfg, &applied));
+        assert!(pool_pod_differences(&idle, &pool, &cfg, &applied).is_empty());
+        // The pool makes container pods, not run pods.
+        let runner = &idle.spec.as_ref().unwrap().containers[0];
+        assert_eq!(runner.stdin_once, Some(false));
+        assert_eq!(runner.image.as_deref(), Some(cfg.image_container.as_str()));
+        let mine = container("1g");
+        let mut claimed = idle.clone();
+        claimed
+            .labels_mut()
+            .insert(crate::pod_spec::CONTAINER_LABEL.into(), "box-uid".into());
+        let differs = |pod: &k8s_openapi::api::core::v1::Pod,
+                       c: &codeinterp_crds::CodeContainer| {
+            crate::pod_spec::container_pod_differences(pod, c, &pools, &cfg, &applied)
+        };
+        assert_eq!(differs(&claimed, &mine), Vec::<String>::new());
+        // Another container's pod; a pod with a probe more.
+        let mut theirs = container("1g");
+        theirs.metadata.uid = Some("their-uid".into());
+        assert!(!differs(&claimed, &theirs).is_empty());
+        let mut planted = claimed.clone();
+        planted.spec.as_mut().unwrap().containers[0].readiness_probe = Some(Probe::default());
+        assert!(!differs(&planted, &mine).is_empty());
+        // A cold container pod is trusted as stored.
+        let cold = stored(&crate::pod_spec::container_pod(&mine, &cfg, &applied));
+        assert_eq!(differs(&cold, &mine), Vec::<String>::new());
+    }
 }
