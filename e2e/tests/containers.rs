@@ -214,12 +214,7 @@ async fn a_new_leader_goes_on_with_the_same_pod_and_its_state() {
     // The same pod served both: the new leader attached to it again.
     let now = pod_of(&ns, &c).await;
     assert_eq!(now.uid(), pod.uid());
-    let runs = ns
-        .runs()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let runs = ns.runs().list(&ListParams::default()).await.unwrap().items;
     assert!(runs.iter().all(|r| r.is_finished()));
 }
 

@@ -576,7 +576,10 @@ mod tests {
         assert_eq!(param(&e).as_deref(), Some("code"));
         let stdin = "😀".repeat(MAX_STDIN_BYTES / 4 + 1);
         let body = format!(r#"{{"language": "python", "code": "x", "stdin": "{stdin}"}}"#);
-        assert_eq!(param(&request(&body).unwrap_err()).as_deref(), Some("stdin"));
+        assert_eq!(
+            param(&request(&body).unwrap_err()).as_deref(),
+            Some("stdin")
+        );
         let e = request(r#"{"language": "python", "code": "x", "files": ["../x"]}"#).unwrap_err();
         assert_eq!(param(&e).as_deref(), Some("files[0]"));
     }
