@@ -24,11 +24,16 @@ const WAIT_MARGIN: Duration = Duration::from_secs(30);
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
-    // The API proper: a bearer token (or, for downloads, a signature), then a rate limit.
+    // The API proper: a bearer token (or, for downloads, a signature), then a rate limit,
+    // then (for uploads) the memory an upload may hold.
     let v1 = Router::new()
         .merge(runs::router())
         .merge(files::router(state.settings.max_upload_bytes))
         .merge(containers::router(state.settings.max_upload_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            files::budget::hold,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit,

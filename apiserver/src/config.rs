@@ -39,6 +39,33 @@ pub struct Config {
     /// Largest file accepted by `POST /v1/files` (streamed to object storage).
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub max_upload_bytes: u64,
+    /// Memory all uploads in progress may hold at once, in MiB: each holds what it declared
+    /// (Content-Length) or, if more, a part being filled (5 MiB) per `UPLOAD_PARTS_BUFFERED`
+    /// and half a MiB; an upload past it is refused with 429 before it is read.
+    #[arg(long, env = "UPLOAD_BUFFER_MB", default_value_t = 64)]
+    pub upload_buffer_mb: u64,
+    /// The same for one tenant's uploads.
+    #[arg(long, env = "UPLOAD_BUFFER_PER_TENANT_MB", default_value_t = 32)]
+    pub upload_buffer_per_tenant_mb: u64,
+    /// Parts (5 MiB each) one upload may hold: 1 reads no more while a part is being sent to
+    /// storage; 2 or more read on meanwhile, for faster uploads to a remote store.
+    #[arg(long, env = "UPLOAD_PARTS_BUFFERED", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub upload_parts_buffered: u64,
+    /// Files (uploads and output files) older than this many days are deleted; 0 keeps them
+    /// until a client deletes them.
+    #[arg(long, env = "FILE_RETENTION_DAYS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    pub file_retention_days: u64,
+    /// Run records (with their output) older than this many days are deleted; 0 keeps them.
+    #[arg(long, env = "RUN_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    pub run_retention_days: u64,
+    /// How often each tenant's stored bytes are measured (for `STORAGE_QUOTA_MB`) and what is
+    /// past retention is deleted.
+    #[arg(long, env = "SWEEP_INTERVAL_SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub sweep_interval_seconds: u64,
     /// Lifetime of signed artifact URLs.
     #[arg(long, env = "URL_TTL_SECONDS", default_value_t = 3600)]
     pub url_ttl_seconds: u64,
@@ -104,6 +131,14 @@ pub struct Settings {
     /// What a container's folder holds.
     pub container_disk_bytes: u64,
     pub trusted_proxy_header: Option<axum::http::HeaderName>,
+    /// What uploads in progress may hold in memory.
+    pub upload_buffer: crate::files::budget::Ceilings,
+    pub upload_parts_buffered: usize,
+    /// The most one tenant may store (files and runs), in bytes; `None`: no quota.
+    pub storage_quota: Option<u64>,
+    pub file_retention: Option<Duration>,
+    pub run_retention: Option<Duration>,
+    pub sweep_interval: Duration,
     /// Normalized origins (`scheme://host:port`) that may call `/mcp`.
     pub mcp_allowed_origins: Vec<String>,
 }
@@ -146,7 +181,15 @@ impl Config {
                     .map_err(|_| format!("TRUSTED_PROXY_HEADER {h:?} is not a header name"))?,
             ),
         };
+        let upload_buffer = self.upload_buffer()?;
+        let days = |n: u64| (n > 0).then(|| Duration::from_secs(n * 86_400));
         Ok(Settings {
+            upload_buffer,
+            upload_parts_buffered: self.upload_parts_buffered as usize,
+            storage_quota: self.shared.storage_quota_bytes(),
+            file_retention: days(self.file_retention_days),
+            run_retention: days(self.run_retention_days),
+            sweep_interval: Duration::from_secs(self.sweep_interval_seconds),
             public_base_url: self.public_base_url.trim_end_matches('/').to_string(),
             namespace: self.shared.sandbox_namespace.clone(),
             max_upload_bytes: self.max_upload_bytes,
@@ -164,6 +207,31 @@ impl Config {
             trusted_proxy_header,
             mcp_allowed_origins: crate::mcp::parse_allowed_origins(&self.mcp_allowed_origins)?,
         })
+    }
+}
+
+impl Config {
+    /// The ceilings on upload memory: each must let one upload of the largest kind in.
+    fn upload_buffer(&self) -> Result<crate::files::budget::Ceilings, String> {
+        const MIB: u64 = 1024 * 1024;
+        let one = codeinterp_store::UPLOAD_PART_BYTES * self.upload_parts_buffered
+            + crate::files::budget::CHUNK_BYTES;
+        let per_tenant = self.upload_buffer_per_tenant_mb.saturating_mul(MIB);
+        let server = self.upload_buffer_mb.saturating_mul(MIB);
+        if per_tenant < one {
+            return Err(format!(
+                "UPLOAD_BUFFER_PER_TENANT_MB is {}; one upload may hold {:.1} MiB                  (UPLOAD_PARTS_BUFFERED parts of 5 MiB and a chunk), so it must be at least that",
+                self.upload_buffer_per_tenant_mb,
+                one as f64 / MIB as f64
+            ));
+        }
+        if server < per_tenant {
+            return Err(format!(
+                "UPLOAD_BUFFER_MB ({}) must be at least UPLOAD_BUFFER_PER_TENANT_MB ({})",
+                self.upload_buffer_mb, self.upload_buffer_per_tenant_mb
+            ));
+        }
+        Ok(crate::files::budget::Ceilings { server, per_tenant })
     }
 }
 
@@ -332,6 +400,11 @@ mod tests {
         assert_eq!(s.maxima.defaults.timeout_ms, 10_000);
         assert_eq!(s.namespace, "codeinterp");
         assert_eq!(s.public_base_url, "http://localhost:8080");
+        assert_eq!(s.upload_buffer.server, 64 << 20);
+        assert_eq!(s.upload_buffer.per_tenant, 32 << 20);
+        assert_eq!(s.file_retention, None);
+        assert_eq!(s.run_retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(s.storage_quota, Some(10 << 30));
     }
 
     #[test]
@@ -348,5 +421,18 @@ mod tests {
         assert!(check(&["--metrics-port", "8080"]).contains("METRICS_PORT"));
         assert!(check(&["--trusted-proxy-header", "bad header"]).contains("TRUSTED_PROXY_HEADER"));
         assert!(check(&["--mcp-allowed-origins", "example.com"]).contains("MCP_ALLOWED_ORIGINS"));
+        assert!(
+            check(&["--upload-buffer-per-tenant-mb", "5"]).contains("UPLOAD_BUFFER_PER_TENANT_MB")
+        );
+        assert!(
+            check(&[
+                "--upload-buffer-per-tenant-mb",
+                "10",
+                "--upload-parts-buffered",
+                "2"
+            ])
+            .contains("UPLOAD_BUFFER_PER_TENANT_MB")
+        );
+        assert!(check(&["--upload-buffer-mb", "16"]).contains("UPLOAD_BUFFER_MB"));
     }
 }

@@ -38,6 +38,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// An upload that would take the tenant past its storage quota.
+    #[error("{0}")]
+    StorageQuotaExceeded(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("rate limit reached; retry after {retry_after_secs}s")]
@@ -115,7 +118,9 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge(_) | ApiError::StorageQuotaExceeded(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. }
             | ApiError::QueueFull { .. }
@@ -139,6 +144,11 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => {
                 ("invalid_request_error", None, Some("payload_too_large"))
             }
+            ApiError::StorageQuotaExceeded(_) => (
+                "invalid_request_error",
+                None,
+                Some("storage_quota_exceeded"),
+            ),
             ApiError::UnsupportedMediaType(_) => ("invalid_request_error", None, None),
             ApiError::RateLimited { .. } => ("requests", None, Some("rate_limit_exceeded")),
             ApiError::QueueFull { .. } => ("requests", None, Some("queue_full")),

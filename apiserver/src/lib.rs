@@ -4,7 +4,8 @@
 //!
 //! Layout: [`app`] assembles the routes of [`runs`], [`files`], [`containers`], [`mcp`], [`health`],
 //! [`admin`] and [`openapi`] under the middleware ([`auth`], [`ratelimit`], [`metrics`]); [`serve`] starts
-//! it all from the [`config`]; [`state`] is what handlers share.
+//! it all from the [`config`]; [`state`] is what handlers share; [`quota`] and [`sweeper`] keep
+//! each tenant's storage within its quota and retention.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -19,9 +20,11 @@ pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod pagination;
+pub mod quota;
 pub mod ratelimit;
 pub mod run_cache;
 pub mod runs;
 pub mod serve;
 pub mod signing;
 pub mod state;
+pub mod sweeper;

@@ -5,12 +5,13 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use codeinterp_store::Store;
+use codeinterp_store::{Quota, Store};
 use kube::Client;
 
 use crate::auth::Keys;
 use crate::config::{Config, Settings, parse_api_keys};
 use crate::containers::service::CreationLocks;
+use crate::files::budget::UploadBudget;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimits, quota};
@@ -50,6 +51,7 @@ pub fn state(
     let keys = parse_api_keys(&cfg.api_keys)?;
     let signer = signer(cfg)?;
     let nonzero = |n: u32| NonZeroU32::new(n).expect("checked by the settings");
+    let store = store.with_upload_parts(settings.upload_parts_buffered);
     let anonymous = quota(cfg.anonymous_rps, nonzero(cfg.anonymous_burst));
     let failures = quota(cfg.auth_failure_rps, nonzero(cfg.auth_failure_burst));
     Ok(AppState {
@@ -61,6 +63,8 @@ pub fn state(
         bindings: Arc::new(quick_cache::sync::Cache::new(BINDINGS_CACHED)),
         readiness: Arc::new(Readiness::default()),
         streams: Arc::new(StreamSlots::new(settings.max_streams_per_tenant)),
+        uploads: Arc::new(UploadBudget::new(settings.upload_buffer)),
+        quota: Arc::new(Quota::new(settings.storage_quota)),
         settings: Arc::new(settings),
         signer: Arc::new(signer),
         store,
@@ -120,6 +124,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             limits.housekeeping();
         }
     };
+    let sweeping = crate::sweeper::run(state.clone());
     let listener = bind(cfg.port).await?;
     tracing::info!(address = %listener.local_addr()?, "listening");
     let api = axum::serve(
@@ -135,6 +140,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         _ = watching_containers => anyhow::bail!("the CodeContainer watch ended"),
         served = metrics => anyhow::bail!("the metrics server stopped: {served:?}"),
         () = housekeeping => unreachable!("housekeeping never ends"),
+        never = sweeping => match never {},
     }
     tracing::info!("apiserver stopped");
     Ok(())

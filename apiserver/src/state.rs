@@ -3,12 +3,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use codeinterp_crds::{CodeContainer, CodeRun};
-use codeinterp_store::Store;
+use codeinterp_store::{Quota, Store};
 use kube::{Api, Client};
 
 use crate::auth::Keys;
 use crate::config::Settings;
 use crate::containers::service::CreationLocks;
+use crate::files::budget::UploadBudget;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
@@ -39,6 +40,10 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// Open event streams per tenant.
     pub streams: Arc<StreamSlots>,
+    /// What uploads in progress hold in memory.
+    pub uploads: Arc<UploadBudget>,
+    /// What each tenant stores, against its storage quota.
+    pub quota: Arc<Quota>,
 }
 
 /// Run ids whose binding is remembered.

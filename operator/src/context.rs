@@ -121,6 +121,8 @@ pub struct Context {
     pub tidy: crate::steps::collect::Tidy,
     pub wake: Wake,
     pub wake_container: WakeContainer,
+    /// What each tenant stores, against `STORAGE_QUOTA_MB` ([`crate::quota`]).
+    pub quota: codeinterp_store::Quota,
 }
 
 impl Context {

@@ -27,6 +27,7 @@ pub mod placement;
 pub mod pod_spec;
 pub mod pool;
 pub mod projection;
+pub mod quota;
 pub mod reading;
 pub mod results;
 pub mod runtime;

@@ -391,6 +391,7 @@ fn context(parts: Parts, w: &Watches, c: Controlled, tasks: &Tasks) -> (Arc<Cont
         controller: MANAGER.into(),
         instance: Some(identity.clone()),
     };
+    let quota = cfg.shared.storage_quota_bytes();
     let ctx = Arc::new(Context {
         settings: Settings::new(cfg, identity),
         streams: Arc::new(KubeStreams(clients.run.clone())),
@@ -412,6 +413,7 @@ fn context(parts: Parts, w: &Watches, c: Controlled, tasks: &Tasks) -> (Arc<Cont
         tidy,
         wake: c.wake,
         wake_container: c.wake_container,
+        quota: codeinterp_store::Quota::new(quota),
     });
     let queues = Queues {
         events: event_queue,

@@ -56,6 +56,11 @@ pub struct Shared {
     #[arg(long, env = "CONTAINER_DISK_MB", default_value_t = 512,
           value_parser = clap::value_parser!(u64).range(16..=65_536))]
     pub container_disk_mb: u64,
+    /// The most one tenant may keep in storage, in MiB: its files (uploads and output files)
+    /// and its runs' records and output. Past it an upload is refused (413), a new run too
+    /// (429), and a run's output files are not kept. 0: no quota.
+    #[arg(long, env = "STORAGE_QUOTA_MB", default_value_t = 10_240)]
+    pub storage_quota_mb: u64,
 }
 
 fn parse_memory_limit(value: &str) -> Result<MemoryLimit, String> {
@@ -73,6 +78,11 @@ impl Shared {
             Some(shard) => format!("{SHARD_LABEL}={shard}"),
             None => format!("!{SHARD_LABEL}"),
         }
+    }
+
+    /// [`Shared::storage_quota_mb`] in bytes; `None` for no quota.
+    pub fn storage_quota_bytes(&self) -> Option<u64> {
+        (self.storage_quota_mb > 0).then(|| self.storage_quota_mb.saturating_mul(1024 * 1024))
     }
 
     pub fn max_queued_per_tenant(&self) -> usize {
@@ -124,6 +134,9 @@ mod tests {
         let s = parse(&[]).unwrap();
         assert_eq!(s.shard_selector(), "!codeinterp.dev/shard");
         assert_eq!(s.maxima().max_input_bytes, 100 << 20);
+        assert_eq!(s.storage_quota_bytes(), Some(10 << 30));
+        let none = parse(&["--storage-quota-mb", "0"]).unwrap();
+        assert_eq!(none.storage_quota_bytes(), None);
     }
 
     #[test]

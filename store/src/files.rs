@@ -51,6 +51,10 @@ pub fn image_type(bytes: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// The size of the parts a streamed upload is sent in: S3's smallest (a part is held in
+/// memory until it is whole).
+pub const UPLOAD_PART_BYTES: u64 = 5 * 1024 * 1024;
+
 /// Where a file id lives: written with every file's metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileIndexEntry {
@@ -58,7 +62,7 @@ pub struct FileIndexEntry {
 }
 
 impl Store {
-    fn file_key(&self, tenant: &str, id: &str, leaf: &str) -> Result<Path, StoreError> {
+    pub(crate) fn file_key(&self, tenant: &str, id: &str, leaf: &str) -> Result<Path, StoreError> {
         Ok(self.key(&["tenants", segment(tenant)?, "files", segment(id)?, leaf]))
     }
 
@@ -75,8 +79,9 @@ impl Store {
         self.put_file_meta(meta).await
     }
 
-    /// Stores a file's bytes from a stream, without holding it all in memory, and returns
-    /// its size and sha256. The caller writes the metadata afterwards (so a file is listed
+    /// Stores a file's bytes from a stream, without holding it all in memory (a part of
+    /// [`UPLOAD_PART_BYTES`] at a time, or as many as [`Store::with_upload_parts`] allows), and
+    /// returns its size and sha256. The caller writes the metadata afterwards (so a file is listed
     /// only once its bytes are all there) and may refuse it by size as it streams.
     pub async fn put_file_stream<E>(
         &self,
@@ -87,7 +92,10 @@ impl Store {
     ) -> Result<Result<(u64, String), UploadError<E>>, StoreError> {
         use sha2::Digest;
         let key = self.file_key(tenant, id, "content")?;
-        let mut upload = object_store::WriteMultipart::new(self.inner.put_multipart(&key).await?);
+        let mut upload = object_store::WriteMultipart::new_with_chunk_size(
+            self.inner.put_multipart(&key).await?,
+            UPLOAD_PART_BYTES as usize,
+        );
         let mut size = 0u64;
         let mut hash = sha2::Sha256::new();
         while let Some(chunk) = chunks.next().await {
@@ -104,7 +112,8 @@ impl Store {
                 return Ok(Err(UploadError::TooLarge(max_bytes)));
             }
             hash.update(&chunk);
-            upload.wait_for_capacity(4).await?;
+            // With one part allowed, no more is read while a full part is being sent.
+            upload.wait_for_capacity(self.upload_parts).await?;
             upload.write(&chunk);
         }
         upload.finish().await?;
@@ -136,8 +145,9 @@ impl Store {
     }
 
     /// The tenant that owns a file id, for requests that carry no bearer token (signed
-    /// URLs). Files stored before the index existed are found by looking in every tenant,
-    /// and indexed then.
+    /// URLs): one read of the file's index entry, found or not. Every file is indexed when
+    /// its metadata is written, so an id without an entry is no file (deleted, or never
+    /// made): a miss costs that one read, however many tenants there are.
     pub async fn file_tenant(&self, id: &str) -> Result<Option<String>, StoreError> {
         let key = match self.file_index_key(id) {
             Ok(k) => k,
@@ -147,25 +157,11 @@ impl Store {
         match self.inner.get(&key).await {
             Ok(r) => {
                 let entry: FileIndexEntry = serde_json::from_slice(&r.bytes().await?)?;
-                return Ok(Some(entry.tenant));
+                Ok(Some(entry.tenant))
             }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
         }
-        let tenants = self
-            .inner
-            .list_with_delimiter(Some(&self.key(&["tenants"])))
-            .await?;
-        for prefix in tenants.common_prefixes {
-            let Some(tenant) = prefix.filename() else {
-                continue;
-            };
-            if self.get_file_meta(tenant, id).await?.is_some() {
-                self.put_file_index(id, tenant).await?;
-                return Ok(Some(tenant.to_string()));
-            }
-        }
-        Ok(None)
     }
 
     /// Removes the bytes of an upload that was refused after they were written (no
@@ -231,24 +227,32 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes a file's metadata first (so it stops being listed), then its bytes.
-    pub async fn delete_file(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
-        if self.get_file_meta(tenant, id).await?.is_none() {
-            return Ok(false);
-        }
-        self.inner
-            .delete(&self.file_key(tenant, id, "meta.json")?)
-            .await?;
+    /// Deletes a file's metadata first (so it stops being listed), then its bytes; the
+    /// metadata of the file deleted, if there was one.
+    pub async fn delete_file(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<FileMeta>, StoreError> {
+        let Some(meta) = self.get_file_meta(tenant, id).await? else {
+            return Ok(None);
+        };
+        self.remove_file(tenant, id).await?;
+        Ok(Some(meta))
+    }
+
+    /// Removes whatever is left of a file: its metadata, its bytes, its index entry, in that
+    /// order, each gone already or not (so two sweepers, or a sweeper and a client, may
+    /// remove the same file at once).
+    pub(crate) async fn remove_file(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
         for key in [
+            self.file_key(tenant, id, "meta.json")?,
             self.file_key(tenant, id, "content")?,
             self.file_index_key(id)?,
         ] {
-            match self.inner.delete(&key).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_if_present(&key).await?;
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -291,9 +295,9 @@ mod tests {
             Bytes::from_static(b"abc")
         );
         assert_eq!(store.list_files("acme").await.unwrap().len(), 1);
-        assert!(store.delete_file("acme", "file-1").await.unwrap());
+        assert!(store.delete_file("acme", "file-1").await.unwrap().is_some());
         assert!(store.list_files("acme").await.unwrap().is_empty());
-        assert!(!store.delete_file("acme", "file-1").await.unwrap());
+        assert!(store.delete_file("acme", "file-1").await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -315,19 +319,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn files_stored_before_the_index_are_found_and_indexed() {
+    async fn an_id_without_an_index_entry_is_no_file_whatever_the_tenants_hold() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().to_str().unwrap()).unwrap();
         store
             .put_file(&meta("file-3"), Bytes::from_static(b"abc"))
             .await
             .unwrap();
+        // A miss reads the index entry and nothing else: not the tenants' files.
         std::fs::remove_file(dir.path().join("index/files/file-3.json")).unwrap();
-        assert_eq!(
-            store.file_tenant("file-3").await.unwrap().as_deref(),
-            Some("acme")
-        );
-        assert!(dir.path().join("index/files/file-3.json").exists());
+        assert_eq!(store.file_tenant("file-3").await.unwrap(), None);
+        assert!(!dir.path().join("index/files/file-3.json").exists());
     }
 
     #[tokio::test]

@@ -15,9 +15,12 @@
 //! - `tenants/<tenant>/files/<file id>/meta.json`: a [`FileMeta`];
 //! - `tenants/<tenant>/files/<file id>/content`: the file's bytes;
 //! - `index/files/<file id>.json`: a [`FileIndexEntry`] naming the file's tenant, so a signed
-//!   download URL (which carries no bearer token) can find the file;
+//!   download URL (which carries no bearer token) finds the file in one read, and a link to
+//!   a deleted file misses in one;
 //! - `tenants/<tenant>/containers/<container>/paths/<sha256 of a path>.json`: a
-//!   [`ContainerFile`], which stored file is at that path of the container's folder.
+//!   [`ContainerFile`], which stored file is at that path of the container's folder;
+//! - `usage/<tenant>.json`: a [`Measured`], what the tenant stored at the last sweep (see
+//!   [`Store::sweep_tenant`]), for its storage quota.
 //!
 //! Records of the first layout (`tenants/<tenant>/runs/<run id>.json`, output inline) are
 //! still read: by id, and bound and indexed the first time a listing finds them.
@@ -27,6 +30,7 @@ mod containers;
 mod files;
 mod output;
 mod runs;
+mod usage;
 
 use std::sync::Arc;
 
@@ -34,11 +38,12 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 
 pub use containers::{ContainerFile, FileSource};
-pub use files::{FileIndexEntry, FileMeta, UploadError, image_type};
+pub use files::{FileIndexEntry, FileMeta, UPLOAD_PART_BYTES, UploadError, image_type};
 pub use output::StoredOutput;
 pub use runs::{
     HEAD_BYTES, OutputStream, RECORD_VERSION, RunBinding, RunError, RunPage, RunRecord, head,
 };
+pub use usage::{FileFate, Ledger, Measured, Quota, Retention, Swept, file_fate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,6 +93,8 @@ impl StoreError {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     root: Path,
+    /// Parts of [`UPLOAD_PART_BYTES`] a streamed upload may hold in memory at once.
+    upload_parts: usize,
 }
 
 /// Ids and tenants become path segments: allow only a safe alphabet.
@@ -118,6 +125,7 @@ impl Store {
             return Ok(Store {
                 inner: Arc::new(local),
                 root: Path::default(),
+                upload_parts: 1,
             });
         }
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
@@ -130,7 +138,21 @@ impl Store {
         Ok(Store {
             inner: Arc::from(inner),
             root,
+            upload_parts: 1,
         })
+    }
+
+    /// The same store, whose streamed uploads hold up to `parts` parts of
+    /// [`UPLOAD_PART_BYTES`] in memory: 1 (the default) reads no more of a stream while a
+    /// part is being sent; more read on meanwhile, a part each.
+    pub fn with_upload_parts(mut self, parts: usize) -> Self {
+        self.upload_parts = parts.max(1);
+        self
+    }
+
+    /// The most a streamed upload holds in memory: its parts, and the chunk being added.
+    pub fn upload_held_bytes(&self, chunk_bytes: u64) -> u64 {
+        UPLOAD_PART_BYTES * self.upload_parts as u64 + chunk_bytes
     }
 
     pub(crate) fn key(&self, parts: &[&str]) -> Path {
@@ -139,6 +161,14 @@ impl Store {
             p = p.child(*part);
         }
         p
+    }
+
+    /// Deletes an object that may be gone already.
+    pub(crate) async fn delete_if_present(&self, key: &Path) -> Result<(), StoreError> {
+        match self.inner.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Cheap check that the backend answers (for readiness).

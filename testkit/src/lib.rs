@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use codeinterp_crds::{CodeRun, CodeRunSpec, Language, Limits};
+use codeinterp_crds::{CodeContainer, CodeRun, CodeRunSpec, Language, Limits};
 use futures::AsyncReadExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
@@ -109,6 +109,29 @@ impl Drop for DeleteRunsOnDrop {
                 let ns = run.namespace().unwrap_or_default();
                 let _ = Api::<CodeRun>::namespaced(api.clone().into_client(), &ns)
                     .delete(&run.name_any(), &DeleteParams::background())
+                    .await;
+            }
+        });
+    }
+}
+
+/// Deletes every CodeContainer matching a label selector, in every namespace, when dropped:
+/// the containers a test made through the REST API (selected by its fresh tenant) live in the
+/// sandbox namespace, which outlives the test; their pods go with them.
+pub struct DeleteContainersOnDrop(pub String);
+
+impl Drop for DeleteContainersOnDrop {
+    fn drop(&mut self) {
+        let selector = self.0.clone();
+        clean_up(move |client| async move {
+            let api: Api<CodeContainer> = Api::all(client);
+            let Ok(list) = api.list(&ListParams::default().labels(&selector)).await else {
+                return;
+            };
+            for container in list.items {
+                let ns = container.namespace().unwrap_or_default();
+                let _ = Api::<CodeContainer>::namespaced(api.clone().into_client(), &ns)
+                    .delete(&container.name_any(), &DeleteParams::background())
                     .await;
             }
         });

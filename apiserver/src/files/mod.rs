@@ -1,6 +1,7 @@
 //! `/v1/files`, wire-compatible with OpenAI's files API: uploads stream to object storage
 //! under a size cap (`upload`), downloads stream back to a bearer token's tenant or to
 //! whoever holds a signed URL ([`download`]); [`model`] holds the wire objects.
+pub mod budget;
 pub mod download;
 pub mod model;
 pub(crate) mod upload;
@@ -24,7 +25,7 @@ use download::{Download, SignedQuery};
 use model::{FileDeleted, FileObject, UploadForm, content_disposition, display_type};
 
 /// Room for the multipart framing and the `purpose` field around the file.
-const MULTIPART_OVERHEAD: usize = 64 * 1024;
+pub(crate) const MULTIPART_OVERHEAD: usize = 64 * 1024;
 
 /// The body limit of a route that takes an upload of at most `max_upload_bytes`.
 pub fn upload_body_limit(max_upload_bytes: u64) -> usize {
@@ -75,7 +76,8 @@ async fn file_of(state: &AppState, tenant: &str, id: &str) -> Result<FileMeta, A
         ),
         (status = 400, description = "Not a multipart form, or a missing file or purpose", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 413, description = "File too large", body = ErrorBody),
+        (status = 413, description = "File too large, or larger than what the tenant's storage quota leaves (`storage_quota_exceeded`)", body = ErrorBody),
+        (status = 429, description = "Rate limited, or the uploads in progress hold all the memory the tenant (or the server) gives them (`upload_capacity_exceeded`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -206,12 +208,13 @@ async fn delete_file(
 ) -> Result<Json<FileDeleted>, ApiError> {
     let deleted = match state.store.delete_file(&caller.tenant, &id).await {
         Ok(deleted) => deleted,
-        Err(StoreError::Name(_)) => false,
+        Err(StoreError::Name(_)) => None,
         Err(e) => return Err(e.into()),
     };
-    if !deleted {
+    let Some(deleted) = deleted else {
         return Err(not_found(&id));
-    }
+    };
+    crate::quota::record(&state, &caller.tenant, -(deleted.bytes as i64));
     Ok(Json(FileDeleted {
         id,
         object: "file".into(),

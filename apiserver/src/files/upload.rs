@@ -1,7 +1,8 @@
 //! Receiving an upload: a multipart form of one `file` and a `purpose` (`/v1/files`), or of
 //! one `file` alone (into a container, whose uploads are the tenant's files of a fixed
-//! purpose). The file streams to object storage under the size cap as it arrives; a form
-//! refused for any reason leaves no bytes behind.
+//! purpose). The file streams to object storage under the size cap and the tenant's storage
+//! quota as it arrives; a form refused for any reason leaves no bytes behind. What memory the
+//! upload may hold meanwhile was reserved in front of it ([`super::budget`]).
 use axum::extract::multipart::{Field, Multipart, MultipartError};
 use axum::http::StatusCode;
 use codeinterp_store::{FileMeta, UploadError};
@@ -71,6 +72,7 @@ async fn receive_form(
             return Err(e);
         }
     };
+    crate::quota::record(state, tenant, file.bytes as i64);
     Ok(FileMeta {
         id: file.id,
         tenant: tenant.to_string(),
@@ -161,9 +163,11 @@ async fn store_file(state: &AppState, tenant: &str, field: Field<'_>) -> Result<
         .ok_or_else(|| ApiError::invalid("the file part needs a filename", "file".to_string()))?;
     let id = new_file_id();
     let max = state.settings.max_upload_bytes;
+    // Refused before it was read if it could not fit at all; cut off here past the room.
+    let room = crate::quota::upload_room(state, tenant).filter(|room| *room < max);
     let upload = state
         .store
-        .put_file_stream(tenant, &id, field.boxed(), max)
+        .put_file_stream(tenant, &id, field.boxed(), room.unwrap_or(max))
         .await?;
     match upload {
         Ok((bytes, sha256)) => Ok(Stored {
@@ -172,6 +176,9 @@ async fn store_file(state: &AppState, tenant: &str, field: Field<'_>) -> Result<
             bytes,
             sha256,
         }),
+        Err(UploadError::TooLarge(_)) if room.is_some() => {
+            Err(crate::quota::upload_refused(state, tenant))
+        }
         Err(UploadError::TooLarge(max)) => Err(too_large(max)),
         // The body limit (the multipart framing around the cap) cut it.
         Err(UploadError::Body(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {

@@ -159,6 +159,7 @@ impl McpServer {
         let run = validate(args.into_request(), &state.settings.maxima)?;
         let (files, sizes) = service::input_files(state, tenant, &run).await?;
         check_input_size(&run, &sizes, &state.settings.maxima)?;
+        crate::quota::check_run_room(state, tenant)?;
         service::check_queue_room(state, tenant)?;
         // Progress is what a stream is: it takes one of the tenant's slots, and without a
         // free one the run goes on without progress rather than failing.

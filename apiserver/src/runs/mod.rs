@@ -70,7 +70,7 @@ fn run_not_found(id: &str) -> ApiError {
         (status = 409, description = "The `Idempotency-Key` names another tenant's run, or one still being created", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not a JSON body", body = ErrorBody),
-        (status = 429, description = "Rate limited, the tenant's queue is full (`queue_full`), or with `stream` too many open streams", body = ErrorBody),
+        (status = 429, description = "Rate limited, the tenant's queue is full (`queue_full`), its storage quota is used up (`storage_quota_exceeded`), or with `stream` too many open streams", body = ErrorBody),
         (status = 503, description = "The cluster is busy or cannot be reached, or the run could not be recorded; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -96,6 +96,7 @@ async fn create_run(
         // The first run finished and its CodeRun was collected: its record is the answer.
         return Ok(done.into_response(&state));
     }
+    crate::quota::check_run_room(&state, tenant)?;
     if key.is_none() {
         service::check_queue_room(&state, tenant)?;
     }

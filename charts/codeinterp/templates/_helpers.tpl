@@ -64,6 +64,7 @@ envFrom:
 - {name: MAX_CONTAINERS_PER_TENANT, value: {{ .Values.containers.maxPerTenant | int64 | quote }}}
 - {name: CONTAINER_MAX_MEMORY, value: {{ .Values.containers.maxMemory | quote }}}
 - {name: CONTAINER_DISK_MB, value: {{ .Values.containers.diskMb | int64 | quote }}}
+- {name: STORAGE_QUOTA_MB, value: {{ .Values.storage.quotaPerTenantMb | int64 | quote }}}
 {{- with .Values.operator.shard }}
 - {name: SHARD, value: {{ . | quote }}}
 {{- end }}

@@ -65,9 +65,13 @@ pub async fn from_record(
         ),
         None => outcome,
     };
+    let tenant = ctx.tenant(run);
+    let (files, outcome) = match &run.spec.container {
+        None => crate::quota::keep(ctx, &tenant, files, outcome).await,
+        Some(_) => (files, outcome),
+    };
     let completed = status::now().0.as_second();
     let wall_secs = outcome.usage.as_ref().map_or(0, |u| u.wall_ms / 1000) as i64;
-    let tenant = ctx.tenant(run);
     let ended = results::Ended {
         run,
         tenant: &tenant,
@@ -99,6 +103,7 @@ pub async fn from_record(
         Ok(stored) => (outcome, Some(stored)),
         Err(failed) => (failed, None),
     };
+    crate::quota::stored(ctx, &tenant, record, files, completed);
     let output = record.map(|r| Output {
         stdout: &r.stdout,
         stderr: &r.stderr,

@@ -335,6 +335,7 @@ fn harness(args: &[&str]) -> Harness {
         tidy,
         wake,
         wake_container,
+        quota: codeinterp_store::Quota::new(cfg.shared.storage_quota_bytes()),
     });
     let mut h = Harness {
         ctx,
