@@ -18,6 +18,6 @@ case $which in
     export CODEINTERP_URL=${CODEINTERP_URL:-http://localhost:8080}
     export CODEINTERP_API_KEY=${CODEINTERP_API_KEY:-dev_123}
     export PATH="$VENV/bin:$PATH"
-    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_live.py "$@" ;;
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_live.py tests/test_live_containers.py "$@" ;;
   *) echo "unit or live" >&2; exit 2 ;;
 esac
