@@ -15,6 +15,8 @@ pub enum Suite {
     Apiserver,
     Scale,
     Wrapper,
+    /// Admission and the operator at 100 simulated nodes and 10,000 runs (kwok).
+    ScaleSim,
 }
 
 #[derive(Clone, Debug, Parser)]
@@ -121,6 +123,35 @@ pub struct Args {
     /// Longest the scale benchmark waits for every run to end (at least a second per run).
     #[arg(long, env = "BENCH_SCALE_TIMEOUT_SECONDS", default_value_t = 900)]
     pub scale_timeout_seconds: u64,
+
+    /// Runs of each simulated scale round whose pods start at once (the operator's cost per
+    /// run at each size, and how fast it starts pods).
+    #[arg(long, env = "BENCH_SIM_RUNS", value_delimiter = ',', default_values_t = [100, 10_000])]
+    pub sim_runs: Vec<usize>,
+    /// Runs of the simulated round whose pods hold their room (`sim_hold_seconds`), so the
+    /// room runs out and the line's order across tenants shows (0: no such round).
+    #[arg(long, env = "BENCH_SIM_FAIR_RUNS", default_value_t = 10_000)]
+    pub sim_fair_runs: usize,
+    /// How long kwok holds a pod of that round bound before marking it Running.
+    #[arg(long, env = "BENCH_SIM_HOLD_SECONDS", default_value_t = 60)]
+    pub sim_hold_seconds: u64,
+    /// Tenants the simulated rounds' runs come from (tenant 0 makes half of them).
+    #[arg(long, env = "BENCH_SIM_TENANTS", default_value_t = 20)]
+    pub sim_tenants: usize,
+    /// Simulated nodes, and how many of them are large.
+    #[arg(long, env = "BENCH_SIM_NODES", default_value_t = 100)]
+    pub sim_nodes: usize,
+    #[arg(long, env = "BENCH_SIM_LARGE_NODES", default_value_t = 10)]
+    pub sim_large_nodes: usize,
+    /// `POST /v1/runs` in flight at once.
+    #[arg(long, env = "BENCH_SIM_CREATE_CONCURRENCY", default_value_t = 64)]
+    pub sim_create_concurrency: usize,
+    /// Longest a simulated round waits for every pod to start.
+    #[arg(long, env = "BENCH_SIM_TIMEOUT_SECONDS", default_value_t = 1800)]
+    pub sim_timeout_seconds: u64,
+    /// The script that builds and runs kwok and its nodes.
+    #[arg(long, env = "BENCH_KWOK_SCRIPT", default_value = "hack/kwok/kwok.sh")]
+    pub kwok_script: PathBuf,
 
     /// Executions of each of bare and wrapped, per language.
     #[arg(long, env = "BENCH_WRAPPER_RUNS", default_value_t = 30)]

@@ -13,6 +13,7 @@ mod raw_pod;
 mod report;
 mod rest;
 mod scale;
+mod sim;
 mod stats;
 mod stream;
 mod suite;

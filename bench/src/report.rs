@@ -7,6 +7,7 @@ use crate::mcp::McpReport;
 use crate::pool::PoolReport;
 use crate::preload::PreloadReport;
 use crate::scale::ScaleReport;
+use crate::sim::{SimReport, SimRound};
 use crate::stream::StreamReport;
 use crate::throughput::ThroughputReport;
 use crate::wrapper::WrapperReport;
@@ -66,6 +67,7 @@ pub struct Report {
     pub apiserver: Section<ApiLoadReport>,
     pub scale: Section<ScaleRounds>,
     pub wrapper: Section<WrapperReport>,
+    pub scale_sim: Section<SimReport>,
 }
 
 /// The scale benchmark's rounds, one per number of runs.
@@ -139,6 +141,7 @@ pub fn table(report: &Report) -> Vec<Row> {
     rows.extend(api_rows(&report.apiserver));
     rows.extend(scale_rows(&report.scale));
     rows.extend(wrapper_rows(&report.wrapper));
+    rows.extend(sim_rows(&report.scale_sim));
     rows
 }
 
@@ -688,6 +691,280 @@ fn wrapper_rows(section: &Section<WrapperReport>) -> Vec<Row> {
         .collect()
 }
 
+fn sim_rows(section: &Section<SimReport>) -> Vec<Row> {
+    const B: &str = "6 scale by simulation";
+    if let Some(rows) = failed_row(B, section) {
+        return rows;
+    }
+    let Section::Ran(sim) = section else {
+        return Vec::new();
+    };
+    // The operator's cost per run is judged against the smallest round's.
+    let smallest = sim.rounds.iter().min_by_key(|r| r.runs);
+    let mut rows = Vec::new();
+    for r in &sim.rounds {
+        rows.extend(sim_flow_rows(B, r));
+        if r.hold_s > 0 {
+            rows.extend(sim_fairness_rows(B, r));
+        }
+        rows.extend(sim_cost_rows(B, r, smallest));
+        rows.extend(sim_load_rows(B, r));
+    }
+    rows
+}
+
+fn sim_label(r: &SimRound) -> String {
+    match r.hold_s {
+        0 => format!("{} runs", r.runs),
+        s => format!("{} runs, pods held {s} s", r.runs),
+    }
+}
+
+fn p50_p99(s: &crate::stats::Summary) -> String {
+    format!("{} / {}", ms(s.p50_ms), ms(s.p99_ms))
+}
+
+fn sim_flow_rows(b: &str, r: &SimRound) -> Vec<Row> {
+    let l = sim_label(r);
+    let n = r.runs;
+    vec![
+        row(
+            b,
+            &format!(
+                "{l}: created through REST ({} tenants), per s; POST p50 / p99",
+                r.tenants
+            ),
+            format!("{:.0}/s; {}", r.created_per_s, p50_p99(&r.post)),
+            NONE.into(),
+        ),
+        judged(
+            row(
+                b,
+                &format!("{l}: admitted / bound / started (pod Running)"),
+                format!("{} / {} / {}", r.admitted, r.bound, r.started),
+                NONE.into(),
+            ),
+            &format!("{n} each"),
+            Some(r.created == n && r.admitted == n && r.bound == n && r.started == n),
+        ),
+        row(
+            b,
+            &format!("{l}: created -> admitted, p50 / p99"),
+            p50_p99(&r.to_admitted),
+            NONE.into(),
+        ),
+        row(
+            b,
+            &format!("{l}: created -> bound, p50 / p99 (admitted -> bound: the scheduler)"),
+            p50_p99(&r.to_bound),
+            p50_p99(&r.admitted_to_bound),
+        ),
+        row(
+            b,
+            &format!("{l}: created -> started, p50 / p99"),
+            p50_p99(&r.to_started),
+            NONE.into(),
+        ),
+        row(
+            b,
+            &format!("{l}: pods started per s at saturation (admitted per s)"),
+            format!("{} ({})", f(r.started_per_s, 1), f(r.admitted_per_s, 1)),
+            NONE.into(),
+        ),
+        judged(
+            row(
+                b,
+                &format!("{l}: misplaced (no node could hold the pod) / large on a small node"),
+                format!("{} / {}", r.misplaced, r.large_on_standard),
+                NONE.into(),
+            ),
+            "0 / 0",
+            Some(r.misplaced == 0 && r.large_on_standard == 0 && r.bound > 0),
+        ),
+        judged(
+            row(
+                b,
+                &format!("{l}: runs reported Completed (nothing ran)"),
+                r.phases.get("Completed").copied().unwrap_or(0).to_string(),
+                NONE.into(),
+            ),
+            "0",
+            Some(!r.phases.contains_key("Completed")),
+        ),
+    ]
+}
+
+fn sim_fairness_rows(b: &str, r: &SimRound) -> Vec<Row> {
+    let l = sim_label(r);
+    let fair = &r.fairness;
+    vec![
+        judged(
+            row(
+                b,
+                &format!(
+                    "{l}: tenants' shares while all waited ({} admitted in {:.0} s): min-max; heavy tenant (half the runs)",
+                    fair.window_admissions, fair.window_s
+                ),
+                format!(
+                    "{}-{}x; {}x",
+                    f(fair.min_share, 2),
+                    f(fair.max_share, 2),
+                    f(fair.heavy_share, 2)
+                ),
+                format!("first come first served: {:.1}x", r.tenants as f64 / 2.0),
+            ),
+            "0.75-1.25x",
+            fair.min_share
+                .zip(fair.max_share)
+                .map(|(lo, hi)| lo >= 0.75 && hi <= 1.25),
+        ),
+        row(
+            b,
+            &format!("{l}: waited for room; created -> admitted p50, heavy tenant vs the others"),
+            format!(
+                "{}; {} vs {}",
+                r.waited_for_room,
+                ms(fair.heavy_wait.p50_ms),
+                ms(fair.light_wait.p50_ms)
+            ),
+            NONE.into(),
+        ),
+        row(
+            b,
+            &format!("{l}: runs admitted ahead of an earlier run of their tenant (most places)"),
+            format!("{} ({})", fair.overtakes, fair.max_overtake),
+            NONE.into(),
+        ),
+    ]
+}
+
+fn sim_cost_rows(b: &str, r: &SimRound, smallest: Option<&SimRound>) -> Vec<Row> {
+    let l = sim_label(r);
+    let base = smallest.filter(|s| s.runs < r.runs && s.hold_s == r.hold_s);
+    let no_higher = |ours: Option<f64>, theirs: Option<f64>| {
+        base.and(ours.zip(theirs)).map(|(o, t)| o <= t * 1.1)
+    };
+    let target = |what: &str| match base {
+        Some(s) => format!("<= {what} at {} (+10%)", s.runs),
+        None => NONE.into(),
+    };
+    let rss = |name: &str| r.peak_rss_mib.get(name).copied();
+    vec![
+        judged(
+            row(
+                b,
+                &format!("{l}: operator CPU ms per run"),
+                f(r.operator_cpu_ms_per_run, 2),
+                base.map_or(NONE.into(), |s| f(s.operator_cpu_ms_per_run, 2)),
+            ),
+            &target("the same"),
+            no_higher(
+                r.operator_cpu_ms_per_run,
+                base.and_then(|s| s.operator_cpu_ms_per_run),
+            ),
+        ),
+        judged(
+            row(
+                b,
+                &format!("{l}: operator API writes per run"),
+                f(r.operator_writes_per_run, 2),
+                base.map_or(NONE.into(), |s| f(s.operator_writes_per_run, 2)),
+            ),
+            &target("the same"),
+            no_higher(
+                r.operator_writes_per_run,
+                base.and_then(|s| s.operator_writes_per_run),
+            ),
+        ),
+        judged(
+            row(
+                b,
+                &format!(
+                    "{l}: operator peak RSS (the main stack's operator, which sees every pod)"
+                ),
+                format!("{} MiB", f(rss("operator (shard)"), 0)),
+                format!("{} MiB", f(rss("operator (main stack)"), 0)),
+            ),
+            "< 300 MiB",
+            rss("operator (shard)").map(|m| m < 300.0),
+        ),
+    ]
+}
+
+fn sim_load_rows(b: &str, r: &SimRound) -> Vec<Row> {
+    let l = sim_label(r);
+    let cpu = |name: &str| r.cpu_s.get(name).copied();
+    let rss = |name: &str| r.peak_rss_mib.get(name).copied();
+    let by_process: Vec<String> = r.cpu_s.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+    vec![
+        row(
+            b,
+            &format!("{l}: API server CPU ms per run; peak RSS"),
+            format!(
+                "{}; {} MiB",
+                f(r.apiserver_cpu_ms_per_run, 2),
+                f(rss("apiserver (shard)"), 0)
+            ),
+            NONE.into(),
+        ),
+        row(
+            b,
+            &format!("{l}: kube-apiserver requests per run (whole cluster), by verb"),
+            format!(
+                "{} ({})",
+                f(r.kube_requests_per_run, 1),
+                crate::sim::figures::largest(&r.kube_requests_by_verb, 6)
+            ),
+            format!("kube-apiserver peak {} MiB", f(rss("kube-apiserver"), 0)),
+        ),
+        row(
+            b,
+            &format!(
+                "{l}: CPU s by process over {:.0} s (where the time goes)",
+                r.duration_s
+            ),
+            by_process.join(", "),
+            format!("operator {} s", f(cpu("operator (shard)"), 1)),
+        ),
+    ]
+}
+
+fn sim_notes(s: &SimReport) -> Vec<String> {
+    let mut notes = vec![format!("scale by simulation: {}", crate::sim::describe(s))];
+    for r in &s.rounds {
+        let l = sim_label(r);
+        notes.push(format!(
+            "scale by simulation, {l} (shard {}): shapes {:?}; pods per run {:?}; phases reached {:?}; \
+             deleted {}; cleaned up {}",
+            r.shard, r.shapes, r.pods_per_run, r.phases, r.deleted, r.cleaned_up
+        ));
+        notes.push(format!(
+            "scale by simulation, {l}: operator writes per run: {}",
+            r.operator_writes
+        ));
+        notes.push(format!(
+            "scale by simulation, {l}: kube-apiserver requests per run: {}",
+            r.kube_requests_largest
+        ));
+        notes.extend(
+            r.create_errors
+                .iter()
+                .map(|e| format!("scale by simulation, {l}: create error: {e}")),
+        );
+        notes.extend(
+            r.delete_errors
+                .iter()
+                .map(|e| format!("scale by simulation, {l}: delete error: {e}")),
+        );
+    }
+    if !s.cleaned_up {
+        notes.push(
+            "scale by simulation: something was left behind (see cleaned_up per round)".into(),
+        );
+    }
+    notes
+}
+
 /// What a reader of the table needs to know to trust it: how things were measured, and
 /// why anything failed.
 pub fn notes(report: &Report) -> Vec<String> {
@@ -708,6 +985,7 @@ pub fn notes(report: &Report) -> Vec<String> {
         ("apiserver", report.apiserver.error()),
         ("operator scale", report.scale.error()),
         ("wrapper overhead", report.wrapper.error()),
+        ("scale by simulation", report.scale_sim.error()),
     ];
     for (name, error) in failures {
         notes.extend(error.map(|e| format!("{name} did not complete: {e}")));
@@ -800,6 +1078,9 @@ pub fn notes(report: &Report) -> Vec<String> {
     }
     if let Section::Ran(w) = &report.wrapper {
         notes.push(format!("wrapper overhead: {}", w.note));
+    }
+    if let Section::Ran(s) = &report.scale_sim {
+        notes.extend(sim_notes(s));
     }
     notes
 }

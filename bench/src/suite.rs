@@ -14,7 +14,8 @@ use kube::{Api, Client};
 use crate::config::{Args, Suite};
 use crate::report::{self, Host, Report, Section};
 use crate::{
-    apiserver_load, cluster, latency, mcp, pool, preload, rest, scale, stream, throughput, wrapper,
+    apiserver_load, cluster, latency, mcp, pool, preload, rest, scale, sim, stream, throughput,
+    wrapper,
 };
 
 /// What the benchmarks that compare against raw pods share.
@@ -58,6 +59,7 @@ pub async fn run(args: &Args) -> Report {
     let mut apiserver = Section::Skipped;
     let mut scale = Section::Skipped;
     let mut wrapper = Section::Skipped;
+    let mut scale_sim = Section::Skipped;
 
     match connect(args).await {
         Err(e) => {
@@ -71,6 +73,7 @@ pub async fn run(args: &Args) -> Report {
             apiserver = unavailable(args, Suite::Apiserver, &error);
             scale = unavailable(args, Suite::Scale, &error);
             wrapper = unavailable(args, Suite::Wrapper, &error);
+            scale_sim = unavailable(args, Suite::ScaleSim, &error);
         }
         Ok(env) => {
             if args.wants(Suite::Latency) {
@@ -191,6 +194,14 @@ pub async fn run(args: &Args) -> Report {
                 })
                 .await;
             }
+            // Its own shard, on nodes of its own: after the rounds of the real node.
+            if args.wants(Suite::ScaleSim) {
+                progress(&format!(
+                    "9/9 scale by simulation: {} nodes; rounds of {:?} runs, then {} holding room",
+                    args.sim_nodes, args.sim_runs, args.sim_fair_runs
+                ));
+                scale_sim = guarded(sim::run(&env, args)).await;
+            }
             progress(&format!("deleting namespace {}", env.pods_namespace));
             delete_namespace(&env.client, &env.pods_namespace, Duration::from_secs(60)).await;
         }
@@ -215,6 +226,7 @@ pub async fn run(args: &Args) -> Report {
         apiserver,
         scale,
         wrapper,
+        scale_sim,
     };
     report.table = report::table(&report);
     report.notes = report::notes(&report);

@@ -12,15 +12,22 @@
 #   kwok.sh status                 the simulated nodes, and whether kwok runs
 #
 # Every simulated node has the taint kwok.x-k8s.io/node=fake:NoSchedule (no pod of the normal
-# stack tolerates it) and the label type=kwok. A standard node has 4 CPU, 8 GiB and room for
-# 110 pods; a large one 16 CPU, 64 GiB and 110 pods: the largest run a pod can ask for
-# (8 GiB of memory and twice 1 GiB of disk) fits only the large ones. Shapes are
-# "cpu memory pods" in KWOK_NODE_SHAPE and KWOK_LARGE_SHAPE.
+# stack tolerates it) and the label type=kwok. A standard node has 4 CPU, 8 GiB, room for
+# 110 pods and 100 GiB of ephemeral storage; a large one 16 CPU, 64 GiB, 110 pods and
+# 400 GiB: the largest run a pod can ask for (8 GiB of memory and twice 1 GiB of disk) fits
+# only the large ones. Shapes are "cpu memory pods storage" in KWOK_NODE_SHAPE and
+# KWOK_LARGE_SHAPE.
+#
+# KWOK_POD_START_SECONDS (default 0) holds a pod bound to a simulated node that long before
+# it is marked Running: the room it takes stays taken, as a run's would while it runs (a
+# start with another value restarts kwok).
 source "$(dirname "$0")/../cluster/lib.sh"
-NODE_SHAPE=(${KWOK_NODE_SHAPE:-4 8Gi 110})
-LARGE_SHAPE=(${KWOK_LARGE_SHAPE:-16 64Gi 110})
+NODE_SHAPE=(${KWOK_NODE_SHAPE:-4 8Gi 110 100Gi})
+LARGE_SHAPE=(${KWOK_LARGE_SHAPE:-16 64Gi 110 400Gi})
 LABEL=type=kwok
 PID_FILE="$RUN_DIR/pids/kwok.pid"
+STAGES="$RUN_DIR/kwok"
+START_MS=$(( ${KWOK_POD_START_SECONDS:-0} * 1000 ))
 kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
 running() {
@@ -28,7 +35,7 @@ running() {
     tr '\0' ' ' <"/proc/$(cat "$PID_FILE")/cmdline" | grep -q -- "$KWOK_BIN/kwok"
 }
 
-node_yaml() { # NAME CPU MEMORY PODS
+node_yaml() { # NAME CPU MEMORY PODS STORAGE
   cat <<YAML
 ---
 apiVersion: v1
@@ -40,8 +47,8 @@ metadata:
 spec:
   taints: [{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]
 status:
-  allocatable: {cpu: "$2", memory: $3, pods: "$4"}
-  capacity: {cpu: "$2", memory: $3, pods: "$4"}
+  allocatable: {cpu: "$2", memory: $3, pods: "$4", ephemeral-storage: $5}
+  capacity: {cpu: "$2", memory: $3, pods: "$4", ephemeral-storage: $5}
   phase: Running
 YAML
 }
@@ -57,14 +64,22 @@ start() {
     for ((i = 0; i < nodes - large; i++)); do node_yaml "$(printf 'kwok-node-%03d' "$i")" "${NODE_SHAPE[@]}"; done
     for ((i = 0; i < large; i++)); do node_yaml "$(printf 'kwok-large-%03d' "$i")" "${LARGE_SHAPE[@]}"; done
   } | kubectl_admin apply -f - >/dev/null
+  if running && [[ "$(cat "$STAGES/start-ms" 2>/dev/null)" != "$START_MS" ]]; then
+    stop_kwok
+  fi
   if running; then
     log "kwok already running ($(cat "$PID_FILE"))"
   else
-    log "starting kwok"
+    log "starting kwok (pods marked Running ${START_MS} ms after they are bound)"
+    mkdir -p "$STAGES"
+    # The pod-ready stage, held back by the start delay.
+    sed "s/^spec:\$/spec:\n  delay: {durationMilliseconds: $START_MS}/" \
+      "$KWOK_BIN/stages/pod-ready.yaml" >"$STAGES/pod-ready.yaml"
+    echo "$START_MS" >"$STAGES/start-ms"
     setsid "$KWOK_BIN/kwok" --kubeconfig "$KUBECONFIG_ADMIN" \
       --config "$KWOK_BIN/stages/node-initialize.yaml" \
       --config "$KWOK_BIN/stages/node-heartbeat-with-lease.yaml" \
-      --config "$KWOK_BIN/stages/pod-ready.yaml" --config "$KWOK_BIN/stages/pod-delete.yaml" \
+      --config "$STAGES/pod-ready.yaml" --config "$KWOK_BIN/stages/pod-delete.yaml" \
       --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
       --node-ip 127.0.0.1 --node-port 1 --cidr 10.250.0.0/16 \
       --node-lease-duration-seconds 40 >>"$LOG_DIR/kwok.log" 2>&1 </dev/null &
@@ -95,6 +110,10 @@ stop() {
         --grace-period=0 --force --ignore-not-found <<<"$names" >/dev/null 2>&1 || true
     done < <(pods_on_nodes | awk '{a[$1] = a[$1] " " $2} END {for (n in a) print n, a[n]}')
   fi
+  stop_kwok
+}
+
+stop_kwok() {
   if running; then
     local pid; pid=$(cat "$PID_FILE")
     log "stopping kwok ($pid)"
