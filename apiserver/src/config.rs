@@ -98,6 +98,17 @@ pub struct Config {
     /// Memory for finished runs served from memory instead of object storage.
     #[arg(long, env = "RUN_CACHE_MB", default_value_t = 64)]
     pub run_cache_mb: u64,
+    /// Runs waiting for room, all tenants together: past it a new run is 429 `queue_full`
+    /// whoever asks, so the cluster's line cannot grow without bound even when every tenant
+    /// stays under `MAX_QUEUED_PER_TENANT`.
+    #[arg(long, env = "MAX_QUEUED_TOTAL", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_total: u64,
+    /// Bytes of code, stdin and arguments one tenant's unfinished runs may hold in the
+    /// cluster (etcd and every cache of CodeRuns), in MiB: past it a new run is 429
+    /// `queue_full` until some finish. 0: no cap.
+    #[arg(long, env = "MAX_LIVE_SPEC_MB_PER_TENANT", default_value_t = 64)]
+    pub max_live_spec_mb_per_tenant: u64,
     /// Live output streams (`/events`) one tenant may hold open at once.
     #[arg(long, env = "MAX_STREAMS_PER_TENANT", default_value_t = 32)]
     pub max_streams_per_tenant: usize,
@@ -123,6 +134,9 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub maxima: Maxima,
     pub max_queued_per_tenant: usize,
+    pub max_queued_total: usize,
+    /// Bytes of code, stdin and arguments a tenant's unfinished runs may hold; `None`: no cap.
+    pub max_live_spec_bytes_per_tenant: Option<u64>,
     pub max_streams_per_tenant: usize,
     /// Live containers one tenant may have.
     pub max_containers_per_tenant: usize,
@@ -199,6 +213,9 @@ impl Config {
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
             maxima: self.shared.maxima(),
             max_queued_per_tenant: self.shared.max_queued_per_tenant(),
+            max_queued_total: usize::try_from(self.max_queued_total).unwrap_or(usize::MAX),
+            max_live_spec_bytes_per_tenant: (self.max_live_spec_mb_per_tenant > 0)
+                .then(|| self.max_live_spec_mb_per_tenant.saturating_mul(1024 * 1024)),
             max_streams_per_tenant: self.max_streams_per_tenant,
             max_containers_per_tenant: usize::try_from(self.shared.max_containers_per_tenant)
                 .unwrap_or(usize::MAX),
@@ -220,7 +237,8 @@ impl Config {
         let server = self.upload_buffer_mb.saturating_mul(MIB);
         if per_tenant < one {
             return Err(format!(
-                "UPLOAD_BUFFER_PER_TENANT_MB is {}; one upload may hold {:.1} MiB                  (UPLOAD_PARTS_BUFFERED parts of 5 MiB and a chunk), so it must be at least that",
+                "UPLOAD_BUFFER_PER_TENANT_MB is {}; one upload may hold {:.1} MiB \
+                 (UPLOAD_PARTS_BUFFERED parts of 5 MiB and a chunk), so it must be at least that",
                 self.upload_buffer_per_tenant_mb,
                 one as f64 / MIB as f64
             ));

@@ -29,10 +29,23 @@ pub trait Cached:
     fn slim(&mut self);
 }
 
+/// The bytes of code, stdin and arguments a cached run held in the cluster, noted on it (in
+/// this cache only) before they are dropped.
+const SPEC_BYTES: &str = "codeinterp.dev/cached-spec-bytes";
+
+/// The bytes of code, stdin and arguments in a run's spec.
+pub fn spec_bytes(run: &CodeRun) -> u64 {
+    let args: usize = run.spec.args.iter().map(String::len).sum();
+    (run.spec.code.len() + run.spec.stdin.as_ref().map_or(0, String::len) + args) as u64
+}
+
 /// The cache keeps what the REST API shows; the program's source and stdin (up to 512 KiB
-/// a run) and the managed fields are dropped.
+/// a run) and the managed fields are dropped, their size kept.
 impl Cached for CodeRun {
     fn slim(&mut self) {
+        let bytes = spec_bytes(self);
+        self.annotations_mut()
+            .insert(SPEC_BYTES.into(), bytes.to_string());
         self.spec.code.clear();
         self.spec.stdin = None;
         drop_bookkeeping(self);
@@ -207,18 +220,39 @@ impl Cache<CodeRun> {
         self.get(name).filter(|r| r.tenant_label() == Some(tenant))
     }
 
-    /// How many of the tenant's runs wait for room (their program has not started).
-    pub fn waiting_for(&self, tenant: &str) -> usize {
-        self.reader
-            .state()
-            .iter()
-            .filter(|r| {
-                r.tenant_label() == Some(tenant)
-                    && r.phase()
-                        .is_none_or(|p| p == codeinterp_crds::Phase::Queued)
-            })
-            .count()
+    /// How many runs wait for room (their program has not started), the tenant's and all,
+    /// and the bytes of code, stdin and arguments the tenant's unfinished runs hold: one
+    /// pass over the cache.
+    pub fn load_of(&self, tenant: &str) -> Load {
+        let mut load = Load::default();
+        for run in self.reader.state() {
+            let waiting = run
+                .phase()
+                .is_none_or(|p| p == codeinterp_crds::Phase::Queued);
+            load.waiting_total += usize::from(waiting);
+            if run.tenant_label() != Some(tenant) || run.is_finished() {
+                continue;
+            }
+            load.waiting += usize::from(waiting);
+            load.live_spec_bytes += run
+                .annotations()
+                .get(SPEC_BYTES)
+                .and_then(|b| b.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        load
     }
+}
+
+/// What [`Cache::load_of`] counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// The tenant's runs waiting for room.
+    pub waiting: usize,
+    /// Everyone's runs waiting for room.
+    pub waiting_total: usize,
+    /// Code, stdin and arguments of the tenant's unfinished runs.
+    pub live_spec_bytes: u64,
 }
 
 impl Cache<CodeContainer> {
@@ -394,8 +428,9 @@ mod tests {
         apply(&mut writer, &tx, watcher::Event::Apply(run("run-e", None)));
         assert!(cache.get_for("acme", "run-e").is_some());
         assert!(cache.get_for("beta", "run-e").is_none());
-        assert_eq!(cache.waiting_for("acme"), 1);
-        assert_eq!(cache.waiting_for("beta"), 0);
+        assert_eq!(cache.load_of("acme").waiting, 1);
+        let beta = cache.load_of("beta");
+        assert_eq!((beta.waiting, beta.waiting_total), (0, 1));
     }
 
     #[test]

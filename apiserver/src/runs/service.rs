@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::pagination::Page;
+use crate::run_cache::Load;
 use crate::runs::model::{Prepared, Run, RunStatus, from_coderun, list_item};
 use crate::runs::request::{
     ValidRun, check_idempotency_key, idempotent_run_name, input_file_name, random_run_name,
@@ -318,18 +319,42 @@ pub async fn collected(
     answer(state, tenant, name).await
 }
 
-/// Refuses a new run while the tenant has as many waiting for room as it may.
+/// Refuses a new run while the tenant has as many waiting for room as it may, the line of
+/// all tenants is as long as it may be, or the tenant's unfinished runs hold as many bytes
+/// of code, stdin and arguments as they may.
 pub fn check_queue_room(state: &AppState, tenant: &str) -> Result<(), ApiError> {
-    let waiting = state.runs.waiting_for(tenant);
-    if waiting < state.settings.max_queued_per_tenant {
-        return Ok(());
+    let message = queue_refusal(&state.settings, state.runs.load_of(tenant));
+    match message {
+        None => Ok(()),
+        Some(message) => Err(ApiError::QueueFull {
+            message,
+            retry_after_secs: QUEUE_FULL_RETRY_SECS,
+        }),
     }
-    Err(ApiError::QueueFull {
-        message: format!(
-            "You already have {waiting} runs waiting for room, the most allowed. Retry when some have started."
-        ),
-        retry_after_secs: QUEUE_FULL_RETRY_SECS,
-    })
+}
+
+/// Why a new run cannot join the line now, if it cannot.
+fn queue_refusal(settings: &crate::config::Settings, load: Load) -> Option<String> {
+    if load.waiting >= settings.max_queued_per_tenant {
+        return Some(format!(
+            "You already have {} runs waiting for room, the most allowed. Retry when some have started.",
+            load.waiting
+        ));
+    }
+    if load.waiting_total >= settings.max_queued_total {
+        return Some(format!(
+            "The service has {} runs waiting for room, the most it takes. Retry when some have started.",
+            load.waiting_total
+        ));
+    }
+    match settings.max_live_spec_bytes_per_tenant {
+        Some(cap) if load.live_spec_bytes >= cap => Some(format!(
+            "Your unfinished runs hold {:.1} MiB of code, stdin and arguments, the most allowed ({:.1} MiB). Retry when some have finished.",
+            load.live_spec_bytes as f64 / 1_048_576.0,
+            cap as f64 / 1_048_576.0
+        )),
+        _ => None,
+    }
 }
 
 /// Creates the CodeRun and binds its id to it, then waits (briefly) for the cache to know
@@ -521,6 +546,88 @@ mod tests {
             stream: false,
             container: None,
         }
+    }
+
+    fn settings(args: &[&str]) -> crate::config::Settings {
+        use clap::Parser;
+        let all = ["apiserver"].iter().chain(args).copied();
+        crate::config::Config::parse_from(all).settings().unwrap()
+    }
+
+    #[test]
+    fn a_run_is_refused_at_each_cap_of_the_line_and_let_in_below_them() {
+        let s = settings(&[
+            "--max-queued-per-tenant",
+            "3",
+            "--max-queued-total",
+            "10",
+            "--max-live-spec-mb-per-tenant",
+            "1",
+        ]);
+        let below = Load {
+            waiting: 2,
+            waiting_total: 9,
+            live_spec_bytes: (1 << 20) - 1,
+        };
+        assert_eq!(queue_refusal(&s, below), None);
+        let mine = queue_refusal(
+            &s,
+            Load {
+                waiting: 3,
+                ..below
+            },
+        )
+        .unwrap();
+        assert!(mine.contains("You already have 3 runs waiting"), "{mine}");
+        let all = queue_refusal(
+            &s,
+            Load {
+                waiting_total: 10,
+                ..below
+            },
+        )
+        .unwrap();
+        assert!(all.contains("The service has 10 runs waiting"), "{all}");
+        let bytes = queue_refusal(
+            &s,
+            Load {
+                live_spec_bytes: 1 << 20,
+                ..below
+            },
+        )
+        .unwrap();
+        assert!(bytes.contains("hold 1.0 MiB of code"), "{bytes}");
+        // 0: no cap on bytes.
+        let open = settings(&["--max-live-spec-mb-per-tenant", "0"]);
+        assert_eq!(
+            queue_refusal(
+                &open,
+                Load {
+                    live_spec_bytes: u64::MAX,
+                    ..Load::default()
+                }
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_cached_run_keeps_the_size_of_what_it_dropped() {
+        use crate::run_cache::{Cached, spec_bytes};
+        let mut run = valid();
+        run.code = "é".repeat(10);
+        run.stdin = Some("abc".into());
+        run.args = vec!["--x".into()];
+        let mut cr = coderun("run-a", "ns", None, "acme", &run, vec![]);
+        assert_eq!(spec_bytes(&cr), 20 + 3 + 3);
+        cr.slim();
+        assert!(cr.spec.code.is_empty() && cr.spec.stdin.is_none());
+        assert_eq!(
+            cr.annotations()
+                .get("codeinterp.dev/cached-spec-bytes")
+                .map(String::as_str),
+            Some("26")
+        );
     }
 
     #[test]
