@@ -17,6 +17,9 @@ pub enum Suite {
     Wrapper,
     /// Admission and the operator at 100 simulated nodes and 10,000 runs (kwok).
     ScaleSim,
+    /// Runs in a container that keeps state, against a warm one-shot run and `kubectl exec`;
+    /// creating containers.
+    Containers,
 }
 
 #[derive(Clone, Debug, Parser)]
@@ -156,6 +159,21 @@ pub struct Args {
     /// Executions of each of bare and wrapped, per language.
     #[arg(long, env = "BENCH_WRAPPER_RUNS", default_value_t = 30)]
     pub wrapper_runs: usize,
+
+    /// Rounds of the containers benchmark: each a run in a live container, a warm one-shot
+    /// run and a `kubectl exec` into the container's pod, interleaved.
+    #[arg(long, env = "BENCH_CONTAINER_RUNS", default_value_t = 30)]
+    pub container_runs: usize,
+    /// Containers created one at a time (each with a first run, then deleted).
+    #[arg(long, env = "BENCH_CONTAINER_CREATIONS", default_value_t = 10)]
+    pub container_creations: usize,
+    /// Longest wait before each creation for the container pool to have an idle pod again.
+    #[arg(long, env = "BENCH_CONTAINER_REFILL_SECONDS", default_value_t = 90)]
+    pub container_refill_seconds: u64,
+    /// The kubectl of the `kubectl exec` baseline; by default the cluster's version that
+    /// `make up` built, else the one on the PATH.
+    #[arg(long, env = "BENCH_KUBECTL")]
+    pub kubectl: Option<PathBuf>,
 
     /// Where the operator's and the cluster's state lives (pids, storage, signing key).
     #[arg(long, env = "CODEINTERP_RUN", default_value = "/var/lib/codeinterp")]

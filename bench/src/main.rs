@@ -5,6 +5,7 @@
 mod apiserver_load;
 mod cluster;
 mod config;
+mod containers;
 mod latency;
 mod mcp;
 mod pool;

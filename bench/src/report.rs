@@ -2,6 +2,7 @@
 use serde::Serialize;
 
 use crate::apiserver_load::ApiLoadReport;
+use crate::containers::ContainersReport;
 use crate::latency::{LatencyReport, PathReport};
 use crate::mcp::McpReport;
 use crate::pool::PoolReport;
@@ -68,6 +69,7 @@ pub struct Report {
     pub scale: Section<ScaleRounds>,
     pub wrapper: Section<WrapperReport>,
     pub scale_sim: Section<SimReport>,
+    pub containers: Section<ContainersReport>,
 }
 
 /// The scale benchmark's rounds, one per number of runs.
@@ -136,6 +138,7 @@ pub fn table(report: &Report) -> Vec<Row> {
     rows.extend(stream_rows(&report.stream));
     rows.extend(mcp_rows(&report.mcp));
     rows.extend(preload_rows(&report.preload));
+    rows.extend(containers_rows(&report.containers));
     rows.extend(pool_rows(&report.pool));
     rows.extend(throughput_rows(&report.throughput));
     rows.extend(api_rows(&report.apiserver));
@@ -365,6 +368,141 @@ fn preload_rows(section: &Section<PreloadReport>) -> Vec<Row> {
             format!("{:.1} s, {:.1} s", l.run_s, l.download_s),
             l.operator_peak_mib
                 .map_or(NONE.into(), |v| format!("{v} MiB")),
+        ));
+    }
+    rows
+}
+
+fn containers_rows(section: &Section<ContainersReport>) -> Vec<Row> {
+    const B: &str = "2c containers";
+    if let Some(rows) = failed_row(B, section) {
+        return rows;
+    }
+    let Section::Ran(c) = section else {
+        return Vec::new();
+    };
+    let (run, one, exec) = (&c.container_run, &c.one_shot, &c.kubectl_exec);
+    let x = |v: Option<f64>| format!("{}x", f(v, 2));
+    let mut rows = vec![
+        judged(
+            row(
+                B,
+                &format!(
+                    "x += 1; print(x) in a live container, POST -> answer, p50 (n={}; baseline: warm one-shot print(1), n={}, interleaved)",
+                    run.n, one.n
+                ),
+                ms(run.p50_ms),
+                ms(one.p50_ms),
+            ),
+            "<= 40 ms",
+            run.p50_ms.map(|v| v <= 40.0),
+        ),
+        judged(
+            row(B, "the same, p99", ms(run.p99_ms), ms(one.p99_ms)),
+            "<= 150 ms",
+            run.p99_ms.map(|v| v <= 150.0),
+        ),
+        row(
+            B,
+            "container run / warm one-shot, p50; p99",
+            format!(
+                "{}; {}",
+                x(c.p50_ratio_to_one_shot),
+                x(c.p99_ratio_to_one_shot)
+            ),
+            NONE.into(),
+        ),
+        row(
+            B,
+            &format!(
+                "the same step as kubectl exec python3 -c 'print(1)' into the container's pod, p50 / p99 (n={})",
+                exec.n
+            ),
+            format!("{} / {}", ms(run.p50_ms), ms(run.p99_ms)),
+            format!("{} / {}", ms(exec.p50_ms), ms(exec.p99_ms)),
+        ),
+        row(
+            B,
+            "container run / kubectl exec, p50; p99",
+            format!(
+                "{}; {}",
+                x(c.p50_ratio_to_kubectl_exec),
+                x(c.p99_ratio_to_kubectl_exec)
+            ),
+            NONE.into(),
+        ),
+        judged(
+            row(
+                B,
+                "left out: container runs with the wrong number / failed; one-shots not warm / failed; execs failed",
+                format!("{} / {}", c.container_mismatches, c.container_failures),
+                format!(
+                    "{} / {}; {}",
+                    c.one_shot_misses, c.one_shot_failures, c.kubectl_exec_failures
+                ),
+            ),
+            "0 / 0",
+            Some(c.container_mismatches == 0 && c.container_failures == 0),
+        ),
+    ];
+    let k = &c.creations;
+    let fresh = &k.create_to_first_run_new_pod;
+    let pooled = &k.create_to_first_run_from_pool;
+    rows.extend([
+        row(
+            B,
+            &format!(
+                "POST /v1/containers -> answer, p50 / p99 (n={} of {})",
+                k.create.n, k.attempted
+            ),
+            format!("{} / {}", ms(k.create.p50_ms), ms(k.create.p99_ms)),
+            NONE.into(),
+        ),
+        row(
+            B,
+            &format!(
+                "create -> first print(1) answered, p50 / p99 (n={})",
+                k.create_to_first_run.n
+            ),
+            format!(
+                "{} / {}",
+                ms(k.create_to_first_run.p50_ms),
+                ms(k.create_to_first_run.p99_ms)
+            ),
+            format!("first run alone p50 {}", ms(k.first_run.p50_ms)),
+        ),
+        row(
+            B,
+            &format!(
+                "the same, p50 / max: claimed an idle pool pod (n={}; baseline: a new pod, n={})",
+                pooled.n, fresh.n
+            ),
+            format!("{} / {}", ms(pooled.p50_ms), ms(pooled.max_ms)),
+            format!("{} / {}", ms(fresh.p50_ms), ms(fresh.max_ms)),
+        ),
+        row(
+            B,
+            &format!(
+                "creations that claimed a pool pod / got a new pod / pod unread (pool {}: idle before {} of them)",
+                k.pool.as_deref().unwrap_or("none"),
+                k.pool_ready_before
+            ),
+            format!("{} / {} / {}", k.from_pool, k.new_pod, k.pod_unknown),
+            NONE.into(),
+        ),
+        row(
+            B,
+            "DELETE /v1/containers/{id} -> answer, p50",
+            ms(k.delete.p50_ms),
+            NONE.into(),
+        ),
+    ]);
+    if !c.errors.is_empty() || !c.left_behind.is_empty() {
+        rows.push(row(
+            B,
+            "errors; containers left behind",
+            format!("{} (see JSON); {}", c.errors.len(), c.left_behind.len()),
+            NONE.into(),
         ));
     }
     rows
@@ -986,6 +1124,7 @@ pub fn notes(report: &Report) -> Vec<String> {
         ("operator scale", report.scale.error()),
         ("wrapper overhead", report.wrapper.error()),
         ("scale by simulation", report.scale_sim.error()),
+        ("containers", report.containers.error()),
     ];
     for (name, error) in failures {
         notes.extend(error.map(|e| format!("{name} did not complete: {e}")));
@@ -1029,6 +1168,36 @@ pub fn notes(report: &Report) -> Vec<String> {
             p.first_error
                 .iter()
                 .map(|e| format!("preloaded interpreters: first error: {e}")),
+        );
+    }
+    if let Section::Ran(c) = &report.containers {
+        notes.push(format!(
+            "containers: each round is one run in the live container (POST /v1/runs with \
+             \"container\", request to answer), one warm one-shot print(1) (only those served \
+             from a pool pod count) and one `{} exec {} -- python3 -c 'print(1)'` (process \
+             start to exit: kubectl's own start-up included, as a user pays it), the order \
+             rotating, each after the runs' warm pools are back to their idle size; the live \
+             container's pod {} (from the pool: {:?}); creations: one at a time, each after the \
+             container pool has an idle pod again, then deleted; deleted in all {}",
+            c.kubectl,
+            c.exec_target.as_deref().unwrap_or("-"),
+            c.live_pod.as_deref().unwrap_or("-"),
+            c.live_pod_from_pool,
+            c.cleaned_up
+        ));
+        notes.extend(c.errors.iter().take(3).map(|e| format!("containers: {e}")));
+        notes.extend(
+            c.creations
+                .items
+                .iter()
+                .filter_map(|i| i.error.as_ref().map(|e| (i.index, e)))
+                .take(3)
+                .map(|(i, e)| format!("containers: creation {i}: {e}")),
+        );
+        notes.extend(
+            c.left_behind
+                .iter()
+                .map(|l| format!("containers: left behind: {l}")),
         );
     }
     if let Section::Ran(p) = &report.pool {

@@ -14,8 +14,8 @@ use kube::{Api, Client};
 use crate::config::{Args, Suite};
 use crate::report::{self, Host, Report, Section};
 use crate::{
-    apiserver_load, cluster, latency, mcp, pool, preload, rest, scale, sim, stream, throughput,
-    wrapper,
+    apiserver_load, cluster, containers, latency, mcp, pool, preload, rest, scale, sim, stream,
+    throughput, wrapper,
 };
 
 /// What the benchmarks that compare against raw pods share.
@@ -60,6 +60,7 @@ pub async fn run(args: &Args) -> Report {
     let mut scale = Section::Skipped;
     let mut wrapper = Section::Skipped;
     let mut scale_sim = Section::Skipped;
+    let mut containers = Section::Skipped;
 
     match connect(args).await {
         Err(e) => {
@@ -74,6 +75,7 @@ pub async fn run(args: &Args) -> Report {
             scale = unavailable(args, Suite::Scale, &error);
             wrapper = unavailable(args, Suite::Wrapper, &error);
             scale_sim = unavailable(args, Suite::ScaleSim, &error);
+            containers = unavailable(args, Suite::Containers, &error);
         }
         Ok(env) => {
             if args.wants(Suite::Latency) {
@@ -115,6 +117,13 @@ pub async fn run(args: &Args) -> Report {
                     args.preload_rounds
                 ));
                 preload = guarded(preload::run(&env, args.preload_rounds)).await;
+            }
+            if args.wants(Suite::Containers) {
+                progress(&format!(
+                    "containers: {} rounds of a container run, a warm one-shot and kubectl exec; {} creations",
+                    args.container_runs, args.container_creations
+                ));
+                containers = guarded(containers::run(&env, args)).await;
             }
             if args.wants(Suite::Pool) {
                 progress(&format!(
@@ -227,6 +236,7 @@ pub async fn run(args: &Args) -> Report {
         scale,
         wrapper,
         scale_sim,
+        containers,
     };
     report.table = report::table(&report);
     report.notes = report::notes(&report);
