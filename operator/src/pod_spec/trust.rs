@@ -103,6 +103,17 @@ fn as_the_api_server_stores(spec: &mut Value) {
             default(c, "terminationMessagePath", json!("/dev/termination-log"));
             default(c, "terminationMessagePolicy", json!("File"));
             requests_default_to_limits(c);
+            drop_false_plain_bools(c);
+        }
+    }
+}
+
+/// A container's `stdin`, `stdinOnce` and `tty` are plain `bool`s with `omitempty` in the
+/// API server's types: `false` is stored as absent.
+fn drop_false_plain_bools(c: &mut Map<String, Value>) {
+    for key in ["stdin", "stdinOnce", "tty"] {
+        if c.get(key) == Some(&Value::Bool(false)) {
+            c.remove(key);
         }
     }
 }
@@ -252,6 +263,7 @@ pub fn stored(pod: &Pod) -> Pod {
         json!({"effect": "NoExecute", "key": "node.kubernetes.io/unreachable", "operator": "Exists", "tolerationSeconds": 300}),
     ]);
     let c = &mut spec.get_mut("containers").unwrap()[0];
+    drop_false_plain_bools(c.as_object_mut().unwrap());
     c["terminationMessagePath"] = json!("/dev/termination-log");
     let limits = c["resources"]["limits"].clone();
     c["resources"]["requests"]["ephemeral-storage"] = limits["ephemeral-storage"].clone();
@@ -545,7 +557,10 @@ mod tests {
         assert!(pool_pod_differences(&idle, &pool, &cfg, &applied).is_empty());
         // The pool makes container pods, not run pods.
         let runner = &idle.spec.as_ref().unwrap().containers[0];
-        assert_eq!(runner.stdin_once, Some(false));
+        // Its stdin stays open between runs (stdinOnce false, which the API server stores
+        // as absent: a pool of such pods was replaced forever when that was taken for a
+        // difference).
+        assert_eq!(runner.stdin_once, None);
         assert_eq!(runner.image.as_deref(), Some(cfg.image_container.as_str()));
         let mine = container("1g");
         let mut claimed = idle.clone();
