@@ -1,5 +1,6 @@
-//! `/admin`: one static page, embedded in the binary, that runs code and lists recent runs
-//! through the public API. Its inline style and script are allowed by hash, so the page's
+//! `/admin`: one static page, embedded in the binary, that runs code, lists recent runs and
+//! shows a container's runs as a notebook (and runs more cells in it), through the public
+//! API. Its inline style and script are allowed by hash, so the page's
 //! Content-Security-Policy can forbid everything else (no inline handlers, no other origin).
 use std::sync::LazyLock;
 
@@ -101,6 +102,11 @@ mod tests {
             "usage",
             "artifacts",
             "runs",
+            "containers",
+            "notebook",
+            "cell-language",
+            "cell-code",
+            "cell-run",
         ] {
             assert!(PAGE.contains(&format!("id=\"{id}\"")), "missing #{id}");
         }

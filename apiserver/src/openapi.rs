@@ -186,6 +186,7 @@ impl Modify for LinksAsTheSpecSpellsThem {
         containers::files::get_file,
         containers::files::file_content,
         containers::files::delete_file,
+        containers::runs::list_runs,
         health::healthz,
         health::readyz,
     ),

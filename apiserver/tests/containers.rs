@@ -15,7 +15,8 @@ use bytes::Bytes;
 use codeinterp_apiserver::config::Config;
 use codeinterp_apiserver::run_cache::{ContainerCache, RunCache};
 use codeinterp_crds::FileOpKind;
-use codeinterp_store::{FileMeta, Store};
+use codeinterp_crds::{ArtifactRef, Language, Phase, Usage};
+use codeinterp_store::{ContainerRun, FileMeta, RECORD_VERSION, RunBinding, RunRecord, Store};
 use fake_kube::FakeKube;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -218,6 +219,48 @@ impl Harness {
     fn name_of(&self, id: &str) -> String {
         id.replacen('_', "-", 1)
     }
+
+    /// A finished run of the tenant, bound to its id as the API binds it, with an image.
+    async fn stored_run(&self, tenant: &str, id: &str, created_at: i64, stdout: &str) {
+        let rec = RunRecord {
+            v: RECORD_VERSION,
+            id: id.into(),
+            uid: format!("uid-{id}"),
+            tenant: tenant.into(),
+            namespace: "codeinterp-test".into(),
+            phase: Phase::Completed,
+            language: Language::Python,
+            created_at,
+            started_at: Some(created_at),
+            completed_at: Some(created_at),
+            exit_code: Some(0),
+            signal: None,
+            stdout_head: stdout.into(),
+            stderr_head: String::new(),
+            stdout_bytes: stdout.len() as u64,
+            stderr_bytes: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            usage: Usage::default(),
+            artifacts: vec![ArtifactRef {
+                id: format!("file-{id}"),
+                name: "plot.png".into(),
+                bytes: 3,
+                sha256: String::new(),
+            }],
+            error: None,
+            start_mode: None,
+            preloaded: false,
+        };
+        self.store.put_run(&rec).await.unwrap();
+        let binding = RunBinding {
+            uid: rec.uid.clone(),
+            namespace: rec.namespace.clone(),
+            created_ms: created_at * 1000,
+            legacy: false,
+        };
+        self.store.bind_run(tenant, id, &binding).await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -288,6 +331,7 @@ async fn another_tenants_container_is_not_found_everywhere() {
         format!("/v1/containers/{id}/files"),
         format!("/v1/containers/{id}/files/file-b1"),
         format!("/v1/containers/{id}/files/file-b1/content"),
+        format!("/v1/containers/{id}/runs"),
     ] {
         let e = h.get(&path, BETA).await.error(StatusCode::NOT_FOUND);
         assert!(
@@ -661,4 +705,96 @@ async fn lists_are_paged_and_ordered() {
         .await
         .error(StatusCode::BAD_REQUEST);
     assert_eq!(e["param"], "after");
+}
+
+#[tokio::test]
+async fn a_containers_runs_are_listed_oldest_first_with_their_code_and_output() {
+    let h = harness().await;
+    let c = h.create(ACME, json!({"name": "notebook"})).await;
+    let id = c["id"].as_str().unwrap();
+    let name = h.name_of(id);
+    // As the API indexes the runs it makes in a container; the second and third in the
+    // same second, in the order of their resourceVersion.
+    let cells = [
+        ("run-b", 100, 7, "x = 41", ""),
+        ("run-c", 101, 20, "x += 1; print(x)", "42\n"),
+        ("run-a", 101, 300, "print(x * 2)", "84\n"),
+    ];
+    for (run, created_at, sequence, code, stdout) in cells {
+        h.stored_run("acme", run, created_at, stdout).await;
+        let entry = ContainerRun::new(run, created_at, sequence, code);
+        h.store
+            .put_container_run("acme", &name, &entry)
+            .await
+            .unwrap();
+    }
+    let runs = format!("/v1/containers/{id}/runs");
+    let page = h.get(&runs, ACME).await.ok();
+    let data = page["data"].as_array().unwrap();
+    let shown: Vec<(&str, &str, &str)> = data
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap(),
+                r["code"].as_str().unwrap(),
+                r["stdout"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("run-b", "x = 41", ""),
+            ("run-c", "x += 1; print(x)", "42\n"),
+            ("run-a", "print(x * 2)", "84\n")
+        ]
+    );
+    let first = &data[0];
+    assert_eq!(
+        (&first["object"], &first["container"], &first["status"]),
+        (&json!("run"), &json!(id), &json!("completed"))
+    );
+    assert_eq!(first["code_truncated"], false);
+    let url = first["artifacts"][0]["url"].as_str().unwrap();
+    assert!(
+        url.contains("/v1/files/file-run-b/content?expires="),
+        "{url}"
+    );
+    assert_eq!(page["has_more"], false);
+
+    let newest = h
+        .get(&format!("{runs}?order=desc&limit=2"), ACME)
+        .await
+        .ok();
+    assert_eq!(
+        (&newest["first_id"], &newest["last_id"], &newest["has_more"]),
+        (&json!("run-a"), &json!("run-c"), &json!(true))
+    );
+    let rest = h
+        .get(&format!("{runs}?after=run-b&limit=1"), ACME)
+        .await
+        .ok();
+    assert_eq!(
+        (&rest["first_id"], &rest["has_more"]),
+        (&json!("run-c"), &json!(true))
+    );
+    let e = h
+        .get(&format!("{runs}?after=run-zzz"), ACME)
+        .await
+        .error(StatusCode::BAD_REQUEST);
+    assert_eq!(e["param"], "after");
+
+    // Deleting the container forgets the list; the runs stay the tenant's.
+    h.delete(&format!("/v1/containers/{id}"), ACME).await.ok();
+    h.get(&runs, ACME).await.error(StatusCode::NOT_FOUND);
+    assert!(
+        h.store
+            .list_container_runs("acme", &name, None, 20, false)
+            .await
+            .unwrap()
+            .unwrap()
+            .runs
+            .is_empty()
+    );
+    h.get("/v1/runs/run-c", ACME).await.ok();
 }

@@ -5,8 +5,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use codeinterp_crds::TENANT_LABEL;
 use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::json;
+use serde_json::{Value, json};
+use testkit::DeleteContainersOnDrop;
 use testkit::rest::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -100,16 +102,22 @@ fn which(program: &str) -> Option<String> {
 async fn admin_page(label: &str) -> (ApiServer, Browser) {
     let key = Key::fresh(label);
     let server = ApiServer::start(&Key::api_keys(&[&key]), &[]).await;
+    let browser = open_admin(&server, &key.token).await;
+    (server, browser)
+}
+
+/// A browser on the server's admin page with this token entered.
+async fn open_admin(server: &ApiServer, token: &str) -> Browser {
     let browser = Browser::start().await;
     let page = &browser.client;
     page.goto(&format!("{}/admin", server.base)).await.unwrap();
     page.find(Locator::Id("token"))
         .await
         .unwrap()
-        .send_keys(&key.token)
+        .send_keys(token)
         .await
         .unwrap();
-    (server, browser)
+    browser
 }
 
 #[tokio::test]
@@ -271,6 +279,163 @@ async fn the_admin_page_shows_output_as_it_streams_and_plots_inline_but_no_fake_
     assert_eq!(width("shape.svg"), 40, "{images:?}");
     assert_eq!(width("fake.png"), 0, "{images:?}");
     assert_ne!(page.title().await.unwrap(), "pwned");
+
+    browser.client.clone().close().await.unwrap();
+}
+
+/// The notebook's cells as the page shows them: (run id, code, stdout, each image as
+/// (alt, loaded, natural width)).
+type Cell = (String, String, String, Vec<(String, bool, u64)>);
+
+async fn cells(page: &Client) -> Vec<Cell> {
+    let v = page
+        .execute(
+            "return [...document.querySelectorAll('#notebook .cell')].map(c => [\
+               c.dataset.id, \
+               c.querySelector('.cell-code').textContent, \
+               (c.querySelector('.cell-stdout') || {textContent: ''}).textContent, \
+               [...c.querySelectorAll('img')].map(i => [i.alt, i.complete, i.naturalWidth])]);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let text = |v: &Value| v.as_str().unwrap().to_string();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let images = c[3]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| (text(&i[0]), i[1].as_bool().unwrap(), i[2].as_u64().unwrap()))
+                .collect();
+            (text(&c[0]), text(&c[1]), text(&c[2]), images)
+        })
+        .collect()
+}
+
+/// Waits (up to `within`) until the notebook's cells satisfy `done`; the last ones seen.
+async fn cells_until(page: &Client, within: Duration, done: impl Fn(&[Cell]) -> bool) -> Vec<Cell> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let seen = cells(page).await;
+        if done(&seen) || std::time::Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_admin_page_shows_a_containers_runs_in_order_as_a_notebook_and_runs_a_cell_in_it() {
+    let (mine, theirs) = (Key::fresh("e2e-admin-nb-a"), Key::fresh("e2e-admin-nb-b"));
+    let server = ApiServer::start(&Key::api_keys(&[&mine, &theirs]), &[]).await;
+    let _clean = DeleteContainersOnDrop(format!("{TENANT_LABEL}={}", mine.tenant));
+    let api = server.api(&mine.token);
+    let container = api
+        .post("/v1/containers", &json!({"name": "notebook"}))
+        .await
+        .expect(200);
+    let id = container["id"].as_str().unwrap().to_string();
+    let plot = "x += 1; print(x)\n\
+        import matplotlib\n\
+        matplotlib.use('Agg')\n\
+        import matplotlib.pyplot as plt\n\
+        plt.plot([1, 2, 3], [1, 4, 9])\n\
+        plt.savefig('plot.png')\n";
+    let mut made = vec![];
+    for code in ["x = 41", plot] {
+        let run = api
+            .create_run(json!({"language": "python", "code": code, "container": id,
+                "limits": {"timeout_ms": 30000}}))
+            .await;
+        assert_eq!(run["status"], "completed", "{run}");
+        made.push(run["id"].as_str().unwrap().to_string());
+    }
+
+    // Through the API: oldest first, with their code; another tenant is told no such container.
+    let listed = api
+        .get(&format!("/v1/containers/{id}/runs"))
+        .await
+        .expect(200);
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, made, "{listed}");
+    assert_eq!(listed["data"][1]["stdout"], "42\n", "{listed}");
+    assert_eq!(listed["data"][0]["code"], "x = 41", "{listed}");
+    let e = server
+        .api(&theirs.token)
+        .get(&format!("/v1/containers/{id}/runs"))
+        .await
+        .openai_error(404);
+    assert_eq!(e["param"], "container_id", "{e}");
+
+    // On the page: the container is listed; opened, its two runs are cells in order, the
+    // second with 42 and its plot shown.
+    let browser = open_admin(&server, &mine.token).await;
+    let page = &browser.client;
+    page.find(Locator::Id("refresh-containers"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let link = page
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(&format!("#containers tr[data-id='{id}'] a")))
+        .await
+        .expect("the container is listed");
+    let row = page
+        .find(Locator::Css(&format!("#containers tr[data-id='{id}']")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(row.contains("notebook") && row.contains("running"), "{row}");
+    link.click().await.unwrap();
+    let shown = cells_until(page, Duration::from_secs(20), |cells| {
+        cells.len() == 2 && cells[1].3.iter().all(|(_, complete, _)| *complete)
+    })
+    .await;
+    let order: Vec<&str> = shown.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(order, made, "{shown:?}");
+    assert_eq!(shown[0].1, "x = 41", "{shown:?}");
+    assert_eq!(shown[1].2.trim_end(), "42", "{shown:?}");
+    let images = &shown[1].3;
+    assert!(
+        images
+            .iter()
+            .any(|(alt, _, width)| alt == "plot.png" && *width > 0),
+        "{images:?}"
+    );
+
+    // A new cell runs in the same container, with its state, and is appended.
+    page.find(Locator::Id("cell-code"))
+        .await
+        .unwrap()
+        .send_keys("print(x * 2)")
+        .await
+        .unwrap();
+    page.find(Locator::Id("cell-run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let shown = cells_until(page, Duration::from_secs(60), |cells| cells.len() == 3).await;
+    assert_eq!(
+        shown.get(2).map(|c| (c.1.as_str(), c.2.trim_end())),
+        Some(("print(x * 2)", "84")),
+        "message {:?}, cells {shown:?}",
+        browser.text_of("message").await
+    );
 
     browser.client.clone().close().await.unwrap();
 }

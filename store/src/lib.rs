@@ -19,6 +19,8 @@
 //!   a deleted file misses in one;
 //! - `tenants/<tenant>/containers/<container>/paths/<sha256 of a path>.json`: a
 //!   [`ContainerFile`], which stored file is at that path of the container's folder;
+//! - `tenants/<tenant>/containers/<container>/runs/<created>_<sequence>_<run id>.json`: a
+//!   [`ContainerRun`], a run the REST API made in the container, named in the order made;
 //! - `usage/<tenant>.json`: a [`Measured`], what the tenant stored at the last sweep (see
 //!   [`Store::sweep_tenant`]), for its storage quota.
 //!
@@ -37,7 +39,7 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
-pub use containers::{ContainerFile, FileSource};
+pub use containers::{CODE_HEAD_BYTES, ContainerFile, ContainerRun, ContainerRunPage, FileSource};
 pub use files::{FileIndexEntry, FileMeta, UPLOAD_PART_BYTES, UploadError, image_type};
 pub use output::StoredOutput;
 pub use runs::{

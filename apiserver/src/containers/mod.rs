@@ -4,11 +4,12 @@
 //! HTTP; [`service`] finds, creates, lists and deletes containers, [`fileops`] changes
 //! their files through the operator, [`model`] is the wire objects and the ids,
 //! [`request`] the bodies and their validation, [`files`] the handlers of a container's
-//! files.
+//! files, [`runs`] the runs made in it, in order.
 pub mod fileops;
 pub mod files;
 pub mod model;
 pub mod request;
+pub mod runs;
 pub mod service;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -49,6 +50,7 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
             "/v1/containers/{container_id}/files/{file_id}/content",
             get(files::file_content),
         )
+        .route("/v1/containers/{container_id}/runs", get(runs::list_runs))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

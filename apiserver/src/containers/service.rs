@@ -263,9 +263,13 @@ pub async fn delete(state: &AppState, tenant: &str, id: &str) -> Result<(), ApiE
     Ok(())
 }
 
-/// The folder's index goes with the container (the files' bytes stay: they are the
-/// tenant's files, uploads and runs' outputs). Nothing depends on it: a failure is logged.
+/// The folder's index and the index of its runs go with the container (the files' bytes
+/// stay: they are the tenant's files, uploads and runs' outputs; so do the runs). Nothing
+/// depends on them: a failure is logged.
 async fn forget_folder(state: &AppState, tenant: &str, name: &str) {
+    if let Err(e) = state.store.forget_container_runs(tenant, name).await {
+        tracing::warn!(container = %name, error = %e, "forgetting a deleted container's runs");
+    }
     let files = match state.store.list_container_files(tenant, name).await {
         Ok(files) => files,
         Err(e) => {

@@ -394,6 +394,7 @@ async fn create_bound(
         match api.create(&params, &object).await {
             Ok(created) => {
                 bind(state, tenant, &created).await?;
+                crate::containers::runs::remember(state, tenant, &created).await;
                 return Ok(Arc::new(created));
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() && fixed_name.is_some() => {
