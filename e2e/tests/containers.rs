@@ -254,5 +254,7 @@ async fn every_isolation_guarantee_of_a_run_holds_in_a_container() {
     let sc = runner.security_context.as_ref().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
-    assert_eq!(runner.stdin_once, Some(false));
+    // Its stdin stays open between runs (stdinOnce false, stored as absent).
+    assert_eq!(runner.stdin, Some(true));
+    assert_ne!(runner.stdin_once, Some(true));
 }

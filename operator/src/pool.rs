@@ -116,11 +116,7 @@ pub fn free_counts(ctx: &Context) -> HashMap<String, usize> {
 /// its own); the pool's demand counts the claim either way.
 pub async fn claim_for_container(ctx: &Context, container: &CodeContainer) -> Option<Pod> {
     let applied = ctx.isolation().ok()?;
-    let mb = container.spec.memory_limit.mb();
-    let pool = ctx
-        .pools()
-        .into_iter()
-        .find(|p| p.container && p.memory_mb == mb && p.max > 0)?;
+    let pool = pool_for_container(ctx.pools(), container, ctx.settings.sandbox_namespace())?;
     let api = ctx.pods_api(ctx.settings.sandbox_namespace());
     let params = PatchParams {
         field_manager: Some(MANAGER.into()),
@@ -143,6 +139,24 @@ pub async fn claim_for_container(ctx: &Context, container: &CodeContainer) -> Op
     }
     ctx.index.pool_arrival(&pool.name, false);
     None
+}
+
+/// The container pool whose pods the container may claim: one of its memory limit, in its
+/// namespace. Pools live in the sandbox namespace, and a pod can neither change namespace
+/// nor be owned from another (the garbage collector deletes it): a container elsewhere
+/// always gets a pod of its own.
+fn pool_for_container(
+    pools: Vec<PoolSpec>,
+    container: &CodeContainer,
+    sandbox: &str,
+) -> Option<PoolSpec> {
+    if container.namespace().as_deref() != Some(sandbox) {
+        return None;
+    }
+    let mb = container.spec.memory_limit.mb();
+    pools
+        .into_iter()
+        .find(|p| p.container && p.memory_mb == mb && p.max > 0)
 }
 
 /// Claims an idle pod of the pool for the run, with the session held open to it; `None` when
@@ -459,6 +473,35 @@ mod tests {
             preload_memory_mb: 160,
             container: false,
         }
+    }
+
+    #[test]
+    fn only_a_container_in_the_pools_namespace_claims_from_a_pool_of_its_memory_limit() {
+        let boxes = PoolSpec {
+            name: "containers".into(),
+            memory_mb: 1024,
+            container: true,
+            ..pool(1, 4)
+        };
+        let pools = vec![pool(2, 8), boxes];
+        let container = |ns: &str, memory: &str| -> CodeContainer {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "codeinterp.dev/v1alpha1", "kind": "CodeContainer",
+                "metadata": {"name": "box", "namespace": ns, "uid": "box-uid"},
+                "spec": {"memoryLimit": memory},
+            }))
+            .unwrap()
+        };
+        let found = pool_for_container(pools.clone(), &container("sandbox", "1g"), "sandbox");
+        assert_eq!(found.map(|p| p.name), Some("containers".to_string()));
+        // Another namespace: the pod would be deleted by the garbage collector once owned.
+        assert!(pool_for_container(pools.clone(), &container("team-a", "1g"), "sandbox").is_none());
+        // No pool of its size; a run pool is never one.
+        assert!(
+            pool_for_container(pools.clone(), &container("sandbox", "4g"), "sandbox").is_none()
+        );
+        let runs_only = vec![pool(2, 8)];
+        assert!(pool_for_container(runs_only, &container("sandbox", "1g"), "sandbox").is_none());
     }
 
     #[test]
