@@ -72,6 +72,7 @@ pub fn state(
         runs,
         containers,
         container_locks: Arc::new(CreationLocks::default()),
+        joining: Arc::default(),
         metrics: Metrics::default(),
     })
 }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub uploads: Arc<UploadBudget>,
     /// What each tenant stores, against its storage quota.
     pub quota: Arc<Quota>,
+    /// Runs being created, not in the cache yet.
+    pub joining: Arc<crate::runs::service::Joining>,
 }
 
 /// Run ids whose binding is remembered.

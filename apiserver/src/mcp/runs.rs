@@ -160,7 +160,7 @@ impl McpServer {
         let (files, sizes) = service::input_files(state, tenant, &run).await?;
         check_input_size(&run, &sizes, &state.settings.maxima)?;
         crate::quota::check_run_room(state, tenant)?;
-        service::check_queue_room(state, tenant)?;
+        let place = service::check_queue_room(state, tenant, service::run_bytes(&run))?;
         // Progress is what a stream is: it takes one of the tenant's slots, and without a
         // free one the run goes on without progress rather than failing.
         let token = ctx.meta.get_progress_token();
@@ -168,6 +168,8 @@ impl McpServer {
             .as_ref()
             .and_then(|_| events::take_slot(state, tenant).ok());
         let created = service::create(state, tenant, None, &run, files).await?;
+        // The cache counts it now.
+        drop(place);
         if let (Some(token), Some(slot)) = (token, slot) {
             let id = created.metadata.name.clone().unwrap_or_default();
             let events = events::follow(state, tenant, &id, slot);

@@ -97,15 +97,22 @@ async fn create_run(
         return Ok(done.into_response(&state));
     }
     crate::quota::check_run_room(&state, tenant)?;
-    if key.is_none() {
-        service::check_queue_room(&state, tenant)?;
-    }
+    let place = match key {
+        None => Some(service::check_queue_room(
+            &state,
+            tenant,
+            service::run_bytes(&run),
+        )?),
+        Some(_) => None,
+    };
     // A stream's slot is taken before the run exists: a refused stream starts nothing.
     let slot = run
         .stream
         .then(|| events::take_slot(&state, tenant))
         .transpose()?;
     let created = service::create(&state, tenant, key.as_deref(), &run, files).await?;
+    // The cache counts it now.
+    drop(place);
     if let Some(slot) = slot {
         let id = created.metadata.name.clone().unwrap_or_default();
         return Ok(events::respond(&state, tenant, &id, &headers, slot));
