@@ -104,7 +104,7 @@ async fn a_timeout_keeps_the_state_and_a_lost_interpreter_starts_afresh_with_the
     let slow = run_in_with(&ns, &c, slow).await;
     assert_eq!(
         ended(&slow),
-        (Some(Phase::Failed), Some(Reason::TimedOut)),
+        (Some(Phase::TimedOut), Some(Reason::TimedOut)),
         "{:?}",
         slow.status
     );

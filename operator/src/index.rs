@@ -399,6 +399,15 @@ impl Index {
         }
     }
 
+    /// Whether the pod is a container's, as far as this process knows: a pool pod a
+    /// container just claimed is, before the watch shows the claim.
+    pub fn is_a_containers_pod(&self, pod: &str) -> bool {
+        self.lock()
+            .containers
+            .values()
+            .any(|w| w.pod.as_deref() == Some(pod))
+    }
+
     /// The name of the container's pod, as far as this process knows.
     pub fn container_pod(&self, container: &str) -> Option<String> {
         self.lock()

@@ -78,6 +78,8 @@ fn pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
                 && !p.labels().contains_key(RUN_UID_LABEL)
                 && pod_spec::owned_by_pool(p, pool)
                 && !is_gone_or_going(p)
+                // Claimed by a container, the claim not yet in the cache.
+                && !(pool.container && ctx.index.is_a_containers_pod(&p.name_any()))
         })
         .collect()
 }

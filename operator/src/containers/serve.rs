@@ -22,6 +22,8 @@ use crate::status::MANAGER;
 use crate::tasks::Kind;
 
 /// How long to wait before opening a broken line again.
+/// Pods the container may go through in a row, none of them running, before it fails.
+const POD_ATTEMPTS: u32 = 3;
 const RETRY: Duration = Duration::from_secs(2);
 
 /// Starts a task serving the container, unless one serves it already.
@@ -59,12 +61,24 @@ impl Drop for Serving {
 }
 
 async fn serve(ctx: &Context, key: &ObjectRef<CodeContainer>) {
+    let mut failures = 0;
     loop {
         let Some(container) = live(ctx, key) else {
             return;
         };
         let pod = match pod(ctx, &container).await {
-            Ok(pod) => pod,
+            Ok(pod) => {
+                failures = 0;
+                pod
+            }
+            // A pod that ended or was refused gets a successor, a few times in a row;
+            // past that the container has failed.
+            Err(why) if failures + 1 < POD_ATTEMPTS => {
+                failures += 1;
+                tracing::info!(container = %key, why, "the container's pod failed; another is made");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
             Err(why) => {
                 status::failed(ctx, &container, "pod_failed", &why).await;
                 return;
@@ -105,8 +119,13 @@ async fn pod(ctx: &Context, container: &CodeContainer) -> Result<Arc<Pod>, Strin
         },
     };
     let deadline = Instant::now() + Duration::from_secs(ctx.cfg().start_timeout_seconds);
+    // The container's own (a pool pod it claimed shows the claim once the cache has it),
+    // and started or ended.
     let settled = |p: Option<&Pod>| {
-        p.is_some_and(|p| !matches!(outcome::progress(p, 0, u64::MAX), PodProgress::Waiting))
+        p.is_some_and(|p| {
+            pod_spec::owned_by_kind(p, "CodeContainer", &uid)
+                && !matches!(outcome::progress(p, 0, u64::MAX), PodProgress::Waiting)
+        })
     };
     let pod = ctx
         .cluster
