@@ -20,6 +20,9 @@ pub enum Suite {
     /// Runs in a container that keeps state, against a warm one-shot run and `kubectl exec`;
     /// creating containers.
     Containers,
+    /// A page of runs and of files from a store seeded with many, against one seeded with
+    /// few (no cluster).
+    Lists,
 }
 
 #[derive(Clone, Debug, Parser)]
@@ -109,6 +112,24 @@ pub struct Args {
     #[arg(long, env = "BENCH_HTTP_SECONDS", default_value_t = 10)]
     pub http_seconds: u32,
 
+    /// Run index entries seeded for the lists benchmark, one round per number (the first is
+    /// the baseline).
+    #[arg(long, env = "BENCH_LISTS_RUNS", value_delimiter = ',', default_values_t = [1_000, 1_000_000])]
+    pub lists_runs: Vec<usize>,
+    /// Files seeded for the lists benchmark, one round per number (the first is the baseline).
+    #[arg(long, env = "BENCH_LISTS_FILES", value_delimiter = ',', default_values_t = [1_000, 100_000])]
+    pub lists_files: Vec<usize>,
+    /// Timed calls of each page.
+    #[arg(long, env = "BENCH_LISTS_CALLS", default_value_t = 50)]
+    pub lists_calls: usize,
+    /// Where the lists benchmark seeds its stores (each removed after its round).
+    #[arg(
+        long,
+        env = "BENCH_LISTS_DIR",
+        default_value = "/var/cache/codeinterp/bench-lists"
+    )]
+    pub lists_dir: PathBuf,
+
     /// CodeRuns created at once by the operator scale benchmark, one round per number.
     #[arg(long, env = "BENCH_SCALE_RUNS", value_delimiter = ',', default_values_t = [500, 2000])]
     pub scale_runs: Vec<usize>,
@@ -190,6 +211,13 @@ pub struct Args {
 impl Args {
     pub fn wants(&self, suite: Suite) -> bool {
         self.only.is_empty() || self.only.contains(&suite)
+    }
+
+    /// Whether a wanted benchmark needs the running stack (all but the lists one do).
+    pub fn wants_cluster(&self) -> bool {
+        Suite::value_variants()
+            .iter()
+            .any(|s| *s != Suite::Lists && self.wants(*s))
     }
 
     pub fn storage_dir(&self) -> PathBuf {

@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod containers;
 mod latency;
+mod lists;
 mod mcp;
 mod pool;
 mod preload;

@@ -4,6 +4,7 @@ use serde::Serialize;
 use crate::apiserver_load::ApiLoadReport;
 use crate::containers::ContainersReport;
 use crate::latency::{LatencyReport, PathReport};
+use crate::lists::ListsReport;
 use crate::mcp::McpReport;
 use crate::pool::PoolReport;
 use crate::preload::PreloadReport;
@@ -70,6 +71,7 @@ pub struct Report {
     pub wrapper: Section<WrapperReport>,
     pub scale_sim: Section<SimReport>,
     pub containers: Section<ContainersReport>,
+    pub lists: Section<ListsReport>,
 }
 
 /// The scale benchmark's rounds, one per number of runs.
@@ -139,6 +141,7 @@ pub fn table(report: &Report) -> Vec<Row> {
     rows.extend(mcp_rows(&report.mcp));
     rows.extend(preload_rows(&report.preload));
     rows.extend(containers_rows(&report.containers));
+    rows.extend(lists_rows(&report.lists));
     rows.extend(pool_rows(&report.pool));
     rows.extend(throughput_rows(&report.throughput));
     rows.extend(api_rows(&report.apiserver));
@@ -369,6 +372,48 @@ fn preload_rows(section: &Section<PreloadReport>) -> Vec<Row> {
             l.operator_peak_mib
                 .map_or(NONE.into(), |v| format!("{v} MiB")),
         ));
+    }
+    rows
+}
+
+/// Each page at each size, beside the same page at the list's first (smallest) size.
+fn lists_rows(section: &Section<ListsReport>) -> Vec<Row> {
+    const B: &str = "2d lists at scale";
+    if let Some(rows) = failed_row(B, section) {
+        return rows;
+    }
+    let Section::Ran(l) = section else {
+        return Vec::new();
+    };
+    let sub_ms = |v: Option<f64>| v.map_or_else(|| NONE.into(), |v| format!("{v:.2} ms"));
+    let mut rows = Vec::new();
+    for list in ["runs", "files"] {
+        let rounds: Vec<_> = l.rounds.iter().filter(|r| r.list == list).collect();
+        let Some(base) = rounds.first() else {
+            continue;
+        };
+        for r in &rounds {
+            let pages = [
+                ("newest page", &r.first_page, &base.first_page),
+                (
+                    "page after a cursor halfway",
+                    &r.after_cursor,
+                    &base.after_cursor,
+                ),
+            ];
+            for (which, ours, baseline) in pages {
+                let measure = format!(
+                    "{list}: {which} of 20 at {} (seeded in {:.0} s), p50 (n={}; baseline: at {})",
+                    r.entries, r.seed_s, ours.n, base.entries
+                );
+                let mut out = row(B, &measure, sub_ms(ours.p50_ms), sub_ms(baseline.p50_ms));
+                if r.entries > base.entries {
+                    let met = ours.p50_ms.zip(baseline.p50_ms).map(|(o, b)| o <= 2.0 * b);
+                    out = judged(out, "<= 2x baseline", met);
+                }
+                rows.push(out);
+            }
+        }
     }
     rows
 }
@@ -1125,6 +1170,7 @@ pub fn notes(report: &Report) -> Vec<String> {
         ("wrapper overhead", report.wrapper.error()),
         ("scale by simulation", report.scale_sim.error()),
         ("containers", report.containers.error()),
+        ("lists at scale", report.lists.error()),
     ];
     for (name, error) in failures {
         notes.extend(error.map(|e| format!("{name} did not complete: {e}")));

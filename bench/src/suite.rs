@@ -14,8 +14,8 @@ use kube::{Api, Client};
 use crate::config::{Args, Suite};
 use crate::report::{self, Host, Report, Section};
 use crate::{
-    apiserver_load, cluster, containers, latency, mcp, pool, preload, rest, scale, sim, stream,
-    throughput, wrapper,
+    apiserver_load, cluster, containers, latency, lists, mcp, pool, preload, rest, scale, sim,
+    stream, throughput, wrapper,
 };
 
 /// What the benchmarks that compare against raw pods share.
@@ -61,9 +61,21 @@ pub async fn run(args: &Args) -> Report {
     let mut wrapper = Section::Skipped;
     let mut scale_sim = Section::Skipped;
     let mut containers = Section::Skipped;
+    let mut lists = Section::Skipped;
 
-    match connect(args).await {
-        Err(e) => {
+    // Needs no cluster: first, on a quiet machine.
+    if args.wants(Suite::Lists) {
+        progress("lists at scale: pages of runs and files from seeded local stores");
+        lists = guarded(lists::run(args)).await;
+    }
+
+    let connected = match args.wants_cluster() {
+        true => Some(connect(args).await),
+        false => None,
+    };
+    match connected {
+        None => {}
+        Some(Err(e)) => {
             let error = format!("{e:#}");
             latency = unavailable(args, Suite::Latency, &error);
             pool = unavailable(args, Suite::Pool, &error);
@@ -77,7 +89,7 @@ pub async fn run(args: &Args) -> Report {
             scale_sim = unavailable(args, Suite::ScaleSim, &error);
             containers = unavailable(args, Suite::Containers, &error);
         }
-        Ok(env) => {
+        Some(Ok(env)) => {
             if args.wants(Suite::Latency) {
                 progress(&format!(
                     "1/8 run latency: {} runs each warm, cold and as a raw pod",
@@ -237,6 +249,7 @@ pub async fn run(args: &Args) -> Report {
         wrapper,
         scale_sim,
         containers,
+        lists,
     };
     report.table = report::table(&report);
     report.notes = report::notes(&report);

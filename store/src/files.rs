@@ -6,6 +6,8 @@ use object_store::PutPayload;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
+use crate::index::{entry_id, entry_name, entry_path, take_page};
+use crate::runs::newest_first;
 use crate::{Store, StoreError, segment};
 
 /// A stored file: uploaded through `/v1/files`, or written by a run.
@@ -54,6 +56,18 @@ pub fn image_type(bytes: &[u8]) -> Option<&'static str> {
 /// The size of the parts a streamed upload is sent in: S3's smallest (a part is held in
 /// memory until it is whole).
 pub const UPLOAD_PART_BYTES: u64 = 5 * 1024 * 1024;
+
+/// One page of a tenant's files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilePage {
+    pub files: Vec<FileMeta>,
+    pub has_more: bool,
+}
+
+/// A file's name in the tenant's file indexes: newest first, by id within a second.
+fn file_entry_name(meta: &FileMeta) -> String {
+    entry_name(newest_first(meta.created_at.saturating_mul(1000)), &meta.id)
+}
 
 /// Where a file id lives: written with every file's metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,15 +134,41 @@ impl Store {
         Ok(Ok((size, hex::encode(hash.finalize()))))
     }
 
-    /// Writes a file's metadata, after its index entry: a listed file can always be found
+    /// Writes a file's metadata, after its index entries: a listed file can always be found
     /// by its id alone.
     pub async fn put_file_meta(&self, meta: &FileMeta) -> Result<(), StoreError> {
         let key = self.file_key(&meta.tenant, &meta.id, "meta.json")?;
         self.put_file_index(&meta.id, &meta.tenant).await?;
+        for entry in self.file_list_entries(meta)? {
+            self.inner.put(&entry, PutPayload::new()).await?;
+        }
         self.inner
             .put(&key, PutPayload::from(serde_json::to_vec(meta)?))
             .await?;
         Ok(())
+    }
+
+    /// The tenant's file indexes: all its files, or those of one purpose.
+    fn file_list_prefix(&self, tenant: &str, purpose: Option<&str>) -> Result<Path, StoreError> {
+        let index = self.key(&["tenants", segment(tenant)?, "file-index"]);
+        Ok(match purpose {
+            None => index.child("all"),
+            Some(p) => index.child("purpose").child(segment(p)?),
+        })
+    }
+
+    /// A file's entries in the tenant's file indexes (none by purpose for a purpose that
+    /// cannot be a name; no such purpose is accepted).
+    fn file_list_entries(&self, meta: &FileMeta) -> Result<Vec<Path>, StoreError> {
+        let name = file_entry_name(meta);
+        let mut entries = vec![entry_path(
+            &self.file_list_prefix(&meta.tenant, None)?,
+            &name,
+        )];
+        if let Ok(by_purpose) = self.file_list_prefix(&meta.tenant, Some(&meta.purpose)) {
+            entries.push(entry_path(&by_purpose, &name));
+        }
+        Ok(entries)
     }
 
     async fn put_file_index(&self, id: &str, tenant: &str) -> Result<(), StoreError> {
@@ -212,19 +252,95 @@ impl Store {
         Ok(self.inner.get(&key).await?.bytes().await?)
     }
 
-    pub async fn list_files(&self, tenant: &str) -> Result<Vec<FileMeta>, StoreError> {
-        let prefix = self.key(&["tenants", segment(tenant)?, "files"]);
-        let metas: Vec<_> = self.inner.list(Some(&prefix)).try_collect().await?;
-        let mut out = Vec::new();
-        for m in metas
-            .into_iter()
-            .filter(|m| m.location.filename() == Some("meta.json"))
-        {
-            let r = self.inner.get(&m.location).await?;
-            out.push(serde_json::from_slice::<FileMeta>(&r.bytes().await?)?);
+    /// A page of the tenant's files (of one purpose, or all), after the file `after`:
+    /// newest first, reading only the names and metadata the page takes, so its cost does
+    /// not grow with the tenant's files; oldest first (`newest_first` false) reads every
+    /// name of the index (no metadata but the page's). `None` when `after` is not one of
+    /// the files listed.
+    pub async fn list_files_page(
+        &self,
+        tenant: &str,
+        purpose: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Option<FilePage>, StoreError> {
+        self.index_earlier_files(tenant).await?;
+        let prefix = match self.file_list_prefix(tenant, purpose) {
+            Ok(p) => p,
+            Err(StoreError::Name(_)) if after.is_none() => {
+                return Ok(Some(FilePage {
+                    files: vec![],
+                    has_more: false,
+                }));
+            }
+            Err(StoreError::Name(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let after = match after {
+            None => None,
+            Some(id) => match self.get_file_meta(tenant, id).await? {
+                Some(m) if purpose.is_none_or(|p| m.purpose == p) => Some(file_entry_name(&m)),
+                _ => return Ok(None),
+            },
+        };
+        let read = |name: String| async move {
+            let Some(id) = entry_id(&name) else {
+                return Ok(None);
+            };
+            // An entry outlives its file for a moment when the file is deleted, and is
+            // written a moment before a new file's metadata.
+            Ok(self
+                .get_file_meta(tenant, id)
+                .await?
+                .filter(|m| file_entry_name(m) == name))
+        };
+        let (files, has_more) = if newest_first {
+            let names = self.index_names(&prefix, after.as_deref()).await?;
+            take_page(names, limit, read).await?
+        } else {
+            let mut names: Vec<String> =
+                self.index_names(&prefix, None).await?.try_collect().await?;
+            names.reverse();
+            let start = match &after {
+                None => 0,
+                Some(a) => names
+                    .iter()
+                    .position(|n| n == a)
+                    .map_or(names.len(), |i| i + 1),
+            };
+            let rest = futures::stream::iter(names.into_iter().skip(start).map(Ok)).boxed();
+            take_page(rest, limit, read).await?
+        };
+        Ok(Some(FilePage { files, has_more }))
+    }
+
+    /// Files stored before the file indexes were are indexed once, by the first listing
+    /// (which reads each one's metadata); `file-index/indexed` says it is done.
+    async fn index_earlier_files(&self, tenant: &str) -> Result<(), StoreError> {
+        let done = self.key(&["tenants", segment(tenant)?, "file-index", "indexed"]);
+        match self.inner.head(&done).await {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-        Ok(out)
+        let files = self.key(&["tenants", segment(tenant)?, "files"]);
+        let mut listing = self.inner.list(Some(&files));
+        while let Some(object) = listing.try_next().await? {
+            if object.location.filename() != Some("meta.json") {
+                continue;
+            }
+            let meta: FileMeta = match self.inner.get(&object.location).await {
+                Ok(r) => serde_json::from_slice(&r.bytes().await?)?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for entry in self.file_list_entries(&meta)? {
+                self.inner.put(&entry, PutPayload::new()).await?;
+            }
+        }
+        self.inner.put(&done, PutPayload::new()).await?;
+        Ok(())
     }
 
     /// Deletes a file's metadata first (so it stops being listed), then its bytes; the
@@ -237,19 +353,27 @@ impl Store {
         let Some(meta) = self.get_file_meta(tenant, id).await? else {
             return Ok(None);
         };
-        self.remove_file(tenant, id).await?;
+        self.remove_file(tenant, id, Some(&meta)).await?;
         Ok(Some(meta))
     }
 
-    /// Removes whatever is left of a file: its metadata, its bytes, its index entry, in that
-    /// order, each gone already or not (so two sweepers, or a sweeper and a client, may
-    /// remove the same file at once).
-    pub(crate) async fn remove_file(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
-        for key in [
-            self.file_key(tenant, id, "meta.json")?,
-            self.file_key(tenant, id, "content")?,
-            self.file_index_key(id)?,
-        ] {
+    /// Removes whatever is left of a file: its metadata, its entries in the tenant's file
+    /// indexes (when its metadata was read: a sweep removes entries by their own age), its
+    /// bytes, its index entry, in that order, each gone already or not (so two sweepers, or
+    /// a sweeper and a client, may remove the same file at once).
+    pub(crate) async fn remove_file(
+        &self,
+        tenant: &str,
+        id: &str,
+        meta: Option<&FileMeta>,
+    ) -> Result<(), StoreError> {
+        let mut keys = vec![self.file_key(tenant, id, "meta.json")?];
+        if let Some(meta) = meta {
+            keys.extend(self.file_list_entries(meta)?);
+        }
+        keys.push(self.file_key(tenant, id, "content")?);
+        keys.push(self.file_index_key(id)?);
+        for key in keys {
             self.delete_if_present(&key).await?;
         }
         Ok(())
@@ -294,9 +418,13 @@ mod tests {
             store.get_file_bytes("acme", "file-1").await.unwrap(),
             Bytes::from_static(b"abc")
         );
-        assert_eq!(store.list_files("acme").await.unwrap().len(), 1);
+        let listed = |store: Store| async move {
+            let page = store.list_files_page("acme", None, None, 20, true).await;
+            page.unwrap().unwrap().files.len()
+        };
+        assert_eq!(listed(store.clone()).await, 1);
         assert!(store.delete_file("acme", "file-1").await.unwrap().is_some());
-        assert!(store.list_files("acme").await.unwrap().is_empty());
+        assert_eq!(listed(store.clone()).await, 0);
         assert!(store.delete_file("acme", "file-1").await.unwrap().is_none());
     }
 

@@ -10,9 +10,16 @@
 //! - `tenants/<tenant>/run-ids/<run id>.json`: a [`RunBinding`], written by the REST API when
 //!   it creates a run: the UID (and namespace) it created under that id, so that no other
 //!   CodeRun of the same name can answer for it;
-//! - `tenants/<tenant>/run-index/<newest-first key>`: one empty object per bound run, named so
-//!   that a listing in key order is newest first (lists read names, not records);
+//! - `tenants/<tenant>/run-index/<d0..10>/<d10..12>/<d12..14>/<d14..16>/<newest-first key>_<run id>`:
+//!   one empty object per bound run, an ordered index (see `index.rs`) whose key order is
+//!   newest first: a page reads names, not records, and seeks to its cursor, so it costs the
+//!   same at a million runs as at a thousand (entries of the first index, flat under
+//!   `run-index/`, are moved into the tree when a listing finds them);
 //! - `tenants/<tenant>/files/<file id>/meta.json`: a [`FileMeta`];
+//! - `tenants/<tenant>/file-index/all/<tree>/<newest-first key>_<file id>` and
+//!   `.../file-index/purpose/<purpose>/<tree>/...`: the tenant's files in the same kind of
+//!   ordered index, all of them and by purpose, written before a file's metadata and removed
+//!   after it; `.../file-index/indexed` says files stored before the index are in it too;
 //! - `tenants/<tenant>/files/<file id>/content`: the file's bytes;
 //! - `index/files/<file id>.json`: a [`FileIndexEntry`] naming the file's tenant, so a signed
 //!   download URL (which carries no bearer token) finds the file in one read, and a link to
@@ -30,6 +37,7 @@
 
 mod containers;
 mod files;
+mod index;
 mod output;
 mod runs;
 mod usage;
@@ -39,8 +47,10 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
+use index::Listing;
+
 pub use containers::{CODE_HEAD_BYTES, ContainerFile, ContainerRun, ContainerRunPage, FileSource};
-pub use files::{FileIndexEntry, FileMeta, UPLOAD_PART_BYTES, UploadError, image_type};
+pub use files::{FileIndexEntry, FileMeta, FilePage, UPLOAD_PART_BYTES, UploadError, image_type};
 pub use output::StoredOutput;
 pub use runs::{
     HEAD_BYTES, OutputStream, RECORD_VERSION, RunBinding, RunError, RunPage, RunRecord, head,
@@ -95,6 +105,8 @@ impl StoreError {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     root: Path,
+    /// How the backend's listings are read in order, for the indexes.
+    listing: Listing,
     /// Parts of [`UPLOAD_PART_BYTES`] a streamed upload may hold in memory at once.
     upload_parts: usize,
 }
@@ -122,11 +134,15 @@ impl Store {
         if !url.contains("://") || url.starts_with("file://") {
             let dir = url.trim_start_matches("file://");
             std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
+            // Directories emptied by a removal are removed with it, so that a walk of an
+            // index never reads directories of entries long gone.
             let local = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                .map_err(|e| bad(e.to_string()))?;
+                .map_err(|e| bad(e.to_string()))?
+                .with_automatic_cleanup(true);
             return Ok(Store {
                 inner: Arc::new(local),
                 root: Path::default(),
+                listing: Listing::Directories,
                 upload_parts: 1,
             });
         }
@@ -140,8 +156,20 @@ impl Store {
         Ok(Store {
             inner: Arc::from(inner),
             root,
+            listing: Listing::Ordered,
             upload_parts: 1,
         })
+    }
+
+    /// A store on any backend (tests wrap one to count what a page reads).
+    #[cfg(test)]
+    pub(crate) fn on(inner: Arc<dyn ObjectStore>, listing: Listing) -> Self {
+        Store {
+            inner,
+            root: Path::default(),
+            listing,
+            upload_parts: 1,
+        }
     }
 
     /// The same store, whose streamed uploads hold up to `parts` parts of

@@ -1,11 +1,11 @@
 //! Run records, their output, and the REST API's bindings and index of run ids.
 use bytes::Bytes;
 use codeinterp_crds::{ArtifactRef, Language, Phase, Reason, StartMode, Usage};
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use crate::index::{entry_id, entry_name, entry_path, take_page};
 use crate::{Store, StoreError, segment};
 
 /// The record version this code writes (records of the first layout read as 0).
@@ -115,7 +115,18 @@ pub fn head(bytes: &[u8], max: usize) -> String {
 
 /// `i64::MAX - ms`, zero-padded: ascending key order is newest first.
 fn index_name(created_ms: i64, id: &str) -> String {
-    format!("{:019}_{id}", i64::MAX - created_ms.max(0))
+    entry_name(newest_first(created_ms), id)
+}
+
+/// An entry's name in the first, flat layout of the run index (which had the same names).
+#[cfg(test)]
+pub(crate) fn tests_index_name(created_ms: i64, id: &str) -> String {
+    index_name(created_ms, id)
+}
+
+/// A time in milliseconds as an index key that sorts the newest first.
+pub(crate) fn newest_first(ms: i64) -> u64 {
+    (i64::MAX - ms.max(0)) as u64
 }
 
 impl Store {
@@ -147,7 +158,7 @@ impl Store {
         ]))
     }
 
-    fn index_prefix(&self, tenant: &str) -> Result<Path, StoreError> {
+    pub(crate) fn index_prefix(&self, tenant: &str) -> Result<Path, StoreError> {
         Ok(self.key(&["tenants", segment(tenant)?, "run-index"]))
     }
 
@@ -271,11 +282,25 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        let index = self
-            .index_prefix(tenant)?
-            .child(index_name(binding.created_ms, id));
-        self.inner.put(&index, PutPayload::new()).await?;
+        self.inner
+            .put(
+                &self.run_index_key(tenant, binding.created_ms, id)?,
+                PutPayload::new(),
+            )
+            .await?;
         Ok(true)
+    }
+
+    /// Where the index entry of the tenant's run `id`, created at `created_ms`, is stored
+    /// (its key below the store's root; a benchmark writes entries directly).
+    pub fn run_index_key(
+        &self,
+        tenant: &str,
+        created_ms: i64,
+        id: &str,
+    ) -> Result<Path, StoreError> {
+        let name = index_name(created_ms, segment(id)?);
+        Ok(entry_path(&self.index_prefix(tenant)?, &name))
     }
 
     pub async fn binding(&self, tenant: &str, id: &str) -> Result<Option<RunBinding>, StoreError> {
@@ -304,7 +329,8 @@ impl Store {
     }
 
     /// A page of the tenant's run ids, newest first, after the run `after`. Reads names
-    /// only; records of the first layout are bound and indexed when first seen.
+    /// only, and only as many as the page takes: its cost does not grow with the index.
+    /// Records and index entries of earlier layouts are indexed when first seen.
     pub async fn list_run_ids(
         &self,
         tenant: &str,
@@ -313,29 +339,40 @@ impl Store {
     ) -> Result<Option<RunPage>, StoreError> {
         self.index_legacy_records(tenant).await?;
         let prefix = self.index_prefix(tenant)?;
-        let offset = match after {
+        self.file_flat_index_entries(&prefix).await?;
+        let after = match after {
             None => None,
             Some(id) => match self.binding(tenant, id).await? {
-                Some(b) => Some(prefix.child(index_name(b.created_ms, id))),
+                Some(b) => Some(index_name(b.created_ms, id)),
                 None => return Ok(None),
             },
         };
-        let stream = match &offset {
-            Some(offset) => self.inner.list_with_offset(Some(&prefix), offset),
-            None => self.inner.list(Some(&prefix)),
-        };
-        let mut names: Vec<String> = stream
-            .map_ok(|m| m.location.filename().unwrap_or_default().to_string())
-            .try_collect()
-            .await?;
-        names.sort();
-        let has_more = names.len() > limit;
-        let ids = names
-            .into_iter()
-            .take(limit)
-            .filter_map(|n| n.split_once('_').map(|(_, id)| id.to_string()))
-            .collect();
+        let names = self.index_names(&prefix, after.as_deref()).await?;
+        let (ids, has_more) = take_page(names, limit, |name| async move {
+            Ok(entry_id(&name).map(str::to_string))
+        })
+        .await?;
         Ok(Some(RunPage { ids, has_more }))
+    }
+
+    /// Entries of the first index lie flat under `run-index/` (and would sort among the
+    /// tree's directories, out of order): moves them into the tree. One directory read when
+    /// there are none.
+    async fn file_flat_index_entries(&self, prefix: &Path) -> Result<(), StoreError> {
+        let listing = self.inner.list_with_delimiter(Some(prefix)).await?;
+        for meta in listing.objects {
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            if entry_id(name).is_none() {
+                continue;
+            }
+            self.inner
+                .put(&entry_path(prefix, name), PutPayload::new())
+                .await?;
+            self.delete_if_present(&meta.location).await?;
+        }
+        Ok(())
     }
 
     /// Records of the first layout (`runs/<id>.json`) have no binding: read each once (one

@@ -77,6 +77,9 @@ enum Kind {
         content: bool,
     },
     Run,
+    /// An entry of the tenant's file indexes: written just before its file's metadata, so
+    /// as old as the file, and removed by that age (also when its file is gone already).
+    FileListEntry,
     Other,
 }
 
@@ -88,6 +91,8 @@ fn kind(rest: &[String]) -> Kind {
             content: leaf == "content",
         },
         [first, ..] if matches!(first.as_str(), "runs" | "run-ids" | "run-index") => Kind::Run,
+        // Not `file-index/indexed`, which says the indexes are whole.
+        [first, _, _, ..] if first == "file-index" => Kind::FileListEntry,
         _ => Kind::Other,
     }
 }
@@ -161,7 +166,10 @@ impl Store {
                     self.delete_if_present(&object.location).await?;
                     swept.run_objects_removed += 1;
                 }
-                Kind::Run | Kind::Other => swept.bytes += object.size,
+                Kind::FileListEntry if retention.files_before.is_some_and(|b| modified < b) => {
+                    self.delete_if_present(&object.location).await?;
+                }
+                Kind::Run | Kind::FileListEntry | Kind::Other => swept.bytes += object.size,
             }
         }
         if let Some(done) = group {
@@ -190,7 +198,7 @@ impl Store {
         }
         match fate {
             FileFate::Remove => {
-                self.remove_file(tenant, &group.id).await?;
+                self.remove_file(tenant, &group.id, None).await?;
                 swept.files_removed += 1;
             }
             FileFate::Keep | FileFate::RemoveUnlessMeta => swept.bytes += group.bytes,
@@ -361,6 +369,13 @@ mod tests {
         ] {
             assert_eq!(kind(&parts(run)), Kind::Run, "{run}");
         }
+        for entry in [
+            "file-index/all/9223370312/12/34/56/9223370312123456789_file-1",
+            "file-index/purpose/assistants/9223370312/12/34/56/9223370312123456789_file-1",
+        ] {
+            assert_eq!(kind(&parts(entry)), Kind::FileListEntry, "{entry}");
+        }
+        assert_eq!(kind(&parts("file-index/indexed")), Kind::Other);
         assert_eq!(kind(&parts("containers/c/paths/x.json")), Kind::Other);
         assert_eq!(kind(&parts("files/odd")), Kind::Other);
     }

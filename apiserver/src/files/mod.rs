@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
-use crate::pagination::{Page, check_limit, paginate};
+use crate::pagination::{Page, check_limit};
 use crate::state::AppState;
 use download::{Download, SignedQuery};
 use model::{FileDeleted, FileObject, UploadForm, content_disposition, display_type};
@@ -150,18 +150,32 @@ async fn list_files(
             ));
         }
     };
-    let mut files: Vec<FileObject> = state
+    let after = query.after.as_deref();
+    let Some(found) = state
         .store
-        .list_files(&caller.tenant)
+        .list_files_page(
+            &caller.tenant,
+            query.purpose.as_deref(),
+            after,
+            limit,
+            newest_first,
+        )
         .await?
-        .into_iter()
-        .filter(|f| query.purpose.as_deref().is_none_or(|p| f.purpose == p))
-        .map(FileObject::from)
-        .collect();
-    if !newest_first {
-        files.reverse();
-    }
-    let page = paginate(files, |f| f.id.as_str(), limit, query.after.as_deref())?;
+    else {
+        let cursor = after.unwrap_or_default();
+        return Err(ApiError::invalid(
+            format!("after is {cursor:?}, which is not an id in this list"),
+            "after".to_string(),
+        ));
+    };
+    let data: Vec<FileObject> = found.files.into_iter().map(FileObject::from).collect();
+    let page = Page {
+        object: "list",
+        first_id: data.first().map(|f| f.id.clone()),
+        last_id: data.last().map(|f| f.id.clone()),
+        has_more: found.has_more,
+        data,
+    };
     Ok(Json(page))
 }
 
