@@ -1,6 +1,9 @@
 # The two commands: `make up` brings the whole stack up, `make test` runs every test.
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= /var/cache/codeinterp/cargo-target
+# No incremental caches: they took 12 GiB of the shared target directory, and a disk that
+# fills lets the kubelet evict pods and delete the stack's images.
+export CARGO_INCREMENTAL ?= 0
 
 .PHONY: up down test bench cluster images build lint unit e2e crd deps
 

@@ -180,10 +180,9 @@ pub async fn hold(State(state): State<AppState>, req: Request, next: Next) -> Re
     };
     // The most the body can be: its Content-Length, if it has one.
     let declared = axum::body::HttpBody::size_hint(req.body()).upper();
-    // An upload that cannot fit the tenant's storage is refused now, its body unread, so
-    // the client is sure to read the answer.
+    // An upload that cannot fit the tenant's storage is refused before its body is stored.
     if let Err(e) = crate::quota::check_upload(&state, &caller.tenant, declared) {
-        return e.into_response();
+        return drained(req, declared, e).await;
     }
     let want = to_reserve(declared, state.store.upload_held_bytes(CHUNK_BYTES));
     match state.uploads.reserve(&caller.tenant, want) {
@@ -192,8 +191,35 @@ pub async fn hold(State(state): State<AppState>, req: Request, next: Next) -> Re
             drop(reservation);
             response
         }
-        Err(refusal) => refused(refusal).into_response(),
+        Err(refusal) => drained(req, declared, refused(refusal)).await,
     }
+}
+
+/// The most of a refused upload's body read (and dropped) before the answer.
+const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+/// How long it may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The refusal, once what is left of a small body has been read and dropped: a client still
+/// sending reads the answer instead of a connection reset under its write (reqwest and
+/// others report the broken pipe, not the 413). A body said to be larger than
+/// [`DRAIN_BYTES`] is not read at all: its connection closes after the answer.
+async fn drained(req: Request, declared: Option<u64>, refusal: ApiError) -> Response {
+    use futures::StreamExt;
+    if declared.is_none_or(|n| n <= DRAIN_BYTES) {
+        let mut body = req.into_body().into_data_stream();
+        let mut left = DRAIN_BYTES;
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            while let Some(Ok(chunk)) = body.next().await {
+                match left.checked_sub(chunk.len() as u64) {
+                    Some(rest) => left = rest,
+                    None => break,
+                }
+            }
+        })
+        .await;
+    }
+    refusal.into_response()
 }
 
 #[cfg(test)]

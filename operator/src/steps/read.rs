@@ -26,6 +26,9 @@ use crate::tasks::Kind;
 /// the container ended.
 const EXIT_REPORT_WAIT: Duration = Duration::from_secs(15);
 
+/// How long a read that failed waits before the reconcile looks again.
+const READ_RETRY: Duration = Duration::from_secs(2);
+
 /// How reading begins.
 pub enum How {
     /// This process placed the pod and has not handed it the job; with the session held
@@ -56,6 +59,9 @@ pub fn start(ctx: &Arc<Context>, run: &CodeRun, pod: Pod, how: How) {
         let _guard = guard;
         if let Err(e) = read(&ctx, &run, &pod, how).await {
             tracing::warn!(run = %run.name_any(), error = %e, "reading the run's record; the reconcile resumes it");
+            // Still marked as read meanwhile: an error that holds (a status the API server
+            // refuses) is tried again every few seconds, not as fast as the API answers.
+            tokio::time::sleep(READ_RETRY).await;
         }
     });
 }
