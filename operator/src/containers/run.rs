@@ -93,10 +93,11 @@ pub async fn read(
         Err(e) => Outcome::ended(Reason::InvalidRunnerOutput, e.to_string()),
     };
     let record = record.ok();
+    // The folder first: whoever reads the run as finished finds the files it wrote listed.
+    keep_folder(ctx, container, record.as_ref(), &files).await;
     let latest = written.flatten().unwrap_or_else(|| run.clone());
     let done = finish::from_record(ctx, &latest, None, record.as_ref(), &files, outcome).await;
     end_quietly(done);
-    keep_folder(ctx, container, record.as_ref(), &files).await;
     Ok(())
 }
 
