@@ -33,10 +33,15 @@ pub trait Cached:
 /// this cache only) before they are dropped.
 const SPEC_BYTES: &str = "codeinterp.dev/cached-spec-bytes";
 
-/// The bytes of code, stdin and arguments in a run's spec.
+/// The bytes of code, stdin and arguments a run holds in its CodeRun.
+pub fn input_bytes(code: &str, stdin: Option<&str>, args: &[String]) -> u64 {
+    let args: usize = args.iter().map(String::len).sum();
+    (code.len() + stdin.map_or(0, str::len) + args) as u64
+}
+
+/// [`input_bytes`] of a run's spec.
 pub fn spec_bytes(run: &CodeRun) -> u64 {
-    let args: usize = run.spec.args.iter().map(String::len).sum();
-    (run.spec.code.len() + run.spec.stdin.as_ref().map_or(0, String::len) + args) as u64
+    input_bytes(&run.spec.code, run.spec.stdin.as_deref(), &run.spec.args)
 }
 
 /// The cache keeps what the REST API shows; the program's source and stdin (up to 512 KiB

@@ -7,9 +7,8 @@
 use std::time::{Duration, Instant};
 
 use codeinterp_crds::{CodeContainer, CodeRun, ContainerPhase, Language, Phase, Reason};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use testkit::*;
@@ -176,28 +175,6 @@ async fn a_container_idle_past_its_minutes_expires_and_a_run_to_it_fails_as_expi
         late.status.unwrap().message.as_deref(),
         Some("Container is expired.")
     );
-}
-
-/// Deletes the leading operator replica at once; returns when another holds the lease.
-async fn kill_leader(client: &kube::Client) {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let leader = stack_pod(client, "operator").await;
-    let now = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..Default::default()
-    };
-    pods.delete(&leader, &now).await.unwrap();
-    let took_over = eventually_async(Duration::from_secs(60), || async {
-        leases
-            .get("codeinterp-operator")
-            .await
-            .ok()
-            .and_then(|l| l.spec?.holder_identity)
-            .is_some_and(|holder| holder != leader)
-    })
-    .await;
-    assert!(took_over, "no standby took the lease");
 }
 
 #[tokio::test]

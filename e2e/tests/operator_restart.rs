@@ -5,13 +5,12 @@
 //! own: test files run one after another, so no other test sees the leader go away.
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use codeinterp_crds::{CodeRun, Phase};
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, LogParams};
+use kube::api::LogParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use runner_protocol::{Decoder, Event, Follower, RUNNER_CONTAINER};
@@ -80,27 +79,9 @@ impl Witness {
 /// Deletes the leading replica outright (no time to hand over); waits for a standby to take
 /// the lease and for the Deployment to have its standby back. Returns how long the handover
 /// took.
-async fn kill_leader(client: &kube::Client) -> Duration {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+async fn kill_leader_and_await_standby(client: &kube::Client) -> Duration {
     let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let leader = stack_pod(client, "operator").await;
-    let killed = Instant::now();
-    let now = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..Default::default()
-    };
-    pods.delete(&leader, &now).await.unwrap();
-    let took_over = eventually_async(Duration::from_secs(60), || async {
-        leases
-            .get("codeinterp-operator")
-            .await
-            .ok()
-            .and_then(|l| l.spec?.holder_identity)
-            .is_some_and(|holder| holder != leader)
-    })
-    .await;
-    assert!(took_over, "no standby took the lease");
-    let handover = killed.elapsed();
+    let (leader, handover) = testkit::kill_leader(client).await;
     // The Deployment replaces the killed replica: wait for that standby to be ready, so the
     // next kill again leaves one to take over.
     let holder = stack_pod(client, "operator").await;
@@ -166,7 +147,7 @@ async fn the_leader_dying_at_each_moment_of_delivery_loses_no_run_and_runs_none_
     let early: Vec<_> = (0..6).map(|i| format!("{tag}-early-{i}")).collect();
     let bodies = early.iter().map(|m| (m.clone(), marked(m, 3))).collect();
     all.extend(create(&api, bodies).await);
-    let handover = kill_leader(&client).await;
+    let handover = kill_leader_and_await_standby(&client).await;
     eprintln!("killed before the pods were up; handover {handover:?}");
     assert!(handover < Duration::from_secs(20), "{handover:?}");
 
@@ -201,7 +182,7 @@ async fn the_leader_dying_at_each_moment_of_delivery_loses_no_run_and_runs_none_
         mid_delivery,
         "no run was seen between its pod's start and its program's"
     );
-    let handover = kill_leader(&client).await;
+    let handover = kill_leader_and_await_standby(&client).await;
     eprintln!("killed while a job was written; handover {handover:?}");
 
     // 3. While programs run.
@@ -224,7 +205,7 @@ async fn the_leader_dying_at_each_moment_of_delivery_loses_no_run_and_runs_none_
     })
     .await;
     assert!(started, "the programs did not start");
-    let handover = kill_leader(&client).await;
+    let handover = kill_leader_and_await_standby(&client).await;
     eprintln!("killed while programs ran; handover {handover:?}");
 
     // Every run completes, and its program ran in exactly one pod.

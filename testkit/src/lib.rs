@@ -432,6 +432,32 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// Deletes the leading operator replica at once and returns when another holds the lease:
+/// the name of the replica killed, and how long the handover took.
+pub async fn kill_leader(client: &Client) -> (String, Duration) {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let leader = stack_pod(client, "operator").await;
+    let killed = Instant::now();
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    pods.delete(&leader, &now).await.unwrap();
+    let took_over = eventually_async(Duration::from_secs(60), || async {
+        leases
+            .get("codeinterp-operator")
+            .await
+            .ok()
+            .and_then(|l| l.spec?.holder_identity)
+            .is_some_and(|holder| holder != leader)
+    })
+    .await;
+    assert!(took_over, "no standby took the lease");
+    (leader, killed.elapsed())
+}
+
 /// The pod of the stack's component (`apiserver` or `operator`): for the operator, the
 /// replica holding the lease.
 pub async fn stack_pod(client: &Client, component: &str) -> String {

@@ -657,6 +657,11 @@ impl S3Server {
 
 /// A second operator (the release binary) serving one shard only.
 pub async fn start_operator(shard: &str, env: &[(&str, String)]) -> Process {
+    start_operator_with_metrics(shard, env).await.0
+}
+
+/// [`start_operator`], with the URL of its metrics.
+pub async fn start_operator_with_metrics(shard: &str, env: &[(&str, String)]) -> (Process, String) {
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut all: Vec<(&str, String)> = vec![
         ("SHARD", shard.to_string()),
@@ -675,7 +680,7 @@ pub async fn start_operator(shard: &str, env: &[(&str, String)]) -> Process {
     // Healthy first, then leading (a fresh lease is free at once).
     let leading = format!("http://{metrics}/metrics");
     process
-        .wait_ready(Duration::from_secs(30), || async {
+        .wait_ready(Duration::from_secs(60), || async {
             match reqwest::get(&leading).await {
                 Ok(r) => r
                     .text()
@@ -685,7 +690,7 @@ pub async fn start_operator(shard: &str, env: &[(&str, String)]) -> Process {
             }
         })
         .await;
-    process
+    (process, leading)
 }
 
 /// One server-sent event, and when it arrived.

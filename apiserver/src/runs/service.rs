@@ -354,8 +354,7 @@ impl Drop for Ticket {
 
 /// The bytes of code, stdin and arguments a run will hold in its CodeRun.
 pub fn run_bytes(run: &ValidRun) -> u64 {
-    let args: usize = run.args.iter().map(String::len).sum();
-    (run.code.len() + run.stdin.as_ref().map_or(0, String::len) + args) as u64
+    crate::run_cache::input_bytes(&run.code, run.stdin.as_deref(), &run.args)
 }
 
 /// Refuses a new run while the tenant has as many waiting for room as it may, the line of

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use testkit::rest::{ApiServer, Key, Process, free_port, release_binary, service_command};
+use testkit::rest::{ApiServer, Key, Process, free_port};
 
 use crate::suite::progress;
 
@@ -140,39 +140,16 @@ impl Drop for Shard {
     }
 }
 
-/// An operator of the shard (the release binary), leading on a lease of its own; its
-/// metrics URL.
+/// An operator of the shard (the release binary) watching only `namespace`, leading on a
+/// lease of its own; its metrics URL.
 async fn start_operator(
     shard: &str,
     namespace: &str,
     env: &[(&'static str, String)],
 ) -> anyhow::Result<(Process, String)> {
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut all: Vec<(&str, String)> = vec![
-        ("METRICS_ADDR", metrics.clone()),
-        ("WATCH_NAMESPACE", namespace.to_string()),
-        ("LEASE_NAME", format!("bench-{shard}")),
-        ("LEASE_NAMESPACE", testkit::OPERATOR_NAMESPACE.into()),
-        ("LEASE_DURATION_SECONDS", "4".into()),
-    ];
-    all.extend(env.iter().cloned());
-    let mut process = Process::spawn(
-        "operator",
-        service_command(&release_binary("operator"), &all),
-    );
-    let url = format!("http://{metrics}/metrics");
-    process
-        .wait_ready(Duration::from_secs(60), || async {
-            match reqwest::get(&url).await {
-                Ok(r) => r
-                    .text()
-                    .await
-                    .is_ok_and(|t| t.contains("codeinterp_operator_leader 1")),
-                Err(_) => false,
-            }
-        })
-        .await;
-    Ok((process, url))
+    let mut all: Vec<(&str, String)> = env.to_vec();
+    all.push(("WATCH_NAMESPACE", namespace.to_string()));
+    Ok(testkit::rest::start_operator_with_metrics(shard, &all).await)
 }
 
 /// Seconds of CPU a process has used (user and system), from `/proc/<pid>/stat`.
