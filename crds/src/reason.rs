@@ -48,6 +48,7 @@ reasons! {
     OutputLimitExceeded = "output_limit_exceeded" => Failed, "The program grew a single file past RLIMIT_FSIZE (a backstop just over `disk_mb`).";
     DiskLimitExceeded = "disk_limit_exceeded" => Failed, "`/work` or `/tmp` was full (`disk_mb`) and the program failed.";
     ArtifactLimitExceeded = "artifact_limit_exceeded" => Failed, "Output files over `max_artifacts`, `max_artifact_bytes` or `max_artifact_total_bytes` were left out.";
+    ArtifactLost = "artifact_lost" => Failed, "An output file could not be read back whole (it failed or changed while being collected, or its bytes were cut short on the way): it was left out, the others were kept, and the message names it.";
     StorageQuotaExceeded = "storage_quota_exceeded" => Failed, "The output files would have taken the tenant past its storage quota (`STORAGE_QUOTA_MB`): none was kept (exit code, stdout and stderr were).";
     RunnerError = "runner_error" => Failed, "The wrapper could not run the program (no interpreter, a broken job).";
     InvalidRunnerOutput = "invalid_runner_output" => Failed, "The runner's record failed validation.";

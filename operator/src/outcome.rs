@@ -257,10 +257,34 @@ fn limit_or_fault(
             Reason::ArtifactLimitExceeded,
             format!("{over} output file(s) over the limits were not kept"),
         ));
+    } else if let Some(lost) = record.and_then(lost_file) {
+        return Some((
+            Reason::ArtifactLost,
+            format!(
+                "the output file {:?} was not kept: {}",
+                lost.name,
+                if lost.detail.is_empty() {
+                    "it could not be read back whole"
+                } else {
+                    &lost.detail
+                }
+            ),
+        ));
     } else {
         return None;
     };
     Some((reason, message.into()))
+}
+
+/// The first output file the program left whole that did not come back whole: it failed or
+/// changed while the wrapper read it, or its bytes were cut short on the way. Files the
+/// program itself made uncollectable (links, bad names, too deep) are not lost.
+fn lost_file(record: &Record) -> Option<&runner_protocol::SkippedFile> {
+    use runner_protocol::SkipReason;
+    record
+        .skipped
+        .iter()
+        .find(|s| matches!(s.reason, SkipReason::Unreadable | SkipReason::CutShort))
 }
 
 #[cfg(test)]
@@ -389,6 +413,41 @@ mod tests {
             (Phase::Failed, Some(Reason::ArtifactLimitExceeded), Some(0))
         );
         assert!(o.message.unwrap().starts_with("1 output file"));
+    }
+
+    #[test]
+    fn an_output_file_that_did_not_come_back_whole_fails_the_run_and_is_named() {
+        let with = |reason| {
+            let mut r = record(ExitReport {
+                exit_code: Some(0),
+                ..Default::default()
+            });
+            r.skipped.push(SkippedFile {
+                name: "model.bin".into(),
+                reason,
+                detail: "changed while being collected: cut short".into(),
+            });
+            judge(Some(&r), None, None, false)
+        };
+        for reason in [SkipReason::CutShort, SkipReason::Unreadable] {
+            let o = with(reason);
+            assert_eq!(
+                (o.phase, o.reason, o.exit_code),
+                (Phase::Failed, Some(Reason::ArtifactLost), Some(0)),
+                "{reason:?}"
+            );
+            let message = o.message.unwrap();
+            assert!(message.contains("\"model.bin\""), "{message}");
+            assert!(message.contains("cut short"), "{message}");
+        }
+        // What the program made uncollectable itself is refused, not lost.
+        for reason in [
+            SkipReason::NotAFile,
+            SkipReason::InvalidName,
+            SkipReason::NotWalked,
+        ] {
+            assert_eq!(with(reason).reason, None, "{reason:?}");
+        }
     }
 
     #[test]

@@ -170,11 +170,32 @@ pub fn conclude(
                 ending.pod_reason.as_deref(),
                 cancel_requested,
             );
+            let outcome = unless_files_unread(outcome, &rec);
             Conclusion::Finish {
                 record: Some(Box::new(rec)),
                 outcome,
             }
         }
+    }
+}
+
+/// A program that exited by itself, whose record broke off after its exit report and before
+/// the end frame (the stream from the pod ended early, and the log no longer held the rest):
+/// its output files, which come after the report, may be missing, and a run is never shown
+/// completed without them.
+fn unless_files_unread(outcome: Outcome, rec: &Record) -> Outcome {
+    if outcome.reason.is_some() || rec.complete || rec.exit.is_none() {
+        return outcome;
+    }
+    Outcome {
+        phase: Reason::ArtifactLost.phase(),
+        reason: Some(Reason::ArtifactLost),
+        message: Some(
+            "the record from the pod broke off after the program's exit report: its output \
+             files could not be read back (stdout, stderr and the exit code were)"
+                .into(),
+        ),
+        ..outcome
     }
 }
 
@@ -201,6 +222,14 @@ mod tests {
     }
 
     fn exited(code: i32) -> Record {
+        Record {
+            complete: true,
+            ..broke_off(code)
+        }
+    }
+
+    /// A record with the exit report and without the end frame.
+    fn broke_off(code: i32) -> Record {
         started(Some(ExitReport {
             exit_code: Some(code),
             ..Default::default()
@@ -280,6 +309,13 @@ mod tests {
                 &none,
                 false,
                 Box::new(finish(Phase::Completed, None)),
+            ),
+            (
+                "a record that broke off after the exit report is not shown completed",
+                Ok(broke_off(0)),
+                &none,
+                false,
+                Box::new(finish(Phase::Failed, Some(Reason::ArtifactLost))),
             ),
             (
                 "a job cut short gets a new pod",

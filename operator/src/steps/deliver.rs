@@ -171,6 +171,14 @@ where
             .ok()
             .map(|(run, _)| run)
     });
+    if !follower.is_complete() {
+        tracing::warn!(
+            pod = %pod.name_any(),
+            error = follower.broken().unwrap_or("the stream ended"),
+            exited = follower.record().exit.is_some(),
+            "the record from the pod broke off before its end frame"
+        );
+    }
     let read = Read {
         followed: follower.finish(),
         files: files.finish().await,

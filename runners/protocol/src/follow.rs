@@ -29,6 +29,8 @@ pub struct Follower<R> {
     /// Nothing more will be read: the end frame came, the stream ended, or it was refused.
     stopped: bool,
     complete: bool,
+    /// Why reading the stream failed, if it did.
+    broken: Option<String>,
 }
 
 impl<R: AsyncRead + Unpin> Follower<R> {
@@ -40,6 +42,7 @@ impl<R: AsyncRead + Unpin> Follower<R> {
             pending: VecDeque::new(),
             stopped: false,
             complete: false,
+            broken: None,
         }
     }
 
@@ -55,7 +58,12 @@ impl<R: AsyncRead + Unpin> Follower<R> {
                 return None;
             }
             let n = match self.reader.read(&mut self.buf).await {
-                Ok(0) | Err(_) => {
+                Ok(0) => {
+                    self.stopped = true;
+                    continue;
+                }
+                Err(e) => {
+                    self.broken = Some(e.to_string());
                     self.stopped = true;
                     continue;
                 }
@@ -82,6 +90,11 @@ impl<R: AsyncRead + Unpin> Follower<R> {
     /// Whether the end frame has arrived.
     pub fn is_complete(&self) -> bool {
         self.complete
+    }
+
+    /// The error reading the stream ended on, if it ended on one.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
     }
 
     /// The record as far as it was read.
