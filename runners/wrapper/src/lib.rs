@@ -67,12 +67,31 @@ pub fn main() -> ExitCode {
     };
     let mut emitter = Emitter::new(BufWriter::with_capacity(64 * 1024, stdout));
     match run(&settings, &signals, &mut emitter) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            until_read(READER_WAIT);
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("ci-runner: cannot write the record: {err}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// How long a finished record waits for its reader before the wrapper exits anyway.
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until the reader of the record is done with it: its attach session ends (the pod's
+/// stdin is `stdinOnce`, so that closes stdin) or it writes anything, or `wait` passes. The
+/// container's exit ends its attach streams, and bytes still on their way to the reader
+/// were lost with them (a 100 MiB output file cut short under load); the log keeps them, but
+/// is rotated long before that size. A reader that follows the log instead (after a leader
+/// change) has no session: stdin closed with the last one, and the wait is over at once.
+fn until_read(wait: std::time::Duration) {
+    use nix::poll::{PollFd, PollFlags, poll};
+    let stdin = io::stdin();
+    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+    let _ = poll(&mut fds, supervise::poll_timeout(wait));
 }
 
 fn run<W: Write>(

@@ -397,3 +397,39 @@ fn output_is_streamed_while_the_program_runs_and_sigterm_cancels_it() {
     // Evidence is kept: what it wrote before the cancel is still collected.
     assert_eq!(run.artifact("partial.txt").unwrap(), b"p");
 }
+
+#[test]
+fn the_wrapper_exits_only_once_its_reader_has_the_whole_record() {
+    // The container's exit ends its attach streams, and what was still on its way to the
+    // reader was lost with them: the wrapper waits for the reader's session to end first.
+    let fixture = python("print('done')\n");
+    let mut child = fixture.command().spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&fixture.job_bytes()).unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut record = Vec::new();
+    let mut line = Vec::new();
+    while std::io::BufRead::read_until(&mut stdout, b'\n', &mut line).unwrap() > 0 {
+        record.extend_from_slice(&line);
+        let end = serde_json::from_slice::<runner_protocol::Frame>(&line);
+        line.clear();
+        if matches!(end, Ok(runner_protocol::Frame::End)) {
+            break;
+        }
+    }
+    let rec = runner_protocol::parse_record(&record, &fixture.job.limits).unwrap();
+    assert!(rec.complete && rec.stdout == b"done\n", "{rec:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the wrapper exited while its reader was still attached"
+    );
+    let closed = Instant::now();
+    drop(stdin); // the operator's session ends (stdinOnce closes the pod's stdin)
+    assert!(child.wait().unwrap().success());
+    assert!(
+        closed.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        closed.elapsed()
+    );
+}

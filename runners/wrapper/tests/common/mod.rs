@@ -167,15 +167,40 @@ impl Fixture {
     }
 
     /// Starts the wrapper and hands it `input` on stdin (from a thread, so a large input
-    /// never blocks on a full pipe), keeping stdin open as the attach stream does.
+    /// never blocks on a full pipe), keeping stdin open as the attach stream does until the
+    /// record's end frame has been read, as the operator does (the wrapper waits for that
+    /// before it exits). The child's stdout is what the wrapper wrote, read through a relay
+    /// that watches for the end frame.
     pub fn spawn_with(&self, input: Vec<u8>) -> std::process::Child {
         let mut child = self.command().spawn().unwrap();
         let mut stdin = child.stdin.take().unwrap();
+        let (read, done) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             let _ = stdin.write_all(&input);
-            std::thread::sleep(Duration::from_secs(30));
+            let _ = done.recv_timeout(Duration::from_secs(30));
             drop(stdin);
         });
+        let stdout = child.stdout.take().unwrap();
+        let (relayed, mut relay) = std::io::pipe().unwrap();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout);
+            let mut line = Vec::new();
+            let mut read = Some(read);
+            while std::io::BufRead::read_until(&mut lines, b'\n', &mut line).unwrap_or(0) > 0 {
+                if relay.write_all(&line).is_err() {
+                    break;
+                }
+                let frame = serde_json::from_slice::<runner_protocol::Frame>(&line);
+                if matches!(frame, Ok(runner_protocol::Frame::End)) {
+                    // The reader has the whole record: its session ends.
+                    drop(read.take());
+                }
+                line.clear();
+            }
+        });
+        child.stdout = Some(std::process::ChildStdout::from(std::os::fd::OwnedFd::from(
+            relayed,
+        )));
         child
     }
 
