@@ -175,24 +175,34 @@ impl Queue {
         if self.seats.contains_key(&entry.uid) {
             return Decision::Admitted;
         }
-        if let Some(position) = self.position_of(&entry.uid) {
+        // A run's tenant never changes: only its line is looked at, and a new run (the
+        // newest, nearly always) is placed from the line's end, so a request costs the same
+        // however long the lines are.
+        if let Some(position) = self.place_of(&entry.tenant, &entry.uid) {
             return Decision::Queued { position };
         }
         let line = self.lines.entry(entry.tenant.clone()).or_default();
-        let order = |e: &Entry| (e.created, e.revision, e.key.name.clone());
+        fn order(e: &Entry) -> (i64, u64, &str) {
+            (e.created, e.revision, e.key.name.as_str())
+        }
         let at = line
             .iter()
-            .position(|e| order(e) > order(&entry))
-            .unwrap_or(line.len());
+            .rposition(|e| order(e) <= order(&entry))
+            .map_or(0, |i| i + 1);
         let tenant = entry.tenant.clone();
         line.insert(at, entry.clone());
         if !self.turns.contains(&tenant) {
             self.turns.push_back(tenant);
         }
-        match self.position_of(&entry.uid) {
-            Some(position) => Decision::Queued { position },
-            None => Decision::Admitted,
+        Decision::Queued {
+            position: self.position(&entry.tenant, at),
         }
+    }
+
+    /// The place in line of `tenant`'s run `uid`, if it waits.
+    fn place_of(&self, tenant: &str, uid: &str) -> Option<u32> {
+        let i = self.lines.get(tenant)?.iter().position(|e| e.uid == uid)?;
+        Some(self.position(tenant, i))
     }
 
     /// Admits as many waiting runs as the room (and free warm pods) allow, taking turns
@@ -405,6 +415,8 @@ pub fn schedulable(node: &Node, placement: &Placement) -> bool {
 /// What a pod requests (what the scheduler counts): its containers' requests, or their limits
 /// where no request is given.
 pub fn pod_demand(pod: &Pod) -> Demand {
+    #[cfg(test)]
+    PODS_READ.with(|c| c.set(c.get() + 1));
     let mut d = Demand::default();
     for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
         let res = c.resources.clone().unwrap_or_default();
@@ -421,6 +433,24 @@ pub fn pod_demand(pod: &Pod) -> Demand {
         d.memory_bytes += get("memory") / 1000;
     }
     d
+}
+
+/// Whether the pod takes room on a node (or will): it has not ended, and no scheduling gate
+/// holds it (a gated pod is placed by nobody until its gate goes, so it takes no room; else
+/// anyone who may create pods could hold the runs back with gated ones).
+pub fn takes_room(pod: &Pod) -> bool {
+    !is_terminal(pod) && !is_gated(pod)
+}
+
+#[cfg(test)]
+thread_local! {
+    static PODS_READ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times this thread has read a pod's requests (to tell a pass over every pod).
+#[cfg(test)]
+pub fn pods_read() -> u64 {
+    PODS_READ.with(|c| c.get())
 }
 
 fn is_gated(pod: &Pod) -> bool {
@@ -464,9 +494,7 @@ impl Room {
             });
         }
         let mut unbound = Vec::new();
-        // A pod held by a scheduling gate is placed by nobody until its gate goes: it takes
-        // no room (else anyone who may create pods could hold the runs back with gated ones).
-        for pod in pods.into_iter().filter(|p| !is_terminal(p) && !is_gated(p)) {
+        for pod in pods.into_iter().filter(|p| takes_room(p)) {
             let d = pod_demand(pod);
             match pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
                 Some(node) => {
@@ -484,6 +512,35 @@ impl Room {
     }
 
     /// Takes room for `d` on the first node that has it.
+    /// The same room from the pods' sums per node kept by the `ledger`: it reads the nodes
+    /// and the unbound pods, never every pod.
+    pub fn of_ledger<'a>(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        ledger: &crate::ledger::Ledger,
+        reserved: impl IntoIterator<Item = Demand>,
+        placement: &Placement,
+    ) -> Room {
+        let mut room = Room::default();
+        for node in nodes.into_iter().filter(|n| schedulable(n, placement)) {
+            let alloc = node
+                .status
+                .as_ref()
+                .and_then(|s| s.allocatable.clone())
+                .unwrap_or_default();
+            let q = |k: &str| alloc.get(k).and_then(|q| quantity_units(&q.0)).unwrap_or(0);
+            let taken = ledger.on_node(node.metadata.name.as_deref().unwrap_or_default());
+            room.nodes.push(NodeRoom {
+                cpu_millicores: q("cpu") as i64 - taken.cpu_millicores,
+                memory_bytes: (q("memory") / 1000) as i64 - taken.memory_bytes,
+                pods: (q("pods") / 1000) as i64 - taken.pods,
+            });
+        }
+        for d in ledger.unbound().chain(reserved) {
+            room.take(d);
+        }
+        room
+    }
+
     pub fn take(&mut self, d: Demand) -> bool {
         match self.nodes.iter_mut().find(|n| n.fits(d)) {
             Some(n) => {
@@ -585,6 +642,20 @@ mod tests {
             names(&q.pump(&mut room(2), &mut HashMap::new())),
             ["early", "late"]
         );
+    }
+
+    #[test]
+    fn runs_seen_out_of_order_still_wait_in_the_order_they_were_made() {
+        let mut q = Queue::new(caps());
+        // Made 0..50, seen by the watch in a shuffled order (a relist, several writers).
+        let seen: Vec<i64> = (0..50).map(|n| (n * 37) % 50).collect();
+        for n in &seen {
+            q.request(entry("a", *n));
+        }
+        // Asked again, a waiting run keeps its place.
+        assert_eq!(q.request(entry("a", 3)), Decision::Queued { position: 4 });
+        let want: Vec<String> = (0..50).map(|n| format!("a-{n}")).collect();
+        assert_eq!(names(&q.pump(&mut room(50), &mut HashMap::new())), want);
     }
 
     #[test]

@@ -73,9 +73,17 @@ pub struct Cluster {
     pub containers: Cache<CodeContainer>,
     /// Counts pod changes: a step waiting for a pod to change waits on it.
     pub pod_changes: watch::Receiver<u64>,
+    /// What every pod takes, node by node (the room is worked out from it).
+    pub ledger: std::sync::Arc<std::sync::Mutex<crate::ledger::Ledger>>,
 }
 
 impl Cluster {
+    pub fn ledger(&self) -> std::sync::MutexGuard<'_, crate::ledger::Ledger> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Waits until `done` holds for the pod as the cache shows it (`None`: gone), or until
     /// `deadline`. Woken by the pod watch, never by a timer.
     pub async fn wait_for_pod(
@@ -273,12 +281,12 @@ impl Context {
 
     /// The room the cluster has now, less what admitted runs will take.
     pub fn room(&self) -> Room {
-        let pods = self.cluster.pods.state();
         let nodes = self.cluster.nodes.state();
-        Room::of_cluster(
+        let reserved = self.index.reservations();
+        Room::of_ledger(
             nodes.iter().map(|n| n.as_ref()),
-            pods.iter().map(|p| p.as_ref()),
-            self.index.reservations(),
+            &self.cluster.ledger(),
+            reserved,
             &self.settings.placement,
         )
     }
@@ -324,6 +332,23 @@ impl Context {
     /// Runner pods and what they serve: which run, or which container, a pod change
     /// concerns (and is woken for).
     pub fn note_pod(&self, pod: &Pod, deleted: bool) {
+        {
+            let mut ledger = self.cluster.ledger();
+            match deleted {
+                true => ledger.delete(pod),
+                false => ledger.apply(pod),
+            }
+        }
+        self.note_runner_pod(pod, deleted);
+    }
+
+    /// A pod of a relist of the watch (see [`crate::ledger::Ledger::relisted`]).
+    pub fn note_relisted_pod(&self, pod: &Pod) {
+        self.cluster.ledger().relisted(pod);
+        self.note_runner_pod(pod, false);
+    }
+
+    fn note_runner_pod(&self, pod: &Pod, deleted: bool) {
         if pod.labels().get(RUNNER_LABEL).map(String::as_str) != Some("true") {
             return;
         }

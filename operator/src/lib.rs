@@ -21,6 +21,7 @@ pub mod index;
 pub mod inputs;
 pub mod kube_io;
 pub mod leader;
+pub mod ledger;
 pub mod metrics;
 pub mod outcome;
 pub mod placement;

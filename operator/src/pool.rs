@@ -51,10 +51,21 @@ fn is_gone_or_going(pod: &Pod) -> bool {
 
 /// The pool's idle pods that ended without a job (their stdin closed with an earlier
 /// leader's session, or their interpreter died): nothing will use them.
+/// The pods carrying the pool's label, wherever they are (from the ledger's index of them:
+/// never a pass over every pod of the cluster).
+fn labelled(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
+    let at = ctx.cluster.ledger().pool_pods(&pool.name());
+    at.into_iter()
+        .filter_map(|(ns, name)| {
+            ctx.cluster
+                .pods
+                .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
+        })
+        .collect()
+}
+
 fn ended_pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
-    ctx.cluster
-        .pods
-        .state()
+    labelled(ctx, pool)
         .into_iter()
         .filter(|p| {
             pod_spec::owned_by_pool(p, pool)
@@ -68,9 +79,7 @@ fn ended_pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
 fn pool_pods(ctx: &Context, pool: &PoolSpec) -> Vec<Arc<Pod>> {
     let name = pool.name();
     let ns = ctx.settings.sandbox_namespace();
-    ctx.cluster
-        .pods
-        .state()
+    labelled(ctx, pool)
         .into_iter()
         .filter(|p| {
             p.namespace().as_deref() == Some(ns)

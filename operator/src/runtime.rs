@@ -127,11 +127,11 @@ async fn watch_pods(
     while let Some(event) = events.next().await {
         match &event {
             Err(e) => warn!(watch = "pods", error = %e, "watching the cluster"),
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                ctx.note_pod(pod, false)
-            }
+            Ok(watcher::Event::Apply(pod)) => ctx.note_pod(pod, false),
             Ok(watcher::Event::Delete(pod)) => ctx.note_pod(pod, true),
-            Ok(_) => {}
+            Ok(watcher::Event::Init) => ctx.cluster.ledger().relist_begins(),
+            Ok(watcher::Event::InitApply(pod)) => ctx.note_relisted_pod(pod),
+            Ok(watcher::Event::InitDone) => ctx.cluster.ledger().relist_done(),
         }
         changes.send_modify(|n| *n = n.wrapping_add(1));
         changed.iter().for_each(|n| n.notify_one());
@@ -402,6 +402,7 @@ fn context(parts: Parts, w: &Watches, c: Controlled, tasks: &Tasks) -> (Arc<Cont
             runs: c.runs,
             containers: c.containers,
             pod_changes: w.pod_changes.subscribe(),
+            ledger: Default::default(),
         },
         index: Index::new(queue),
         churn: Default::default(),

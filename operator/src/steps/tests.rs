@@ -328,6 +328,7 @@ fn harness(args: &[&str]) -> Harness {
             pools,
             containers,
             pod_changes: pod_changes.subscribe(),
+            ledger: Default::default(),
         },
         index: Index::new(queue),
         churn: Default::default(),
