@@ -4,7 +4,9 @@
 //!   the preloaded Python pool, on a pool of the same image whose interpreter imports
 //!   nothing, and on a cold pod, interleaved;
 //! - 60 runs started at 3 per second through the default pool (minimum 2): how many went
-//!   cold, and the latency;
+//!   cold, and the latency; then streams at 1, 2 and 3 per second through a pool of plain
+//!   interpreters (minimum 2, maximum 16), with the machine's CPU seconds per run: what one
+//!   node sustains when every run takes a pod of its own;
 //! - the memory of an idle pool pod's interpreter, with and without the preload;
 //! - one run returning a 100 MiB output file: its seconds, the download's, and the
 //!   operator's peak memory.
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use codeinterp_crds::{CodeRun, RunnerPool, StartMode};
 use futures::StreamExt;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
@@ -25,6 +27,8 @@ use crate::suite::{Env, progress};
 const PLAIN_POOL: &str = "bench-plain";
 /// Its shape (runs of this memory limit go to it).
 const PLAIN_MEMORY_MB: u64 = 576;
+/// The plain pool's maximum in the rate sweep.
+const SWEEP_MAX: usize = 16;
 
 const DATA_CODE: &str = "import os\nimport pandas as pd\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n\
 pd.DataFrame({'g': [i % 7 for i in range(1000)], 'v': range(1000)}).to_csv('/tmp/data.csv', index=False)\n\
@@ -52,6 +56,10 @@ pub struct Steady {
     pub completed: usize,
     pub cold: usize,
     pub latency: Summary,
+    /// The machine's CPU seconds (every process: the control plane, the stack, the pods)
+    /// per run while the stream ran.
+    pub cpu_s_per_run: Option<f64>,
+    pub node_busy_pct: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,6 +81,9 @@ pub struct LargeOutput {
 pub struct PreloadReport {
     pub data: DataRuns,
     pub steady: Steady,
+    /// Streams at 1, 2 and 3 runs a second through a pool of plain interpreters (minimum 2,
+    /// maximum 16).
+    pub sweep: Vec<Steady>,
     pub idle: IdleMemory,
     pub large_output: Option<LargeOutput>,
     pub first_error: Option<String>,
@@ -111,6 +122,8 @@ async fn measure(env: &Env, rounds: usize) -> anyhow::Result<PreloadReport> {
     progress(&format!("preload: idle interpreters {idle:?}"));
     let data = data_runs(env, &runs, rounds, &mut first_error).await;
     let steady = steady(env, &runs, &mut first_error).await;
+    let pools: Api<RunnerPool> = Api::namespaced(env.client.clone(), &env.sandbox_namespace);
+    let sweep = sweep(env, &pools, &runs, &mut first_error).await;
     let large_output = match large_output(env).await {
         Ok(l) => Some(l),
         Err(e) => {
@@ -121,6 +134,7 @@ async fn measure(env: &Env, rounds: usize) -> anyhow::Result<PreloadReport> {
     Ok(PreloadReport {
         data,
         steady,
+        sweep,
         idle,
         large_output,
         first_error,
@@ -241,20 +255,43 @@ async fn mode(runs: &Api<CodeRun>, id: &str) -> Option<StartMode> {
 
 /// 60 runs started 1/3 s apart through the default pool, each waiting for its answer.
 async fn steady(env: &Env, runs: &Api<CodeRun>, first_error: &mut Option<String>) -> Steady {
-    const N: usize = 60;
-    const EVERY: Duration = Duration::from_millis(333);
+    stream(env, runs, first_error, None, 3.0, 60).await
+}
+
+/// `n` runs of `print(1+1)` started `per_second` apart (of `memory_mb`, or the default
+/// shape), each waiting for its answer; with the node's CPU they took.
+async fn stream(
+    env: &Env,
+    runs: &Api<CodeRun>,
+    first_error: &mut Option<String>,
+    memory_mb: Option<u64>,
+    per_second: f64,
+    n: usize,
+) -> Steady {
+    let every = Duration::from_secs_f64(1.0 / per_second);
+    let busy_before = node_busy_seconds();
     let started = Instant::now();
-    let results: Vec<anyhow::Result<(String, f64)>> = futures::stream::iter(0..N)
+    let results: Vec<anyhow::Result<(String, f64)>> = futures::stream::iter(0..n)
         .map(|i| async move {
-            tokio::time::sleep_until((started + EVERY * i as u32).into()).await;
+            tokio::time::sleep_until((started + every * i as u32).into()).await;
             let sent = Instant::now();
-            let run = env.api.run_python("print(1+1)").await?;
+            let run = match memory_mb {
+                None => env.api.run_python("print(1+1)").await?,
+                Some(mb) => {
+                    env.api
+                        .run(json!({"language": "python", "code": "print(1+1)",
+                                    "limits": {"timeout_ms": 10_000, "memory_mb": mb}}))
+                        .await?
+                }
+            };
             run.check("2\n")?;
             Ok((run.id, stats::ms(sent.elapsed())))
         })
-        .buffer_unordered(N)
+        .buffer_unordered(n)
         .collect()
         .await;
+    let wall = started.elapsed().as_secs_f64();
+    let busy = node_busy_seconds().zip(busy_before).map(|(a, b)| a - b);
     let mut ms = Vec::new();
     let mut cold = 0;
     for r in results {
@@ -268,14 +305,59 @@ async fn steady(env: &Env, runs: &Api<CodeRun>, first_error: &mut Option<String>
             }
         }
     }
-    progress(&format!("preload: {N} runs at 3/s, {cold} cold"));
+    progress(&format!("preload: {n} runs at {per_second}/s, {cold} cold"));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     Steady {
-        runs: N,
-        per_second: 3.0,
+        runs: n,
+        per_second,
         completed: ms.len(),
         cold,
         latency: Summary::of(&ms),
+        cpu_s_per_run: busy.map(|b| (b / n as f64 * 1000.0).round() / 1000.0),
+        node_busy_pct: busy.map(|b| (100.0 * b / wall / cores).round()),
     }
+}
+
+/// The CPU seconds this machine's cores have been busy (all but idle and iowait).
+fn node_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((ticks.iter().sum::<f64>() - idle) / 100.0)
+}
+
+/// The plain pool made as large as a stream may need, then streams at 1, 2 and 3 runs a
+/// second through it: where this node's CPU (one pod made and removed per run) stops a
+/// pool from keeping up.
+async fn sweep(
+    env: &Env,
+    pools: &Api<RunnerPool>,
+    runs: &Api<CodeRun>,
+    first_error: &mut Option<String>,
+) -> Vec<Steady> {
+    let patch = json!({"spec": {"minReplicas": 2, "maxReplicas": SWEEP_MAX}});
+    if let Err(e) = pools
+        .patch(PLAIN_POOL, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        first_error.get_or_insert_with(|| format!("resizing the plain pool: {e}"));
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for per_second in [1.0, 2.0, 3.0] {
+        // Back to its minimum between streams.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let n = (per_second * 30.0) as usize;
+        let memory = Some(PLAIN_MEMORY_MB);
+        out.push(stream(env, runs, first_error, memory, per_second, n).await);
+    }
+    out
 }
 
 /// A run that writes 100 MiB of output file, and the file's download.

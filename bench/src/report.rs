@@ -353,17 +353,32 @@ fn preload_rows(section: &Section<PreloadReport>) -> Vec<Row> {
                 .p99_ms
                 .map(|v| v <= 150.0 && p.steady.cold == 0 && p.steady.completed == p.steady.runs),
         ),
-        row(
-            B,
-            "idle pool pod's interpreter RSS (baseline: without preload)",
-            p.idle
-                .preloaded_rss_mib
-                .map_or(NONE.into(), |v| format!("{v} MiB")),
-            p.idle
-                .plain_rss_mib
-                .map_or(NONE.into(), |v| format!("{v} MiB")),
-        ),
     ];
+    for s in &p.sweep {
+        rows.push(row(
+            B,
+            &format!(
+                "{} print(1+1) at {}/s, plain pool (min 2, max 16), p50 / p99 ({} cold)",
+                s.runs, s.per_second, s.cold
+            ),
+            format!("{} / {}", ms(s.latency.p50_ms), ms(s.latency.p99_ms)),
+            format!(
+                "{} CPU-s a run, node {}% busy",
+                f(s.cpu_s_per_run, 2),
+                f(s.node_busy_pct, 0)
+            ),
+        ));
+    }
+    rows.extend([row(
+        B,
+        "idle pool pod's interpreter RSS (baseline: without preload)",
+        p.idle
+            .preloaded_rss_mib
+            .map_or(NONE.into(), |v| format!("{v} MiB")),
+        p.idle
+            .plain_rss_mib
+            .map_or(NONE.into(), |v| format!("{v} MiB")),
+    )]);
     if let Some(l) = &p.large_output {
         rows.push(row(
             B,
