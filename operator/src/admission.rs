@@ -382,13 +382,45 @@ struct NodeRoom {
     cpu_millicores: i64,
     memory_bytes: i64,
     pods: i64,
+    /// The node's allocatable CPU and memory, for the scheduler's score.
+    cpu_allocatable: i64,
+    memory_allocatable: i64,
 }
 
 impl NodeRoom {
+    fn new(cpu_millicores: i64, memory_bytes: i64, pods: i64) -> NodeRoom {
+        NodeRoom {
+            cpu_millicores,
+            memory_bytes,
+            pods,
+            cpu_allocatable: cpu_millicores,
+            memory_allocatable: memory_bytes,
+        }
+    }
+
     fn fits(&self, d: Demand) -> bool {
         self.pods >= 1
             && self.cpu_millicores >= d.cpu_millicores as i64
             && self.memory_bytes >= d.memory_bytes as i64
+    }
+
+    /// The kube-scheduler's default score of this node for `d` (NodeResourcesFit,
+    /// LeastAllocated: the mean of the CPU and memory fractions left once `d` is placed), in
+    /// millionths. The scheduler puts a pod on the node that scores highest, so small pods
+    /// go first to the large nodes, which they fill the least: room modelled first-fit put
+    /// them on the small nodes and admitted a large run to a large node the scheduler had
+    /// filled meanwhile.
+    fn score(&self, d: Demand) -> i64 {
+        let left = |free: i64, asked: u64, whole: i64| {
+            if whole <= 0 {
+                0
+            } else {
+                (free - asked as i64).max(0) as i128 * 1_000_000 / whole as i128
+            }
+        };
+        let cpu = left(self.cpu_millicores, d.cpu_millicores, self.cpu_allocatable);
+        let memory = left(self.memory_bytes, d.memory_bytes, self.memory_allocatable);
+        ((cpu + memory) / 2) as i64
     }
 
     fn take(&mut self, d: Demand) {
@@ -469,8 +501,9 @@ fn is_terminal(pod: &Pod) -> bool {
 
 impl Room {
     /// The room left: allocatable of the nodes runner pods may go to, less the requests of
-    /// every pod bound to them and (placed first-fit, as the scheduler would) of pods not
-    /// bound yet and of the `reserved` demands.
+    /// every pod bound to them and (placed where the scheduler would, see [`Room::take`]) of
+    /// pods not bound yet and of the `reserved` demands. A pass over every pod: the
+    /// reference that [`Room::of_ledger`] is tested against.
     pub fn of_cluster<'a>(
         nodes: impl IntoIterator<Item = &'a Node>,
         pods: impl IntoIterator<Item = &'a Pod>,
@@ -487,11 +520,11 @@ impl Room {
                 .unwrap_or_default();
             let q = |k: &str| alloc.get(k).and_then(|q| quantity_units(&q.0)).unwrap_or(0);
             names.push(node.metadata.name.clone().unwrap_or_default());
-            room.nodes.push(NodeRoom {
-                cpu_millicores: q("cpu") as i64,
-                memory_bytes: (q("memory") / 1000) as i64,
-                pods: (q("pods") / 1000) as i64,
-            });
+            room.nodes.push(NodeRoom::new(
+                q("cpu") as i64,
+                (q("memory") / 1000) as i64,
+                (q("pods") / 1000) as i64,
+            ));
         }
         let mut unbound = Vec::new();
         for pod in pods.into_iter().filter(|p| takes_room(p)) {
@@ -511,7 +544,6 @@ impl Room {
         room
     }
 
-    /// Takes room for `d` on the first node that has it.
     /// The same room from the pods' sums per node kept by the `ledger`: it reads the nodes
     /// and the unbound pods, never every pod.
     pub fn of_ledger<'a>(
@@ -529,11 +561,15 @@ impl Room {
                 .unwrap_or_default();
             let q = |k: &str| alloc.get(k).and_then(|q| quantity_units(&q.0)).unwrap_or(0);
             let taken = ledger.on_node(node.metadata.name.as_deref().unwrap_or_default());
-            room.nodes.push(NodeRoom {
-                cpu_millicores: q("cpu") as i64 - taken.cpu_millicores,
-                memory_bytes: (q("memory") / 1000) as i64 - taken.memory_bytes,
-                pods: (q("pods") / 1000) as i64 - taken.pods,
-            });
+            let mut free = NodeRoom::new(
+                q("cpu") as i64,
+                (q("memory") / 1000) as i64,
+                (q("pods") / 1000) as i64,
+            );
+            free.cpu_millicores -= taken.cpu_millicores;
+            free.memory_bytes -= taken.memory_bytes;
+            free.pods -= taken.pods;
+            room.nodes.push(free);
         }
         for d in ledger.unbound().chain(reserved) {
             room.take(d);
@@ -541,10 +577,18 @@ impl Room {
         room
     }
 
+    /// Takes room for `d` on the node the scheduler would choose: of those it fits, the one
+    /// with the highest score (the first of equals).
     pub fn take(&mut self, d: Demand) -> bool {
-        match self.nodes.iter_mut().find(|n| n.fits(d)) {
-            Some(n) => {
-                n.take(d);
+        let mut best: Option<(usize, i64)> = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.fits(d) && best.is_none_or(|(_, s)| n.score(d) > s) {
+                best = Some((i, n.score(d)));
+            }
+        }
+        match best {
+            Some((i, _)) => {
+                self.nodes[i].take(d);
                 true
             }
             None => false,
@@ -597,11 +641,7 @@ mod tests {
     /// Room for `n` small pods.
     fn room(n: i64) -> Room {
         Room {
-            nodes: vec![NodeRoom {
-                cpu_millicores: 100 * n,
-                memory_bytes: 100 * n,
-                pods: 1000,
-            }],
+            nodes: vec![NodeRoom::new(100 * n, 100 * n, 1000)],
         }
     }
 
@@ -847,6 +887,27 @@ mod tests {
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
         assert_eq!(
             Room::of_cluster(&[cordoned], &[], [], &PLAIN).how_many(run),
+            0
+        );
+    }
+
+    #[test]
+    fn pods_not_bound_yet_are_placed_where_the_scheduler_puts_them_not_first_fit() {
+        // The small node first: first-fit would put the eight pending pods there and leave
+        // the large node empty for a large run. The scheduler puts each on the node its
+        // share of fills least, the large one, so the large run has no node.
+        let nodes = [
+            node("small", "4", "8Gi", true),
+            node("large", "16", "64Gi", true),
+        ];
+        let large = Demand {
+            cpu_millicores: 1000,
+            memory_bytes: 60 << 30,
+        };
+        assert_eq!(Room::of_cluster(&nodes, &[], [], &PLAIN).how_many(large), 1);
+        let pending: Vec<Pod> = (0..8).map(|_| pod_on(None, "100m", "1Gi")).collect();
+        assert_eq!(
+            Room::of_cluster(&nodes, &pending, [], &PLAIN).how_many(large),
             0
         );
     }
