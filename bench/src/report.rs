@@ -1078,7 +1078,7 @@ fn sim_cost_rows(b: &str, r: &SimRound, smallest: Option<&SimRound>) -> Vec<Row>
             row(
                 b,
                 &format!(
-                    "{l}: operator peak RSS (the main stack's operator, which sees every pod)"
+                    "{l}: operator peak RSS, the round's shard (its runs and every pod; baseline: the main stack's, every pod and none of the runs)"
                 ),
                 format!("{} MiB", f(rss("operator (shard)"), 0)),
                 format!("{} MiB", f(rss("operator (main stack)"), 0)),
