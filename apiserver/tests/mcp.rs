@@ -326,8 +326,17 @@ async fn tools_list_gives_a_model_each_tool_with_its_schema() {
         .result();
     let tools = result["tools"].as_array().unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 3, "{names:?}");
-    for name in ["run_code", "list_runs", "get_run"] {
+    assert_eq!(names.len(), 8, "{names:?}");
+    for name in [
+        "run_code",
+        "list_runs",
+        "get_run",
+        "create_container",
+        "list_containers",
+        "list_container_files",
+        "upload_container_file",
+        "delete_container",
+    ] {
         assert!(names.contains(&name), "{names:?}");
     }
     let run_code = tools.iter().find(|t| t["name"] == "run_code").unwrap();
@@ -340,16 +349,24 @@ async fn tools_list_gives_a_model_each_tool_with_its_schema() {
         json!(["python", "node", "ruby", "php"])
     );
     assert_eq!(schema["properties"]["timeout_ms"]["maximum"], 300000);
-    for field in ["code", "stdin", "timeout_ms", "files"] {
+    for field in ["code", "stdin", "timeout_ms", "files", "container"] {
         let description = schema["properties"][field]["description"].as_str();
         assert!(description.is_some_and(|d| !d.is_empty()), "{field}");
     }
-    // Not before the containers API exists.
-    assert!(schema["properties"].get("container").is_none());
     assert_eq!(run_code["annotations"]["readOnlyHint"], false);
     let get_run = tools.iter().find(|t| t["name"] == "get_run").unwrap();
     assert_eq!(get_run["inputSchema"]["required"], json!(["run_id"]));
     assert_eq!(get_run["annotations"]["readOnlyHint"], true);
+    let upload = tools
+        .iter()
+        .find(|t| t["name"] == "upload_container_file")
+        .unwrap();
+    assert_eq!(upload["inputSchema"]["required"], json!(["container_id"]));
+    let delete = tools
+        .iter()
+        .find(|t| t["name"] == "delete_container")
+        .unwrap();
+    assert_eq!(delete["annotations"]["destructiveHint"], true);
 }
 
 #[tokio::test]
@@ -404,6 +421,37 @@ async fn limits_and_argument_mistakes_are_tool_errors_naming_what_to_change() {
     assert_eq!(text(&result), "Missing required parameter: 'code'.");
     let result = h.call("list_runs", json!({"limit": 0})).await;
     assert_eq!(text(&result), "limit is 0; it must be from 1 to 100");
+}
+
+#[tokio::test]
+async fn container_tools_refuse_what_the_rest_api_refuses_as_tool_errors() {
+    let h = harness();
+    for (tool, args) in [
+        ("list_container_files", json!({"container_id": "cntr_nope"})),
+        ("delete_container", json!({"container_id": "cntr_nope"})),
+        (
+            "upload_container_file",
+            json!({"container_id": "cntr_nope", "filename": "a", "content": "x"}),
+        ),
+        (
+            "run_code",
+            json!({"language": "python", "code": "x", "container": "cntr_nope"}),
+        ),
+    ] {
+        let result = h.call(tool, args).await;
+        assert_eq!(result["isError"], true, "{tool}: {result}");
+        assert!(text(&result).contains("cntr_nope"), "{tool}: {result}");
+    }
+    let result = h
+        .call(
+            "create_container",
+            json!({"name": "x", "memory_limit": "64g"}),
+        )
+        .await;
+    assert_eq!(result["isError"], true, "{result}");
+    assert!(text(&result).contains("memory_limit"), "{result}");
+    let result = h.call("create_container", json!({"name": ""})).await;
+    assert_eq!(result["isError"], true, "{result}");
 }
 
 #[tokio::test]

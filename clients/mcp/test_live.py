@@ -168,3 +168,60 @@ def test_a_foreign_origin_is_refused_with_403_even_with_a_key():
     answer = raw_initialize({"Authorization": f"Bearer {KEY}", "Origin": "https://evil.example"})
     assert answer.status_code == 403
     assert answer.json()["error"]["code"] == "origin_not_allowed"
+
+
+@pytest.mark.anyio
+async def test_a_container_keeps_state_and_files_between_run_code_calls():
+    async with session() as s:
+        tools = {t.name for t in (await s.list_tools()).tools}
+        assert {
+            "create_container",
+            "list_containers",
+            "list_container_files",
+            "upload_container_file",
+            "delete_container",
+        } <= tools
+        made = await s.call_tool("create_container", {"name": "mcp-test", "idle_minutes": 5})
+        assert not made.is_error, texts(made)
+        cid = made.structured_content["id"]
+        try:
+            up = await s.call_tool(
+                "upload_container_file",
+                {"container_id": cid, "filename": "data.csv", "content": "a,b\n1,2\n3,4\n"},
+            )
+            assert not up.is_error, texts(up)
+            assert up.structured_content["path"] == "/mnt/data/data.csv"
+            first = await s.call_tool(
+                "run_code",
+                {
+                    "language": "python",
+                    "container": cid,
+                    "code": "import csv\nx = len(list(csv.DictReader(open('data.csv'))))\n"
+                    "open('out.txt', 'w').write('written')\nprint(f'rows={x}')",
+                },
+            )
+            assert not first.is_error, texts(first)
+            assert "rows=2" in texts(first)
+            second = await s.call_tool(
+                "run_code", {"language": "python", "container": cid, "code": "x += 40\nprint(f'x={x}')"}
+            )
+            assert not second.is_error, texts(second)
+            assert "x=42" in texts(second)
+            # The control: a run without the container starts from nothing.
+            fresh = await s.call_tool("run_code", {"language": "python", "code": "print(x)"})
+            assert fresh.is_error and "NameError" in texts(fresh), texts(fresh)
+            files = await s.call_tool("list_container_files", {"container_id": cid})
+            paths = {f["path"] for f in files.structured_content["files"]}
+            assert {"/mnt/data/data.csv", "/mnt/data/out.txt"} <= paths, paths
+            listed = await s.call_tool("list_containers", {})
+            assert cid in [c["id"] for c in listed.structured_content["containers"]]
+            # A wrong call is a tool error with the REST API's message.
+            bad = await s.call_tool("upload_container_file", {"container_id": cid, "content": "x"})
+            assert bad.is_error and "filename" in texts(bad), texts(bad)
+        finally:
+            gone = await s.call_tool("delete_container", {"container_id": cid})
+        assert not gone.is_error, texts(gone)
+        after = await s.call_tool(
+            "run_code", {"language": "python", "container": cid, "code": "print(1)"}
+        )
+        assert after.is_error, texts(after)

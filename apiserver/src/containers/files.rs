@@ -65,24 +65,16 @@ fn is_multipart(req: &Request) -> bool {
 /// The tenant's file the request puts into the container: uploaded now (multipart), or
 /// named by id (JSON). It must fit the container's folder.
 async fn file_to_add(state: &AppState, tenant: &str, req: Request) -> Result<FileMeta, ApiError> {
-    let room = state.settings.container_disk_bytes;
-    let too_big = |bytes: u64| {
-        ApiError::invalid_with_code(
-            format!("the file is {bytes} bytes; a container's folder holds {room} bytes"),
-            "file".to_string(),
-            "file_too_large",
-        )
-    };
     if is_multipart(&req) {
         let multipart = Multipart::from_request(req, state).await.map_err(|r| {
             ApiError::invalid(format!("Invalid multipart body: {}", r.body_text()), None)
         })?;
         let meta = upload::receive_file(state, tenant, multipart).await?;
-        if meta.bytes > room {
+        if let Err(too_big) = fits_folder(state, meta.bytes) {
             if let Err(e) = state.store.discard_upload(tenant, &meta.id).await {
                 tracing::warn!(error = %e, "could not remove a refused upload");
             }
-            return Err(too_big(meta.bytes));
+            return Err(too_big);
         }
         state.store.put_file_meta(&meta).await?;
         return Ok(meta);
@@ -96,21 +88,41 @@ async fn file_to_add(state: &AppState, tenant: &str, req: Request) -> Result<Fil
             ),
             other => other,
         })?;
-    let meta = match state.store.get_file_meta(tenant, &body.file_id).await {
+    uploaded_file(state, tenant, &body.file_id).await
+}
+
+/// The tenant's uploaded file `file_id`, if it fits a container's folder.
+pub async fn uploaded_file(
+    state: &AppState,
+    tenant: &str,
+    file_id: &str,
+) -> Result<FileMeta, ApiError> {
+    let meta = match state.store.get_file_meta(tenant, file_id).await {
         Ok(Some(meta)) => meta,
         Ok(None) | Err(StoreError::Name(_)) => {
             return Err(ApiError::invalid_with_code(
-                format!("No such file: {}", body.file_id),
+                format!("No such file: {file_id}"),
                 "file_id".to_string(),
                 "file_not_found",
             ));
         }
         Err(e) => return Err(e.into()),
     };
-    if meta.bytes > room {
-        return Err(too_big(meta.bytes));
-    }
+    fits_folder(state, meta.bytes)?;
     Ok(meta)
+}
+
+/// Refuses a file larger than a container's folder.
+pub fn fits_folder(state: &AppState, bytes: u64) -> Result<(), ApiError> {
+    let room = state.settings.container_disk_bytes;
+    if bytes > room {
+        return Err(ApiError::invalid_with_code(
+            format!("the file is {bytes} bytes; a container's folder holds {room} bytes"),
+            "file".to_string(),
+            "file_too_large",
+        ));
+    }
+    Ok(())
 }
 
 /// Add a file to a container
@@ -161,6 +173,21 @@ pub async fn create_file(
         return Err(expired("container_id"));
     }
     let meta = file_to_add(&state, tenant, req).await?;
+    put(&state, tenant, &container, &container_id, meta, received)
+        .await
+        .map(Json)
+}
+
+/// Puts the tenant's stored file into the container's folder under its filename (made
+/// safe), replacing a file of that name, and answers once the container has it.
+pub async fn put(
+    state: &AppState,
+    tenant: &str,
+    container: &CodeContainer,
+    container_id: &str,
+    meta: FileMeta,
+    received: Instant,
+) -> Result<ContainerFileObject, ApiError> {
     let name = container.name_any();
     let change = Change {
         kind: FileOpKind::Put,
@@ -168,7 +195,7 @@ pub async fn create_file(
         file_id: Some(meta.id.clone()),
     };
     let deadline = received + fileops::wait_budget(state.settings.request_timeout);
-    fileops::carry_out(&state, &container_id, &name, &change, deadline).await?;
+    fileops::carry_out(state, container_id, &name, &change, deadline).await?;
     let entry = match state
         .store
         .container_file(tenant, &name, &change.path)
@@ -186,7 +213,7 @@ pub async fn create_file(
             source: FileSource::User,
         },
     };
-    Ok(Json(file_object(&entry, &container_id)))
+    Ok(file_object(&entry, container_id))
 }
 
 /// List a container's files

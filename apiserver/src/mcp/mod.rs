@@ -14,6 +14,7 @@
 //! preceded by progress notifications is a short event stream. A long `tools/call` may wait
 //! for its run as long as `POST /v1/runs` does (the request deadline treats both alike).
 mod access;
+mod containers;
 mod content;
 mod progress;
 mod runs;

@@ -19,8 +19,7 @@ use crate::runs::request::{
 };
 use crate::runs::{events, service, unknown_cursor};
 
-/// The arguments of `run_code`. (`container`, to run in a container that keeps state, joins
-/// these once the containers API exists.)
+/// The arguments of `run_code`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunCodeArgs {
@@ -47,6 +46,12 @@ pub struct RunCodeArgs {
     #[serde(default)]
     #[schemars(length(max = 16))]
     pub files: Option<Vec<String>>,
+    /// Run in this container (`cntr_...`, made with `create_container`): in its interpreter
+    /// of the language, so what earlier runs there defined is still defined, with
+    /// /mnt/data as the working directory. Without it, a fresh interpreter keeps nothing.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 64))]
+    pub container: Option<String>,
 }
 
 impl RunCodeArgs {
@@ -64,7 +69,7 @@ impl RunCodeArgs {
             }),
             wait: None,
             stream: None,
-            container: None,
+            container: self.container,
         }
     }
 }
@@ -93,11 +98,12 @@ pub struct GetRunArgs {
 
 #[tool_router(router = run_tools, vis = "pub(super)")]
 impl McpServer {
-    /// Run a program in a fresh sandboxed interpreter and get its result: status, exit code,
-    /// stdout, stderr, and the files it wrote to /work/outputs (images as images, other
-    /// files as download links that work without a key for an hour). The program has no
-    /// network and cannot install packages; /work is its writable working directory.
-    /// Nothing is kept between calls. The call is an error (isError) when the program exits
+    /// Run a program in a sandboxed interpreter and get its result: status, exit code,
+    /// stdout, stderr, and the files it wrote to /work/outputs (in a container: to
+    /// /mnt/data), images as images, other files as download links that work without a key
+    /// for an hour. The program has no network and cannot install packages; /work is its
+    /// writable working directory. Without `container` nothing is kept between calls; with
+    /// one, the container's interpreter and files are. The call is an error (isError) when the program exits
     /// with a non-zero code, is killed by a limit or times out, or when the request is
     /// invalid; the text says why. Output is sent as progress notifications while it runs
     /// when the client asks for progress.
@@ -157,6 +163,9 @@ impl McpServer {
         let (state, tenant) = (&self.state, caller.tenant.as_str());
         let args: RunCodeArgs = parse_args(args)?;
         let run = validate(args.into_request(), &state.settings.maxima)?;
+        if let Some(container) = &run.container {
+            crate::containers::service::for_run(state, tenant, container)?;
+        }
         let (files, sizes) = service::input_files(state, tenant, &run).await?;
         check_input_size(&run, &sizes, &state.settings.maxima)?;
         crate::quota::check_run_room(state, tenant)?;
@@ -176,7 +185,9 @@ impl McpServer {
             let deadline = received + budget(state, &run);
             progress::forward(events, token, &ctx.peer, deadline).await;
         }
-        let answer = service::wait_for_end(state, tenant, created, &run, received).await?;
+        let answer = service::wait_for_end(state, tenant, created, &run, received)
+            .await?
+            .in_container(state, run.container.as_deref());
         Ok(content::result(state, tenant, content::run_of(state, answer)).await)
     }
 

@@ -4,9 +4,7 @@
 //! API's message, never a protocol error: the model reads it and can correct its call.
 //!
 //! Tools are grouped by resource, one `#[tool_router(router = ...)]` block each
-//! ([`super::runs`] today); [`McpServer::tools`] adds the groups together. Containers' tools
-//! (create, list files, upload by content or by file id, delete) are one more block of one
-//! function per tool, added there once the containers API exists.
+//! ([`super::runs`], [`super::containers`]); [`McpServer::tools`] adds the groups together.
 use std::sync::{Arc, LazyLock};
 
 use axum::http::request::Parts;
@@ -25,7 +23,7 @@ use crate::error::{ApiError, parse_value};
 use crate::state::AppState;
 
 /// What a client shows a model about the server as a whole.
-const INSTRUCTIONS: &str = "Runs programs in Python 3, Node.js, Ruby or PHP in a sandbox with no network, and returns what they printed and the files they wrote to /work/outputs (images inline, other files as links). Every run_code call starts a fresh interpreter: nothing is kept between calls. Use list_runs and get_run to look at earlier runs.";
+const INSTRUCTIONS: &str = "Runs programs in Python 3, Node.js, Ruby or PHP in a sandbox with no network, and returns what they printed and the files they wrote (images inline, other files as links). A run_code call without a container starts a fresh interpreter and keeps nothing. To keep variables, imports and files between calls, create_container once and pass its id as run_code's container: its files live in /mnt/data, and upload_container_file puts files there. Use list_runs and get_run to look at earlier runs.";
 
 /// Every tool, built once.
 static TOOLS: LazyLock<ToolRouter<McpServer>> = LazyLock::new(McpServer::tools);
@@ -44,7 +42,7 @@ impl McpServer {
 
     /// The tools of every resource, their descriptions as prose.
     fn tools() -> ToolRouter<Self> {
-        let mut tools = Self::run_tools();
+        let mut tools = Self::run_tools() + Self::container_tools();
         for route in tools.map.values_mut() {
             if let Some(text) = &route.attr.description {
                 route.attr.description = Some(prose(text).into());
