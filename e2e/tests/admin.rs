@@ -385,10 +385,10 @@ async fn the_admin_page_shows_a_containers_runs_in_order_as_a_notebook_and_runs_
         .click()
         .await
         .unwrap();
-    let link = page
-        .wait()
+    let link = format!("#containers tr[data-id='{id}'] a");
+    page.wait()
         .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(&format!("#containers tr[data-id='{id}'] a")))
+        .for_element(Locator::Css(&link))
         .await
         .expect("the container is listed");
     let row = page
@@ -399,7 +399,22 @@ async fn the_admin_page_shows_a_containers_runs_in_order_as_a_notebook_and_runs_
         .await
         .unwrap();
     assert!(row.contains("notebook") && row.contains("running"), "{row}");
-    link.click().await.unwrap();
+    // The list may be drawn again between finding the link and clicking it (a stale
+    // element): the link is found anew for each try.
+    let mut clicked = false;
+    for _ in 0..20 {
+        if let Ok(found) = page.find(Locator::Css(&link)).await
+            && found.click().await.is_ok()
+        {
+            clicked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        clicked,
+        "the container's notebook link could not be clicked"
+    );
     let shown = cells_until(page, Duration::from_secs(20), |cells| {
         cells.len() == 2 && cells[1].3.iter().all(|(_, complete, _)| *complete)
     })
