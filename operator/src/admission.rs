@@ -398,6 +398,23 @@ impl NodeRoom {
         }
     }
 
+    /// A node's whole room: its allocatable CPU, memory and pods.
+    fn allocatable(node: &Node) -> NodeRoom {
+        let q = |k: &str| {
+            node.status
+                .as_ref()
+                .and_then(|s| s.allocatable.as_ref())
+                .and_then(|a| a.get(k))
+                .and_then(|q| quantity_units(&q.0))
+                .unwrap_or(0)
+        };
+        NodeRoom::new(
+            q("cpu") as i64,
+            (q("memory") / 1000) as i64,
+            (q("pods") / 1000) as i64,
+        )
+    }
+
     fn fits(&self, d: Demand) -> bool {
         self.pods >= 1
             && self.cpu_millicores >= d.cpu_millicores as i64
@@ -513,18 +530,8 @@ impl Room {
         let mut names = Vec::new();
         let mut room = Room::default();
         for node in nodes.into_iter().filter(|n| schedulable(n, placement)) {
-            let alloc = node
-                .status
-                .as_ref()
-                .and_then(|s| s.allocatable.clone())
-                .unwrap_or_default();
-            let q = |k: &str| alloc.get(k).and_then(|q| quantity_units(&q.0)).unwrap_or(0);
             names.push(node.metadata.name.clone().unwrap_or_default());
-            room.nodes.push(NodeRoom::new(
-                q("cpu") as i64,
-                (q("memory") / 1000) as i64,
-                (q("pods") / 1000) as i64,
-            ));
+            room.nodes.push(NodeRoom::allocatable(node));
         }
         let mut unbound = Vec::new();
         for pod in pods.into_iter().filter(|p| takes_room(p)) {
@@ -554,18 +561,8 @@ impl Room {
     ) -> Room {
         let mut room = Room::default();
         for node in nodes.into_iter().filter(|n| schedulable(n, placement)) {
-            let alloc = node
-                .status
-                .as_ref()
-                .and_then(|s| s.allocatable.clone())
-                .unwrap_or_default();
-            let q = |k: &str| alloc.get(k).and_then(|q| quantity_units(&q.0)).unwrap_or(0);
             let taken = ledger.on_node(node.metadata.name.as_deref().unwrap_or_default());
-            let mut free = NodeRoom::new(
-                q("cpu") as i64,
-                (q("memory") / 1000) as i64,
-                (q("pods") / 1000) as i64,
-            );
+            let mut free = NodeRoom::allocatable(node);
             free.cpu_millicores -= taken.cpu_millicores;
             free.memory_bytes -= taken.memory_bytes;
             free.pods -= taken.pods;
@@ -580,14 +577,11 @@ impl Room {
     /// Takes room for `d` on the node the scheduler would choose: of those it fits, the one
     /// with the highest score (the first of equals).
     pub fn take(&mut self, d: Demand) -> bool {
-        let mut best: Option<(usize, i64)> = None;
-        for (i, n) in self.nodes.iter().enumerate() {
-            if n.fits(d) && best.is_none_or(|(_, s)| n.score(d) > s) {
-                best = Some((i, n.score(d)));
-            }
-        }
-        match best {
-            Some((i, _)) => {
+        let best = (self.nodes.iter().enumerate())
+            .filter(|(_, n)| n.fits(d))
+            .max_by_key(|(i, n)| (n.score(d), std::cmp::Reverse(*i)));
+        match best.map(|(i, _)| i) {
+            Some(i) => {
                 self.nodes[i].take(d);
                 true
             }

@@ -243,19 +243,30 @@ pub async fn list_files(
     let newest_first = newest_first(query.order.as_deref())?;
     let tenant = caller.tenant.as_str();
     let container = service::find(&state, tenant, &container_id, "container_id")?;
-    let mut files: Vec<ContainerFileObject> = state
-        .store
-        .list_container_files(tenant, &container.name_any())
-        .await?
-        .iter()
-        .map(|f| file_object(f, &container_id))
-        .collect();
-    files.sort_by(|a, b| (b.created_at, &b.path).cmp(&(a.created_at, &a.path)));
+    let mut files = folder(&state, tenant, &container, &container_id).await?;
     if !newest_first {
         files.reverse();
     }
     let page = paginate(files, |f| f.id.as_str(), limit, query.after.as_deref())?;
     Ok(Json(page))
+}
+
+/// The files of the container's folder, newest first.
+pub async fn folder(
+    state: &AppState,
+    tenant: &str,
+    container: &CodeContainer,
+    container_id: &str,
+) -> Result<Vec<ContainerFileObject>, ApiError> {
+    let mut files: Vec<ContainerFileObject> = state
+        .store
+        .list_container_files(tenant, &container.name_any())
+        .await?
+        .iter()
+        .map(|f| file_object(f, container_id))
+        .collect();
+    files.sort_by(|a, b| (b.created_at, &b.path).cmp(&(a.created_at, &a.path)));
+    Ok(files)
 }
 
 /// Retrieve a container's file

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::server::{McpServer, caller, input_schema, parse_args, settle};
 use crate::containers::files;
-use crate::containers::model::{ContainerDeleted, file_object, from_cr};
+use crate::containers::model::{ContainerDeleted, from_cr};
 use crate::containers::request::{CreateContainerRequest, ExpiresAfterRequest, validate};
 use crate::containers::service::{self, expired, is_live};
 use crate::error::ApiError;
@@ -214,15 +214,7 @@ impl McpServer {
         let tenant = caller.tenant.as_str();
         let id = args.container_id.as_str();
         let container = service::find(&self.state, tenant, id, "container_id")?;
-        let mut listed: Vec<_> = self
-            .state
-            .store
-            .list_container_files(tenant, &kube::ResourceExt::name_any(&*container))
-            .await?
-            .iter()
-            .map(|f| file_object(f, id))
-            .collect();
-        listed.sort_by(|a, b| (b.created_at, &b.path).cmp(&(a.created_at, &a.path)));
+        let listed = files::folder(&self.state, tenant, &container, id).await?;
         Ok(json_result(&serde_json::json!({ "files": listed })))
     }
 
