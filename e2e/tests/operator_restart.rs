@@ -76,38 +76,6 @@ impl Witness {
     }
 }
 
-/// Deletes the leading replica outright (no time to hand over); waits for a standby to take
-/// the lease and for the Deployment to have its standby back. Returns how long the handover
-/// took.
-async fn kill_leader_and_await_standby(client: &kube::Client) -> Duration {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let (leader, handover) = testkit::kill_leader(client).await;
-    // The Deployment replaces the killed replica: wait for that standby to be ready, so the
-    // next kill again leaves one to take over.
-    let holder = stack_pod(client, "operator").await;
-    let standby_back = eventually_async(Duration::from_secs(120), || async {
-        let selector = "app.kubernetes.io/component=operator";
-        let list = pods
-            .list(&kube::api::ListParams::default().labels(selector))
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        list.iter().any(|p| {
-            let name = p.name_any();
-            name != leader
-                && name != holder
-                && p.metadata.deletion_timestamp.is_none()
-                && p.status
-                    .as_ref()
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .is_some_and(|cs| cs.iter().all(|c| c.ready))
-        })
-    })
-    .await;
-    assert!(standby_back, "the Deployment did not get its standby back");
-    handover
-}
-
 /// A program that prints its marker, then runs for `secs` (long enough for the witness to
 /// have its log).
 fn marked(marker: &str, secs: u32) -> serde_json::Value {

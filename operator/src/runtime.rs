@@ -109,6 +109,14 @@ fn watches() -> Watches {
     }
 }
 
+/// How every watch starts: with a streaming list, the objects there are arrive one by one
+/// as watch events, each projected before the next is read. A paged list would hold a
+/// whole page first (500 objects, up to 1.5 MiB each: tenants make CodeRuns and pods that
+/// large), which a new leader or a relisting watch would read in one piece.
+fn listing() -> watcher::Config {
+    watcher::Config::default().streaming_lists()
+}
+
 /// Watches pods: the cache, the index's map of runs to pods, and a wake for the run a
 /// changed pod serves (from this same cache, so a reconcile never sees a step the cache has
 /// not).
@@ -119,7 +127,7 @@ async fn watch_pods(
     changes: watch::Sender<u64>,
     changed: [Arc<Notify>; 2],
 ) {
-    let events = watcher(Api::<Pod>::all(client), watcher::Config::default())
+    let events = watcher(Api::<Pod>::all(client), listing())
         .default_backoff()
         .modify(slim_pod)
         .reflect(writer);
@@ -143,7 +151,7 @@ async fn watch_nodes(
     writer: reflector::store::Writer<Node>,
     changed: [Arc<Notify>; 2],
 ) {
-    let events = watcher(Api::<Node>::all(client), watcher::Config::default())
+    let events = watcher(Api::<Node>::all(client), listing())
         .default_backoff()
         .modify(slim_node)
         .reflect(writer);
@@ -164,7 +172,7 @@ async fn watch_pools(
     writer: reflector::store::Writer<RunnerPool>,
     changed: Arc<Notify>,
 ) {
-    let config = watcher::Config::default().labels(&shard);
+    let config = listing().labels(&shard);
     let events = watcher(Api::<RunnerPool>::namespaced(client, &ns), config)
         .default_backoff()
         .reflect(writer);
@@ -465,7 +473,7 @@ async fn serve(mut parts: Parts, tasks: Tasks) -> anyhow::Result<()> {
     let runs_api = parts.runs_api.take().expect("the runs API");
     // The cache keeps what decisions need, not what a tenant may make large.
     let (runs, runs_writer) = reflector::store();
-    let run_changes = watcher(runs_api, watcher::Config::default().labels(&selector))
+    let run_changes = watcher(runs_api, listing().labels(&selector))
         .default_backoff()
         .modify(crate::projection::project)
         .reflect(runs_writer)
@@ -474,10 +482,9 @@ async fn serve(mut parts: Parts, tasks: Tasks) -> anyhow::Result<()> {
         .reconcile_on(woken)
         .with_config(ControllerConfig::default().concurrency(concurrency));
     let containers_api = parts.containers_api.take().expect("the containers API");
-    let container_controller =
-        Controller::new(containers_api, watcher::Config::default().labels(&selector))
-            .reconcile_on(woken_containers)
-            .with_config(ControllerConfig::default().concurrency(concurrency));
+    let container_controller = Controller::new(containers_api, listing().labels(&selector))
+        .reconcile_on(woken_containers)
+        .with_config(ControllerConfig::default().concurrency(concurrency));
     let controlled = Controlled {
         runs: controller.store(),
         containers: container_controller.store(),

@@ -432,6 +432,15 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// The leading operator replica's peak resident memory so far (VmHWM), in MiB.
+pub async fn operator_peak_mib(client: &Client) -> u64 {
+    let operator = stack_pod(client, "operator").await;
+    let pid = pod_process(client, OPERATOR_NAMESPACE, &operator, "operator")
+        .await
+        .expect("the operator's process");
+    proc_status_kib(pid, "VmHWM:").unwrap() / 1024
+}
+
 /// Deletes the leading operator replica at once and returns when another holds the lease:
 /// the name of the replica killed, and how long the handover took.
 pub async fn kill_leader(client: &Client) -> (String, Duration) {
@@ -456,6 +465,38 @@ pub async fn kill_leader(client: &Client) -> (String, Duration) {
     .await;
     assert!(took_over, "no standby took the lease");
     (leader, killed.elapsed())
+}
+
+/// Deletes the leading replica outright (no time to hand over); waits for a standby to take
+/// the lease and for the Deployment to have its standby back. Returns how long the handover
+/// took.
+pub async fn kill_leader_and_await_standby(client: &Client) -> Duration {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let (leader, handover) = kill_leader(client).await;
+    // The Deployment replaces the killed replica: wait for that standby to be ready, so the
+    // next kill again leaves one to take over.
+    let holder = stack_pod(client, "operator").await;
+    let standby_back = eventually_async(Duration::from_secs(120), || async {
+        let selector = "app.kubernetes.io/component=operator";
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        list.iter().any(|p| {
+            let name = p.name_any();
+            name != leader
+                && name != holder
+                && p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| cs.iter().all(|c| c.ready))
+        })
+    })
+    .await;
+    assert!(standby_back, "the Deployment did not get its standby back");
+    handover
 }
 
 /// The pod of the stack's component (`apiserver` or `operator`): for the operator, the

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use reqwest::header::HeaderMap;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::{random_suffix, run_dir};
@@ -321,6 +321,15 @@ impl Api {
     /// `POST /v1/runs`; the run object.
     pub async fn create_run(&self, body: Value) -> Value {
         self.post("/v1/runs", &body).await.expect(200)
+    }
+
+    /// A polite tenant's `print(1+1)` (during an attack): it completes, with its answer.
+    pub async fn polite_run_completes(&self) -> Value {
+        let body = json!({"language": "python", "code": "print(1+1)"});
+        let run = self.post("/v1/runs", &body).await.expect(200);
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(run["stdout"], "2\n");
+        run
     }
 
     /// Polls `GET /v1/runs/{id}` until the run has a final status.
