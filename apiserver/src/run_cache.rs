@@ -99,17 +99,22 @@ pub fn selector(shard: Option<&str>) -> String {
 
 impl<K: Cached> Cache<K> {
     /// The cache of the namespace (the shard's objects in it), and the watch that fills it:
-    /// the caller runs that future for as long as it serves.
-    pub fn start(
+    /// the caller runs that future for as long as it serves. `arrived` is told the name of
+    /// each object the watch delivers, once the cache has it.
+    pub fn start<F: Fn(&str) + Send + 'static>(
         client: Client,
         namespace: &str,
         shard: Option<&str>,
-    ) -> (Self, impl Future<Output = ()> + Send + use<K>) {
+        arrived: F,
+    ) -> (Self, impl Future<Output = ()> + Send + use<K, F>) {
         let (reader, writer) = reflector::store::<K>();
         let (tx, changes) = watch::channel(0u64);
         let synced = Arc::new(AtomicBool::new(false));
         let api: Api<K> = Api::namespaced(client, namespace);
-        let stream = watcher(api, watcher::Config::default().labels(&selector(shard)))
+        // A streaming list: what is there arrives one object at a time, each slimmed before
+        // the next is read (a paged list holds a page of up to 500 whole objects at once).
+        let listing = watcher::Config::default().streaming_lists();
+        let stream = watcher(api, listing.labels(&selector(shard)))
             .default_backoff()
             .modify(K::slim)
             .reflect(writer);
@@ -119,6 +124,9 @@ impl<K: Cached> Cache<K> {
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Release),
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                        arrived(&o.name_any());
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watching"),
                 }

@@ -18,6 +18,7 @@ use crate::ratelimit::{RateLimits, quota};
 use crate::run_cache::{ContainerCache, RunCache};
 use crate::runs::events::StreamSlots;
 use crate::runs::finished::FinishedRuns;
+use crate::runs::joining::Joining;
 use crate::signing::Signer;
 use crate::state::{AppState, BINDINGS_CACHED};
 
@@ -39,7 +40,8 @@ fn signer(cfg: &Config) -> anyhow::Result<Signer> {
     }
 }
 
-/// Everything the handlers share, from the settings.
+/// Everything the handlers share, from the settings; the caches and the places in line
+/// the runs cache does not show yet (which it tells of each run it receives).
 pub fn state(
     cfg: &Config,
     settings: Settings,
@@ -47,6 +49,7 @@ pub fn state(
     kube: Client,
     runs: RunCache,
     containers: ContainerCache,
+    joining: Arc<Joining>,
 ) -> anyhow::Result<AppState> {
     let keys = parse_api_keys(&cfg.api_keys)?;
     let signer = signer(cfg)?;
@@ -72,7 +75,7 @@ pub fn state(
         runs,
         containers,
         container_locks: Arc::new(CreationLocks::default()),
-        joining: Arc::default(),
+        joining,
         metrics: Metrics::default(),
     })
 }
@@ -95,17 +98,21 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    let joining = Arc::new(Joining::default());
+    let line = joining.clone();
     let (runs, watching) = RunCache::start(
         client.clone(),
         &settings.namespace,
         cfg.shared.shard.as_deref(),
+        move |name| line.arrived(name),
     );
     let (containers, watching_containers) = ContainerCache::start(
         client.clone(),
         &settings.namespace,
         cfg.shared.shard.as_deref(),
+        |_| {},
     );
-    let state = state(&cfg, settings, store, client, runs, containers)?;
+    let state = state(&cfg, settings, store, client, runs, containers, joining)?;
     tracing::info!(
         port = cfg.port,
         metrics_port = cfg.metrics_port,

@@ -45,7 +45,7 @@ pub struct AppState {
     /// What each tenant stores, against its storage quota.
     pub quota: Arc<Quota>,
     /// Runs being created, not in the cache yet.
-    pub joining: Arc<crate::runs::service::Joining>,
+    pub joining: Arc<crate::runs::joining::Joining>,
 }
 
 /// Run ids whose binding is remembered.

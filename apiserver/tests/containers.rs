@@ -61,7 +61,8 @@ async fn harness_with(args: &[&str]) -> Harness {
     let cfg = Config::parse_from(all);
     let kube = FakeKube::new();
     let client = kube.client();
-    let (containers, watching) = ContainerCache::start(client.clone(), "codeinterp-test", None);
+    let (containers, watching) =
+        ContainerCache::start(client.clone(), "codeinterp-test", None, |_| {});
     let state = codeinterp_apiserver::serve::state(
         &cfg,
         cfg.settings().unwrap(),
@@ -69,6 +70,7 @@ async fn harness_with(args: &[&str]) -> Harness {
         client,
         RunCache::detached("codeinterp-test"),
         containers.clone(),
+        Default::default(),
     )
     .unwrap();
     let tasks = vec![tokio::spawn(watching), kube.operator(store.clone())];

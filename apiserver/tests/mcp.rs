@@ -55,6 +55,7 @@ fn harness_with(args: &[&str]) -> Harness {
         kube,
         RunCache::detached("codeinterp-test"),
         ContainerCache::detached("codeinterp-test"),
+        Default::default(),
     )
     .unwrap();
     Harness {

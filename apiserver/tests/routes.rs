@@ -63,6 +63,7 @@ fn harness_with(args: &[&str]) -> Harness {
         kube,
         RunCache::detached("codeinterp-test"),
         ContainerCache::detached("codeinterp-test"),
+        Default::default(),
     )
     .unwrap();
     Harness {

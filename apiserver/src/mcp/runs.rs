@@ -1,6 +1,7 @@
 //! The run tools: `run_code`, `list_runs`, `get_run`. Each parses its arguments, then does
 //! what the REST API does for the same request, through the same run service and the same
 //! validation, so limits, quotas and messages are the REST API's.
+use kube::ResourceExt;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, JsonObject};
 use rmcp::service::RequestContext;
@@ -177,8 +178,7 @@ impl McpServer {
             .as_ref()
             .and_then(|_| events::take_slot(state, tenant).ok());
         let created = service::create(state, tenant, None, &run, files).await?;
-        // The cache counts it now.
-        drop(place);
+        place.created(&created.name_any(), |n| state.runs.get(n).is_some());
         if let (Some(token), Some(slot)) = (token, slot) {
             let id = created.metadata.name.clone().unwrap_or_default();
             let events = events::follow(state, tenant, &id, slot);

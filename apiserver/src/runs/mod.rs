@@ -1,10 +1,12 @@
 //! `/v1/runs`: create a run (and by default wait for it), read one, list them, cancel one,
 //! follow its events. The handlers here only translate HTTP; [`service`] finds, creates and
 //! waits for runs, [`model`] is the run object of the wire, [`request`] the body of
-//! `POST /v1/runs` and its validation, [`events`] the event streams, [`finished`] the
+//! `POST /v1/runs` and its validation, [`joining`] the places in line the cache does not
+//! show yet, [`events`] the event streams, [`finished`] the
 //! answers of finished runs kept in memory.
 pub mod events;
 pub mod finished;
+pub mod joining;
 pub mod model;
 pub mod request;
 pub mod service;
@@ -14,6 +16,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use kube::ResourceExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 use utoipa::IntoParams;
@@ -111,8 +114,9 @@ async fn create_run(
         .then(|| events::take_slot(&state, tenant))
         .transpose()?;
     let created = service::create(&state, tenant, key.as_deref(), &run, files).await?;
-    // The cache counts it now.
-    drop(place);
+    if let Some(place) = place {
+        place.created(&created.name_any(), |n| state.runs.get(n).is_some());
+    }
     if let Some(slot) = slot {
         let id = created.metadata.name.clone().unwrap_or_default();
         return Ok(events::respond(&state, tenant, &id, &headers, slot));

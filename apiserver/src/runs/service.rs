@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::error::ApiError;
 use crate::pagination::Page;
 use crate::run_cache::Load;
+use crate::runs::joining::Ticket;
 use crate::runs::model::{Prepared, Run, RunStatus, from_coderun, list_item};
 use crate::runs::request::{
     ValidRun, check_idempotency_key, idempotent_run_name, input_file_name, random_run_name,
@@ -319,39 +320,6 @@ pub async fn collected(
     answer(state, tenant, name).await
 }
 
-/// Runs this server is creating that its cache does not show yet: counted with the cache's
-/// so that requests at once cannot all take the last place in the line.
-#[derive(Default)]
-pub struct Joining(std::sync::Mutex<JoiningNow>);
-
-#[derive(Default)]
-pub struct JoiningNow {
-    per_tenant: std::collections::HashMap<String, Load>,
-    total: usize,
-}
-
-/// A place in the line, held from the check until the run is created (and the cache has
-/// it, or the creation failed).
-pub struct Ticket {
-    joining: Arc<Joining>,
-    tenant: String,
-    bytes: u64,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let mut now = self.joining.0.lock().expect("joining runs");
-        now.total -= 1;
-        if let Some(mine) = now.per_tenant.get_mut(&self.tenant) {
-            mine.waiting -= 1;
-            mine.live_spec_bytes -= self.bytes;
-            if mine.waiting == 0 {
-                now.per_tenant.remove(&self.tenant);
-            }
-        }
-    }
-}
-
 /// The bytes of code, stdin and arguments a run will hold in its CodeRun.
 pub fn run_bytes(run: &ValidRun) -> u64 {
     crate::run_cache::input_bytes(&run.code, run.stdin.as_deref(), &run.args)
@@ -359,28 +327,18 @@ pub fn run_bytes(run: &ValidRun) -> u64 {
 
 /// Refuses a new run while the tenant has as many waiting for room as it may, the line of
 /// all tenants is as long as it may be, or the tenant's unfinished runs hold as many bytes
-/// of code, stdin and arguments as they may; else takes its place until it is created.
+/// of code, stdin and arguments as they may; else takes its place until the cache shows it.
 pub fn check_queue_room(state: &AppState, tenant: &str, bytes: u64) -> Result<Ticket, ApiError> {
-    let mut now = state.joining.0.lock().expect("joining runs");
-    let mut load = state.runs.load_of(tenant);
-    let mine = now.per_tenant.get(tenant).copied().unwrap_or_default();
-    load.waiting += mine.waiting;
-    load.live_spec_bytes += mine.live_spec_bytes;
-    load.waiting_total += now.total;
-    if let Some(message) = queue_refusal(&state.settings, load) {
-        return Err(ApiError::QueueFull {
-            message,
-            retry_after_secs: QUEUE_FULL_RETRY_SECS,
-        });
-    }
-    now.total += 1;
-    let entry = now.per_tenant.entry(tenant.to_string()).or_default();
-    entry.waiting += 1;
-    entry.live_spec_bytes += bytes;
-    Ok(Ticket {
-        joining: state.joining.clone(),
-        tenant: tenant.to_string(),
-        bytes,
+    let load = state.runs.load_of(tenant);
+    let known = |name: &str| state.runs.get(name).is_some();
+    state.joining.check(tenant, bytes, load, known, |load| {
+        match queue_refusal(&state.settings, load) {
+            Some(message) => Err(ApiError::QueueFull {
+                message,
+                retry_after_secs: QUEUE_FULL_RETRY_SECS,
+            }),
+            None => Ok(()),
+        }
     })
 }
 
