@@ -49,9 +49,7 @@ impl Line {
             }
         }
     }
-}
 
-impl Line {
     /// The place `id` of a run being created, taken out of the line.
     fn take(&mut self, id: u64) -> Option<Place> {
         let at = self.creating.iter().position(|(i, _)| *i == id)?;
@@ -60,17 +58,20 @@ impl Line {
 }
 
 impl Joining {
-    /// Adds what this server has let in and the cache does not show to the cache's `load`
-    /// of `tenant`; if `admit` accepts the sum, takes a place for a new run of `bytes`.
+    /// Adds what this server has let in and the cache does not show to the cache's load of
+    /// `tenant` (`load`); if `admit` accepts the sum, takes a place for a new run of
+    /// `bytes`. The cache is read under the line's lock, which its watch takes to report
+    /// a run: a run arriving meanwhile is counted by one of them, never by neither.
     pub fn check<E>(
         self: &Arc<Self>,
         tenant: &str,
         bytes: u64,
-        mut load: Load,
+        load: impl FnOnce() -> Load,
         known: impl Fn(&str) -> bool,
         admit: impl FnOnce(Load) -> Result<(), E>,
     ) -> Result<Ticket, E> {
         let mut line = self.0.lock().expect("the line");
+        let mut load = load();
         line.add_to(&mut load, tenant, known);
         admit(load)?;
         let id = line.next;
@@ -134,7 +135,7 @@ mod tests {
     fn load_of(joining: &Arc<Joining>, tenant: &str, cache: &RefCell<HashSet<String>>) -> Load {
         let mut seen = None;
         let known = |n: &str| cache.borrow().contains(n);
-        let _ = joining.check(tenant, 0, Load::default(), known, |load| {
+        let _ = joining.check(tenant, 0, Load::default, known, |load| {
             seen = Some(load);
             Err::<(), ()>(())
         });
@@ -147,8 +148,8 @@ mod tests {
         let cache = RefCell::new(HashSet::new());
         let known = |n: &str| cache.borrow().contains(n);
         let ok = |_| Ok::<(), ()>(());
-        let a = joining.check("a", 100, Load::default(), known, ok).unwrap();
-        let b = joining.check("b", 7, Load::default(), known, ok).unwrap();
+        let a = joining.check("a", 100, Load::default, known, ok).unwrap();
+        let b = joining.check("b", 7, Load::default, known, ok).unwrap();
         let mine = load_of(&joining, "a", &cache);
         assert_eq!(
             (mine.waiting, mine.waiting_total, mine.live_spec_bytes),
@@ -176,7 +177,7 @@ mod tests {
         let cache = RefCell::new(HashSet::new());
         let known = |n: &str| cache.borrow().contains(n);
         let t = joining
-            .check("a", 1, Load::default(), known, |_| Ok::<(), ()>(()))
+            .check("a", 1, Load::default, known, |_| Ok::<(), ()>(()))
             .unwrap();
         t.created("run-a", known);
         // Created and deleted at once: the cache's watch delivered it, then its deletion.
@@ -190,7 +191,7 @@ mod tests {
         let cache = RefCell::new(HashSet::from(["run-a".to_string()]));
         let known = |n: &str| cache.borrow().contains(n);
         let t = joining
-            .check("a", 1, Load::default(), known, |_| Ok::<(), ()>(()))
+            .check("a", 1, Load::default, known, |_| Ok::<(), ()>(()))
             .unwrap();
         t.created("run-a", known);
         cache.borrow_mut().clear();
@@ -203,7 +204,7 @@ mod tests {
         let cache = RefCell::new(HashSet::new());
         let known = |n: &str| cache.borrow().contains(n);
         let t = joining
-            .check("a", 1, Load::default(), known, |_| Ok::<(), ()>(()))
+            .check("a", 1, Load::default, known, |_| Ok::<(), ()>(()))
             .unwrap();
         t.created("run-gone", known);
         tokio::time::advance(UNSEEN_FOR - Duration::from_secs(1)).await;
@@ -222,7 +223,7 @@ mod tests {
         let refused = joining.check(
             "a",
             1,
-            full,
+            || full,
             |_| false,
             |load| {
                 if load.waiting_total >= 3 {

@@ -1,5 +1,5 @@
 //! A Kubernetes API for CodeContainers, in memory, enough for the API server's routes:
-//! create, get, list, watch, merge patch (refused with 409 when the patch names a
+//! create, get, list, watch (streaming lists too), merge patch (refused with 409 when the patch names a
 //! `resourceVersion` that is no longer current, as the real one does), and delete. Every
 //! change is an event that watches get in order; [`FakeKube::operator`] plays the operator
 //! for file operations. Served in-process as a tower service (an axum router), so a
@@ -210,15 +210,23 @@ async fn list_or_watch(
         .unwrap_or(0);
     // Subscribed before the history is read: nothing falls between the two.
     let live = fake.events.subscribe();
-    let past: Vec<(u64, Value)> = fake
-        .objects
-        .lock()
-        .unwrap()
-        .history
-        .iter()
-        .filter(|(v, _)| *v > from)
-        .cloned()
-        .collect();
+    let objects = fake.objects.lock().unwrap();
+    let past: Vec<(u64, Value)> =
+        if query.get("sendInitialEvents").map(String::as_str) == Some("true") {
+            // A streaming list: what there is, as ADDED events, then the bookmark that ends them.
+            let now = objects.version;
+            let there = objects.by_name.values();
+            let added = there.map(|o| (now, json!({"type": "ADDED", "object": o})));
+            let end = json!({"type": "BOOKMARK", "object": {
+            "apiVersion": "codeinterp.dev/v1alpha1", "kind": "CodeContainer",
+            "metadata": {"resourceVersion": now.to_string(),
+                         "annotations": {"k8s.io/initial-events-end": "true"}}}});
+            added.chain([(now, end)]).collect()
+        } else {
+            let history = objects.history.iter();
+            history.filter(|(v, _)| *v > from).cloned().collect()
+        };
+    drop(objects);
     let last = past.last().map_or(from, |(v, _)| *v);
     let later = events_of(live).filter(move |(v, _)| futures::future::ready(*v > last));
     let lines = futures::stream::iter(past).chain(later).map(|(_, event)| {
