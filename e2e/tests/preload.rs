@@ -129,18 +129,36 @@ async fn a_program_cannot_tell_a_preloaded_interpreter_from_a_fresh_one_in_all_f
 async fn a_preloaded_interpreters_cpu_time_is_the_programs_not_the_preloads() {
     let client = client().await;
     let api = Rest::main();
-    wait_idle(&client, "python").await;
-    let busy =
-        "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2:\n    pass";
-    let run = api
-        .post("/v1/runs", &json!({"language": "python", "code": busy}))
-        .await
-        .expect(200);
+    // A run's CPU on a preloaded interpreter, checked to have been one (the other test of
+    // this file takes the pool's pods too: a run that found none went cold, and is tried
+    // again).
+    let cpu_of = async |code: &str| {
+        for _ in 0..5 {
+            wait_idle(&client, "python").await;
+            let body = json!({"language": "python", "code": code});
+            let run = api.post("/v1/runs", &body).await.expect(200);
+            assert_eq!(run["status"], "completed", "{run}");
+            if preloaded(&client, run["id"].as_str().unwrap()).await {
+                return run["usage"]["cpu_ms"].as_u64().unwrap();
+            }
+            eprintln!("not on a preloaded interpreter, again: {run}");
+        }
+        panic!("five runs found no preloaded interpreter");
+    };
+    // What any run costs beside its program (the job read, the code compiled, the record
+    // written), measured in the same test: on a loaded node it alone was 40 ms.
+    let empty = cpu_of("pass").await;
+    let busy = cpu_of(
+        "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2:\n    pass",
+    )
+    .await;
+    eprintln!("cpu_ms: empty program {empty}, 200 ms busy loop {busy}");
+    // Importing numpy, pandas and matplotlib alone takes over 300 ms of CPU here: counted,
+    // either run would show it.
+    assert!(empty < 100, "an empty program took {empty} ms of CPU");
+    let program = busy.saturating_sub(empty);
     assert!(
-        preloaded(&client, run["id"].as_str().unwrap()).await,
-        "{run}"
+        (160..=240).contains(&program),
+        "the busy loop counted {program} ms ({busy} - {empty})"
     );
-    let cpu = run["usage"]["cpu_ms"].as_u64().unwrap();
-    // Importing numpy, pandas and matplotlib alone takes over 300 ms of CPU here.
-    assert!((160..=240).contains(&cpu), "cpu_ms {cpu}: {run}");
 }
