@@ -23,7 +23,7 @@ use crate::state::AppState;
 /// Most operations waiting in a container (the CRD's bound on the list).
 pub const MAX_PENDING: usize = 256;
 /// Tries at appending before the request gives up (each lost race reads the list again).
-const APPEND_TRIES: usize = 8;
+const APPEND_TRIES: usize = 12;
 /// What a client refused because operations pile up should wait before trying again.
 const BUSY_RETRY_SECS: u64 = 5;
 
@@ -79,7 +79,14 @@ async fn append(state: &AppState, id: &str, name: &str, change: &Change) -> Resu
         field_manager: Some(MANAGER.into()),
         ..Default::default()
     };
-    for _ in 0..APPEND_TRIES {
+    for attempt in 0..APPEND_TRIES {
+        if attempt > 0 {
+            // Changes at once (and the operator's status writes, which move the version
+            // too) collide: apart by a random few milliseconds, growing, they take turns.
+            let most = 4u64 << attempt.min(5);
+            let ms = rand::random_range(0..most);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         let Some(current) = api.get_opt(name).await? else {
             return Err(not_found(id, "container_id"));
         };
