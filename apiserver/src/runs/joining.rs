@@ -89,10 +89,7 @@ impl Joining {
 
     /// The cache received the run `name`: it counts it from now on.
     pub fn arrived(&self, name: &str) {
-        let mut line = self.0.lock().expect("the line");
-        if !line.unseen.is_empty() {
-            line.unseen.remove(name);
-        }
+        self.0.lock().expect("the line").unseen.remove(name);
     }
 }
 
@@ -142,6 +139,15 @@ mod tests {
         seen.unwrap()
     }
 
+    /// A run of one byte let in for tenant `a` and created as `name`.
+    fn created(joining: &Arc<Joining>, cache: &RefCell<HashSet<String>>, name: &str) {
+        let known = |n: &str| cache.borrow().contains(n);
+        let t = joining
+            .check("a", 1, Load::default, known, |_| Ok::<(), ()>(()))
+            .unwrap();
+        t.created(name, known);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_created_run_holds_its_place_until_the_cache_shows_it_and_a_failed_one_gives_it_up() {
         let joining = Arc::new(Joining::default());
@@ -175,11 +181,7 @@ mod tests {
     fn a_run_the_cache_received_and_lost_again_before_anyone_looked_does_not_count() {
         let joining = Arc::new(Joining::default());
         let cache = RefCell::new(HashSet::new());
-        let known = |n: &str| cache.borrow().contains(n);
-        let t = joining
-            .check("a", 1, Load::default, known, |_| Ok::<(), ()>(()))
-            .unwrap();
-        t.created("run-a", known);
+        created(&joining, &cache, "run-a");
         // Created and deleted at once: the cache's watch delivered it, then its deletion.
         joining.arrived("run-a");
         assert_eq!(load_of(&joining, "a", &cache), Load::default());
@@ -189,11 +191,7 @@ mod tests {
     fn a_run_the_cache_has_before_its_creation_is_answered_holds_no_place() {
         let joining = Arc::new(Joining::default());
         let cache = RefCell::new(HashSet::from(["run-a".to_string()]));
-        let known = |n: &str| cache.borrow().contains(n);
-        let t = joining
-            .check("a", 1, Load::default, known, |_| Ok::<(), ()>(()))
-            .unwrap();
-        t.created("run-a", known);
+        created(&joining, &cache, "run-a");
         cache.borrow_mut().clear();
         assert_eq!(load_of(&joining, "a", &cache), Load::default());
     }
@@ -202,11 +200,7 @@ mod tests {
     async fn a_run_the_cache_never_shows_stops_counting_after_a_while() {
         let joining = Arc::new(Joining::default());
         let cache = RefCell::new(HashSet::new());
-        let known = |n: &str| cache.borrow().contains(n);
-        let t = joining
-            .check("a", 1, Load::default, known, |_| Ok::<(), ()>(()))
-            .unwrap();
-        t.created("run-gone", known);
+        created(&joining, &cache, "run-gone");
         tokio::time::advance(UNSEEN_FOR - Duration::from_secs(1)).await;
         assert_eq!(load_of(&joining, "a", &cache).waiting, 1);
         tokio::time::advance(Duration::from_secs(1)).await;
