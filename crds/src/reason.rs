@@ -67,7 +67,7 @@ reasons! {
     StatusRejected = "status_rejected" => Failed, "The API server refused the run's status for good.";
     QueueFull = "queue_full" => Failed, "The tenant already had as many runs waiting as it may.";
     QueueTimeout = "queue_timeout" => Failed, "The run waited for room longer than `QUEUE_TIMEOUT_SECONDS`.";
-    ContainerNotFound = "container_not_found" => Failed, "The run names a container that does not exist (or is another tenant's).";
+    ContainerNotFound = "container_not_found" => Failed, "The run names a container that does not exist (or is another tenant's): the operator's cache has listed the containers, the run is over 10 s old, and the API server, asked then, has none of that name for the run's tenant and shard.";
     ContainerExpired = "container_expired" => Failed, "The run's container expired or was deleted before the run could start.";
     InterpreterLost = "interpreter_lost" => Failed, "The container's interpreter ended during the run (out of memory, `os._exit`, a fatal error) or could not be interrupted at the timeout: it starts afresh for the next run, the files stay.";
 }

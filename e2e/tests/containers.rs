@@ -2,8 +2,9 @@
 //! namespace's tenant): what the operator and the container's pod must hold beyond what the
 //! REST tests (`containers_api.rs`) show. A timeout interrupts the program and keeps the
 //! state; an interpreter that dies is started afresh and the run says so, the files stay;
-//! an idle container expires; a new leader goes on with the same pod and its state; every
-//! isolation guarantee of a one-shot run holds in a container's pod.
+//! an idle container expires; a new leader goes on with the same pod and its state, and
+//! finishes a run the old one left going; every isolation guarantee of a one-shot run
+//! holds in a container's pod.
 use std::time::{Duration, Instant};
 
 use codeinterp_crds::{CodeContainer, CodeRun, ContainerPhase, Language, Phase, Reason};
@@ -185,9 +186,24 @@ async fn a_new_leader_goes_on_with_the_same_pod_and_its_state() {
     let set = run_in(&ns, &c, Language::Ruby, "$n = 1\nputs $n").await;
     assert_eq!(out(&set), "1\n", "{:?}", set.status);
     let pod = pod_of(&ns, &c).await;
+    // A run still going when the leader dies, made longer ago than a container may take to
+    // show in the cache: the new leader lists runs and containers side by side, and must
+    // not fail it as naming no container while its containers are still being listed.
+    let mut slow = spec(Language::Ruby, "sleep 14\n$n += 1\nputs $n");
+    slow.container = Some(c.clone());
+    let name = format!("flight-{}", random_suffix());
+    let made = Instant::now();
+    ns.runs()
+        .create(&PostParams::default(), &CodeRun::new(&name, slow))
+        .await
+        .unwrap();
+    wait_phase(&ns.runs(), &name, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(11).saturating_sub(made.elapsed())).await;
     kill_leader(&client).await;
+    let flown = wait_finished(&ns.runs(), &name, WITHIN).await.unwrap();
+    assert_eq!(out(&flown), "2\n", "{:?}", flown.status);
     let after = run_in(&ns, &c, Language::Ruby, "$n += 1\nputs $n").await;
-    assert_eq!(out(&after), "2\n", "{:?}", after.status);
+    assert_eq!(out(&after), "3\n", "{:?}", after.status);
     // The same pod served both: the new leader attached to it again.
     let now = pod_of(&ns, &c).await;
     assert_eq!(now.uid(), pod.uid());

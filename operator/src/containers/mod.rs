@@ -141,10 +141,7 @@ pub async fn step_for_run(ctx: &Arc<Context>, run: &CodeRun) -> Result<Action, E
         .filter(|c| c.tenant_in(ctx.settings.sandbox_namespace()) == ctx.tenant(run));
     let fail = |reason, message: String| Outcome::ended(reason, message);
     let Some(container) = found else {
-        // A container made a moment before its run may not be in the cache yet.
-        let age = k8s_openapi::jiff::Timestamp::now().as_second()
-            - run.creation_timestamp().map_or(0, |t| t.0.as_second());
-        if age < CACHE_GRACE_SECS {
+        if may_yet_show(ctx, run, &ns, &name).await? {
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
         let outcome = fail(
@@ -182,6 +179,34 @@ pub async fn step_for_run(ctx: &Arc<Context>, run: &CodeRun) -> Result<Action, E
     ctx.index.container_wake(&uid).notify_one();
     show_place(ctx, &container, run).await?;
     Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+/// Whether a container the cache does not show may yet show there, so that a run naming it
+/// waits rather than fails: the cache has not finished its first list (a new leader lists
+/// runs and containers side by side), the run is younger than the grace (a container made
+/// a moment before its run), or the API server has it for this tenant and shard though the
+/// watch lags. Only the last costs a read, and only on the way to failing a run.
+async fn may_yet_show(ctx: &Context, run: &CodeRun, ns: &str, name: &str) -> Result<bool, Error> {
+    use futures::FutureExt;
+    let listed = ctx.cluster.containers.wait_until_ready().now_or_never();
+    if !matches!(listed, Some(Ok(()))) {
+        return Ok(true);
+    }
+    let age = k8s_openapi::jiff::Timestamp::now().as_second()
+        - run.creation_timestamp().map_or(0, |t| t.0.as_second());
+    if age < CACHE_GRACE_SECS {
+        return Ok(true);
+    }
+    let api: Api<CodeContainer> = Api::namespaced(ctx.api.run.clone(), ns);
+    let live = api.get_opt(name).await?;
+    let shard = ctx.cfg().shared.shard.as_deref();
+    Ok(live.is_some_and(|c| {
+        c.labels()
+            .get(codeinterp_crds::SHARD_LABEL)
+            .map(String::as_str)
+            == shard
+            && c.tenant_in(ctx.settings.sandbox_namespace()) == ctx.tenant(run)
+    }))
 }
 
 /// A run waiting for its container (busy with an earlier run, or not started yet) says so,

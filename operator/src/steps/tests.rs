@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::client::Body;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -1074,18 +1075,30 @@ async fn a_records_output_files_are_stored_as_they_arrive_and_listed_with_the_ru
 
 // --- runs in containers ------------------------------------------------------------------
 
+/// A container of `tenant` in the sandbox namespace, in `phase`.
+fn container_of(name: &str, tenant: &str, phase: &str) -> codeinterp_crds::CodeContainer {
+    serde_json::from_value(json!({
+        "apiVersion": "codeinterp.dev/v1alpha1", "kind": "CodeContainer",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+            "labels": {TENANT_LABEL: tenant},
+            "creationTimestamp": crate::status::now()},
+        "spec": {"memoryLimit": "1g"},
+        "status": {"phase": phase},
+    }))
+    .unwrap()
+}
+
 impl Harness {
-    /// A container of `tenant` in the sandbox namespace, in `phase`.
+    /// The containers' watch has listed them all (none: before any is shown).
+    fn containers_listed(&mut self) {
+        self.containers.apply_watcher_event(&watcher::Event::Init);
+        self.containers
+            .apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    /// The containers' watch shows a container of `tenant`, in `phase`.
     fn container(&mut self, name: &str, tenant: &str, phase: &str) {
-        let container: codeinterp_crds::CodeContainer = serde_json::from_value(json!({
-            "apiVersion": "codeinterp.dev/v1alpha1", "kind": "CodeContainer",
-            "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
-                "labels": {TENANT_LABEL: tenant},
-                "creationTimestamp": crate::status::now()},
-            "spec": {"memoryLimit": "1g"},
-            "status": {"phase": phase},
-        }))
-        .unwrap();
+        let container = container_of(name, tenant, phase);
         self.containers
             .apply_watcher_event(&watcher::Event::Apply(container));
     }
@@ -1104,16 +1117,58 @@ fn run_in(name: &str) -> CodeRun {
 #[tokio::test(start_paused = true)]
 async fn a_run_naming_another_tenants_container_fails_as_if_there_were_none() {
     let mut h = harness(&[]);
+    h.containers_listed();
     h.container("box", "other", "Running");
     let r = run_in("box");
     h.show_run(&r);
     assert_eq!(h.step(&r), Step::InContainer);
-    let (_, write) = tokio::join!(h.reconcile(&r), h.api.status_write(&r));
+    let reconciling = h.reconcile(&r);
+    let api = &mut h.api;
+    let (_, (read, write)) = tokio::join!(reconciling, async {
+        // The API server, asked before the run fails, has it too: of the other tenant.
+        let other = container_of("box", "other", "Running");
+        let read = api.answer(200, serde_json::to_value(other).unwrap()).await;
+        (read, api.status_write(&r).await)
+    });
+    assert_eq!(read.method, "GET");
+    assert!(read.path.ends_with("/codecontainers/box"), "{}", read.path);
     assert_eq!(phase_of(&write), "Failed");
     assert_eq!(write.body["status"]["reason"], "container_not_found");
     // Nothing of the other tenant's container was touched.
     h.api.silent().await;
     assert!(!h.ctx.index.is_serving("uid-box"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_the_cache_does_not_show_yet_keeps_its_run_waiting() {
+    let mut h = harness(&[]);
+    let r = run_in("box");
+    h.show_run(&r);
+    // A new leader whose containers are not listed yet: the run waits, nothing is asked.
+    let action = h.reconcile(&r).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    h.api.silent().await;
+    // Listed, but the watch lags behind the API server, which has the tenant's container:
+    // the run still waits, and nothing is written to it.
+    h.containers_listed();
+    let reconciling = h.reconcile(&r);
+    let api = &mut h.api;
+    let (action, read) = tokio::join!(reconciling, async {
+        let lagging = container_of("box", "acme", "Running");
+        api.answer(200, serde_json::to_value(lagging).unwrap())
+            .await
+    });
+    assert!(read.path.ends_with("/codecontainers/box"), "{}", read.path);
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    h.api.silent().await;
+    // Gone from the API server too: now the run fails.
+    let reconciling = h.reconcile(&r);
+    let api = &mut h.api;
+    let (_, write) = tokio::join!(reconciling, async {
+        api.answer(404, not_found()).await;
+        api.status_write(&r).await
+    });
+    assert_eq!(write.body["status"]["reason"], "container_not_found");
 }
 
 #[tokio::test(start_paused = true)]
