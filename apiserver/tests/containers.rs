@@ -415,6 +415,40 @@ async fn past_the_cap_a_tenant_gets_429_with_retry_after_until_one_is_deleted() 
 }
 
 #[tokio::test]
+async fn containers_a_lagging_cache_does_not_show_yet_count_against_the_cap() {
+    let h = harness_with(&["--max-containers-per-tenant", "2"]).await;
+    // The watch delivers nothing for longer than a creation waits for its container.
+    h.kube.hold_watches(true);
+    for name in ["1", "2"] {
+        h.post("/v1/containers", ACME, json!({"name": name}))
+            .await
+            .ok();
+    }
+    let e = h
+        .post("/v1/containers", ACME, json!({"name": "3"}))
+        .await
+        .error(StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(e["code"], "container_limit_reached");
+    assert_eq!(h.kube.names().len(), 2);
+    // Once the cache has them, they count from there, once each.
+    h.kube.hold_watches(false);
+    wait_until(|| async {
+        h.get("/v1/containers", ACME).await.ok()["data"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    h.post("/v1/containers", ACME, json!({"name": "3"}))
+        .await
+        .error(StatusCode::TOO_MANY_REQUESTS);
+    h.post("/v1/containers", BETA, json!({"name": "b"}))
+        .await
+        .ok();
+}
+
+#[tokio::test]
 async fn creations_at_once_never_pass_the_cap() {
     let h = harness_with(&["--max-containers-per-tenant", "3"]).await;
     let tries = (0..8).map(|i| h.post("/v1/containers", ACME, json!({"name": format!("c{i}")})));

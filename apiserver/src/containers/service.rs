@@ -71,12 +71,21 @@ pub fn for_run(state: &AppState, tenant: &str, name: &str) -> Result<(), ApiErro
 }
 
 /// One lock per tenant, held from counting its containers to its new one reaching the
-/// cache, so two requests at once cannot both take the last place.
+/// cache, so two requests at once cannot both take the last place. Under it, the tenant's
+/// containers created but not yet shown by the cache (its watch lagging past
+/// [`CACHE_CATCH_UP`]): they count against the cap until the cache has them.
 #[derive(Default)]
-pub struct CreationLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+pub struct CreationLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<Unseen>>>>);
+
+/// Containers created, by name, and when; each counts until the cache shows it, or at most
+/// [`UNSEEN_FOR`] (then it is taken to have been deleted before the cache saw it).
+type Unseen = Vec<(String, Instant)>;
+
+/// How long a created container the cache has not shown counts against its tenant's cap.
+const UNSEEN_FOR: Duration = Duration::from_secs(120);
 
 impl CreationLocks {
-    fn of(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn of(&self, tenant: &str) -> Arc<tokio::sync::Mutex<Unseen>> {
         // Keys are the configured tenants: the map stays as small as API_KEYS.
         self.0
             .lock()
@@ -96,19 +105,24 @@ pub async fn create(
 ) -> Result<Arc<CodeContainer>, ApiError> {
     let ops = initial_ops(state, tenant, &valid.file_ids).await?;
     let lock = state.container_locks.of(tenant);
-    let _one_at_a_time = lock.lock().await;
-    check_room(state, tenant)?;
+    let mut unseen = lock.lock().await;
+    unseen.retain(|(name, at)| at.elapsed() < UNSEEN_FOR && state.containers.get(name).is_none());
+    check_room(state, tenant, unseen.len())?;
     let created = create_cr(state, tenant, valid, ops).await?;
     let arrived = state
         .containers
         .wait_for_arrival(&created.name_any(), Instant::now() + CACHE_CATCH_UP)
         .await;
+    if arrived.is_none() {
+        unseen.push((created.name_any(), Instant::now()));
+    }
     Ok(arrived.unwrap_or_else(|| Arc::new(created)))
 }
 
-/// Refuses a new container while the tenant has as many live ones as it may.
-fn check_room(state: &AppState, tenant: &str) -> Result<(), ApiError> {
-    let live = state.containers.live_for(tenant);
+/// Refuses a new container while the tenant has as many live ones as it may: those the
+/// cache shows and the `unseen` ones it does not show yet.
+fn check_room(state: &AppState, tenant: &str, unseen: usize) -> Result<(), ApiError> {
+    let live = state.containers.live_for(tenant) + unseen;
     let max = state.settings.max_containers_per_tenant;
     if live < max {
         return Ok(());

@@ -33,6 +33,8 @@ struct Objects {
 pub struct FakeKube {
     objects: Arc<Mutex<Objects>>,
     events: broadcast::Sender<(u64, Value)>,
+    /// While true, watches deliver nothing new (a watch lagging behind the writes).
+    held: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Response {
@@ -65,7 +67,14 @@ impl FakeKube {
         FakeKube {
             objects: Arc::default(),
             events: broadcast::channel(4096).0,
+            held: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Holds back (or lets through) what every watch would deliver next: the writes are
+    /// made, a cache only learns of them once released.
+    pub fn hold_watches(&self, hold: bool) {
+        self.held.send_replace(hold);
     }
 
     /// A client of this API.
@@ -228,7 +237,16 @@ async fn list_or_watch(
         };
     drop(objects);
     let last = past.last().map_or(from, |(v, _)| *v);
-    let later = events_of(live).filter(move |(v, _)| futures::future::ready(*v > last));
+    let held = fake.held.subscribe();
+    let later = events_of(live)
+        .filter(move |(v, _)| futures::future::ready(*v > last))
+        .then(move |event| {
+            let mut held = held.clone();
+            async move {
+                let _ = held.wait_for(|h| !*h).await;
+                event
+            }
+        });
     let lines = futures::stream::iter(past).chain(later).map(|(_, event)| {
         let mut line = serde_json::to_vec(&event).unwrap();
         line.push(b'\n');
