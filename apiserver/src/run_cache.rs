@@ -1,10 +1,12 @@
 //! The tenant-labelled CodeRuns and CodeContainers of the sandbox namespace and of this
 //! server's shard, kept in memory by kube-runtime reflectors (one [`Cache`] per kind). Reads
 //! never call the Kubernetes API; waiting for a run to finish (or a container to take a
-//! file) watches the cache's change counter instead of polling.
+//! file) watches the cache's change counter instead of polling. The line's counts per tenant
+//! (waiting runs, their bytes) are kept as the watch delivers, not counted per request.
+use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use codeinterp_crds::{CodeContainer, CodeRun, SHARD_LABEL, TENANT_LABEL};
 use futures::StreamExt;
@@ -27,6 +29,11 @@ pub trait Cached:
 {
     /// Drops what the REST API never shows.
     fn slim(&mut self);
+
+    /// What the object adds to the line's counts ([`Load`]), if anything.
+    fn share(&self) -> Option<Share> {
+        None
+    }
 }
 
 /// The bytes of code, stdin and arguments a cached run held in the cluster, noted on it (in
@@ -55,6 +62,24 @@ impl Cached for CodeRun {
         self.spec.stdin = None;
         drop_bookkeeping(self);
     }
+
+    fn share(&self) -> Option<Share> {
+        let unfinished = !self.is_finished();
+        Some(Share {
+            tenant: self.tenant_label()?.to_string(),
+            waiting: self
+                .phase()
+                .is_none_or(|p| p == codeinterp_crds::Phase::Queued),
+            live_spec_bytes: if unfinished {
+                self.annotations()
+                    .get(SPEC_BYTES)
+                    .and_then(|b| b.parse::<u64>().ok())
+                    .unwrap_or(0)
+            } else {
+                0
+            },
+        })
+    }
 }
 
 /// A container is small; its file operations are kept (the next one's number is counted
@@ -76,6 +101,7 @@ fn drop_bookkeeping<K: ResourceExt>(object: &mut K) {
 #[derive(Clone)]
 pub struct Cache<K: Cached> {
     reader: reflector::Store<K>,
+    tally: Arc<Mutex<Tallies>>,
     changes: watch::Receiver<u64>,
     synced: Arc<AtomicBool>,
     namespace: String,
@@ -100,7 +126,8 @@ pub fn selector(shard: Option<&str>) -> String {
 impl<K: Cached> Cache<K> {
     /// The cache of the namespace (the shard's objects in it), and the watch that fills it:
     /// the caller runs that future for as long as it serves. `arrived` is told the name of
-    /// each object the watch delivers, once the cache has it.
+    /// each object a watch event delivers, once the cache and its counts have it (objects of
+    /// a list join them all at once when it ends; [`Cache::counts`] answers for those).
     pub fn start<F: Fn(&str) + Send + 'static>(
         client: Client,
         namespace: &str,
@@ -119,15 +146,22 @@ impl<K: Cached> Cache<K> {
             .modify(K::slim)
             .reflect(writer);
         let flag = synced.clone();
+        let tally = Arc::new(Mutex::new(Tallies::default()));
+        let counting = tally.clone();
         let watching = async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Release),
-                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                        arrived(&o.name_any());
+                    Ok(event) => {
+                        // The tally follows the store (updated just before, by `reflect`),
+                        // then the line hears of a new run: see `runs::joining`.
+                        counting.lock().expect("the tally").observe(&event);
+                        match event {
+                            watcher::Event::InitDone => flag.store(true, Ordering::Release),
+                            watcher::Event::Apply(o) => arrived(&o.name_any()),
+                            _ => {}
+                        }
                     }
-                    Ok(_) => {}
                     Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watching"),
                 }
                 tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -135,6 +169,7 @@ impl<K: Cached> Cache<K> {
         };
         let cache = Cache {
             reader,
+            tally,
             changes,
             synced,
             namespace: namespace.to_string(),
@@ -149,6 +184,7 @@ impl<K: Cached> Cache<K> {
         let (_tx, changes) = watch::channel(0u64);
         Cache {
             reader,
+            tally: Arc::default(),
             changes,
             synced: Arc::new(AtomicBool::new(false)),
             namespace: namespace.to_string(),
@@ -234,26 +270,104 @@ impl Cache<CodeRun> {
     }
 
     /// How many runs wait for room (their program has not started), the tenant's and all,
-    /// and the bytes of code, stdin and arguments the tenant's unfinished runs hold: one
-    /// pass over the cache.
+    /// and the bytes of code, stdin and arguments the tenant's unfinished runs hold: kept by
+    /// the watch per tenant, so a check costs the same however many runs are cached.
     pub fn load_of(&self, tenant: &str) -> Load {
-        let mut load = Load::default();
-        for run in self.reader.state() {
-            let waiting = run
-                .phase()
-                .is_none_or(|p| p == codeinterp_crds::Phase::Queued);
-            load.waiting_total += usize::from(waiting);
-            if run.tenant_label() != Some(tenant) || run.is_finished() {
-                continue;
+        self.tally.lock().expect("the tally").now.load_of(tenant)
+    }
+
+    /// Whether the counts of [`Cache::load_of`] include the run `name`.
+    pub fn counts(&self, name: &str) -> bool {
+        self.tally
+            .lock()
+            .expect("the tally")
+            .now
+            .shares
+            .contains_key(name)
+    }
+}
+
+/// What one cached run adds to its tenant's [`Load`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share {
+    tenant: String,
+    waiting: bool,
+    live_spec_bytes: u64,
+}
+
+/// The cache's counts: those of what the store shows (`now`) and, during a relist, those of
+/// the list coming in, which replace them when it ends (as the store's contents do).
+#[derive(Default)]
+struct Tallies {
+    now: Tally,
+    listing: Option<Tally>,
+}
+
+impl Tallies {
+    fn observe<K: Cached>(&mut self, event: &watcher::Event<K>) {
+        match event {
+            watcher::Event::Apply(o) => self.now.set(&o.name_any(), o.share()),
+            watcher::Event::Delete(o) => self.now.set(&o.name_any(), None),
+            watcher::Event::Init => self.listing = Some(Tally::default()),
+            watcher::Event::InitApply(o) => {
+                if let Some(listing) = &mut self.listing {
+                    listing.set(&o.name_any(), o.share());
+                }
             }
-            load.waiting += usize::from(waiting);
-            load.live_spec_bytes += run
-                .annotations()
-                .get(SPEC_BYTES)
-                .and_then(|b| b.parse::<u64>().ok())
-                .unwrap_or(0);
+            watcher::Event::InitDone => {
+                if let Some(listing) = self.listing.take() {
+                    self.now = listing;
+                }
+            }
         }
-        load
+    }
+}
+
+/// The shares of the runs by name, and their sums.
+#[derive(Default)]
+struct Tally {
+    shares: HashMap<String, Share>,
+    tenants: HashMap<String, Sums>,
+    waiting_total: usize,
+}
+
+/// One tenant's sums: its runs in the tally (dropped at none), those waiting, their bytes.
+#[derive(Clone, Copy, Default)]
+struct Sums {
+    runs: usize,
+    waiting: usize,
+    live_spec_bytes: u64,
+}
+
+impl Tally {
+    /// The run `name` now adds `share` (nothing: it is gone).
+    fn set(&mut self, name: &str, share: Option<Share>) {
+        if let Some(old) = self.shares.remove(name) {
+            self.waiting_total -= usize::from(old.waiting);
+            let sums = self.tenants.get_mut(&old.tenant).expect("a counted tenant");
+            sums.runs -= 1;
+            sums.waiting -= usize::from(old.waiting);
+            sums.live_spec_bytes -= old.live_spec_bytes;
+            if sums.runs == 0 {
+                self.tenants.remove(&old.tenant);
+            }
+        }
+        let Some(share) = share else { return };
+        self.waiting_total += usize::from(share.waiting);
+        let sums = self.tenants.entry(share.tenant.clone()).or_default();
+        sums.runs += 1;
+        sums.waiting += usize::from(share.waiting);
+        sums.live_spec_bytes += share.live_spec_bytes;
+        self.shares.insert(name.to_string(), share);
+    }
+
+    fn load_of(&self, tenant: &str) -> Load {
+        let sums = self.tenants.get(tenant).copied().unwrap_or_default();
+        Load {
+            waiting: sums.waiting,
+            waiting_total: self.waiting_total,
+            live_spec_bytes: sums.live_spec_bytes,
+        }
     }
 }
 
@@ -331,6 +445,7 @@ mod tests {
         let (tx, changes) = watch::channel(0u64);
         let cache = Cache {
             reader,
+            tally: Arc::default(),
             changes,
             synced: Arc::new(AtomicBool::new(true)),
             namespace: "ns".into(),
@@ -339,12 +454,15 @@ mod tests {
         (cache, writer, tx)
     }
 
+    /// Feeds `event` as the watch loop does: the store, then the tally, then the change.
     fn apply(
+        cache: &RunCache,
         writer: &mut Writer<CodeRun>,
         tx: &watch::Sender<u64>,
         event: watcher::Event<CodeRun>,
     ) {
         writer.apply_watcher_event(&event);
+        cache.tally.lock().unwrap().observe(&event);
         tx.send_modify(|n| *n += 1);
     }
 
@@ -355,7 +473,12 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_wakes_when_the_run_finishes() {
         let (cache, mut writer, tx) = fed();
-        apply(&mut writer, &tx, watcher::Event::Apply(run("run-a", None)));
+        apply(
+            &cache,
+            &mut writer,
+            &tx,
+            watcher::Event::Apply(run("run-a", None)),
+        );
         let waiter = {
             let cache = cache.clone();
             tokio::spawn(async move {
@@ -366,6 +489,7 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         apply(
+            &cache,
             &mut writer,
             &tx,
             watcher::Event::Apply(run("run-a", Some(Phase::Running))),
@@ -373,6 +497,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());
         apply(
+            &cache,
             &mut writer,
             &tx,
             watcher::Event::Apply(run("run-a", Some(Phase::Completed))),
@@ -386,6 +511,7 @@ mod tests {
     async fn a_waiter_is_told_when_the_run_is_deleted() {
         let (cache, mut writer, tx) = fed();
         apply(
+            &cache,
             &mut writer,
             &tx,
             watcher::Event::Apply(run("run-b", Some(Phase::Running))),
@@ -400,6 +526,7 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         apply(
+            &cache,
             &mut writer,
             &tx,
             watcher::Event::Delete(run("run-b", Some(Phase::Running))),
@@ -415,7 +542,12 @@ mod tests {
             tokio::spawn(async move { cache.wait_for_arrival("run-c", soon()).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        apply(&mut writer, &tx, watcher::Event::Apply(run("run-c", None)));
+        apply(
+            &cache,
+            &mut writer,
+            &tx,
+            watcher::Event::Apply(run("run-c", None)),
+        );
         assert!(waiter.await.unwrap().is_some());
     }
 
@@ -423,6 +555,7 @@ mod tests {
     async fn the_deadline_returns_the_run_as_it_is() {
         let (cache, mut writer, tx) = fed();
         apply(
+            &cache,
             &mut writer,
             &tx,
             watcher::Event::Apply(run("run-d", Some(Phase::Running))),
@@ -438,12 +571,106 @@ mod tests {
     #[tokio::test]
     async fn tenants_see_only_their_runs() {
         let (cache, mut writer, tx) = fed();
-        apply(&mut writer, &tx, watcher::Event::Apply(run("run-e", None)));
+        apply(
+            &cache,
+            &mut writer,
+            &tx,
+            watcher::Event::Apply(run("run-e", None)),
+        );
         assert!(cache.get_for("acme", "run-e").is_some());
         assert!(cache.get_for("beta", "run-e").is_none());
         assert_eq!(cache.load_of("acme").waiting, 1);
         let beta = cache.load_of("beta");
         assert_eq!((beta.waiting, beta.waiting_total), (0, 1));
+    }
+
+    /// The counts as a pass over every cached run gives them (what `load_of` was).
+    fn recount(cache: &RunCache, tenant: &str) -> Load {
+        let mut load = Load::default();
+        for run in cache.all() {
+            let waiting = run.phase().is_none_or(|p| p == Phase::Queued);
+            load.waiting_total += usize::from(waiting);
+            if run.tenant_label() != Some(tenant) || run.is_finished() {
+                continue;
+            }
+            load.waiting += usize::from(waiting);
+            load.live_spec_bytes += run.annotations()[SPEC_BYTES].parse::<u64>().unwrap();
+        }
+        load
+    }
+
+    /// Run `i` of a small set: one of three tenants, some phase, some bytes, slimmed as the
+    /// watch slims it.
+    fn varied(i: u64, step: u64) -> CodeRun {
+        let phases = [
+            None,
+            Some(Phase::Queued),
+            Some(Phase::Running),
+            Some(Phase::Completed),
+            Some(Phase::Failed),
+        ];
+        let mut r = run(&format!("run-{i}"), phases[((i + step) % 5) as usize]);
+        let tenant = ["acme", "beta", "gamma"][(i % 3) as usize];
+        r.metadata.labels = Some([(TENANT_LABEL.to_string(), tenant.to_string())].into());
+        r.spec.code = "x".repeat(((i * 7 + step) % 50) as usize);
+        r.slim();
+        r
+    }
+
+    #[test]
+    fn the_counts_kept_by_the_watch_match_a_pass_over_the_cache_through_changes_and_relists() {
+        let (cache, mut writer, tx) = fed();
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        for step in 0..3_000u64 {
+            let i = next() % 40;
+            let event = if step % 300 == 150 {
+                // A relist: the old counts hold until the new list ends.
+                apply(&cache, &mut writer, &tx, watcher::Event::Init);
+                let before = recount(&cache, "acme");
+                for j in (0..40).filter(|_| next() % 3 != 0) {
+                    let listed = watcher::Event::InitApply(varied(j, step));
+                    apply(&cache, &mut writer, &tx, listed);
+                    assert_eq!(cache.load_of("acme"), before);
+                }
+                watcher::Event::InitDone
+            } else if next() % 10 == 0 {
+                watcher::Event::Delete(varied(i, step))
+            } else {
+                watcher::Event::Apply(varied(i, step))
+            };
+            apply(&cache, &mut writer, &tx, event);
+            for tenant in ["acme", "beta", "gamma", "nobody"] {
+                assert_eq!(
+                    cache.load_of(tenant),
+                    recount(&cache, tenant),
+                    "step {step}"
+                );
+            }
+            for j in 0..40 {
+                let name = format!("run-{j}");
+                assert_eq!(cache.counts(&name), cache.get(&name).is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn a_check_reads_the_counts_and_makes_no_pass_over_the_cached_runs() {
+        // Counts told of 10,000 runs the store does not hold: only the counts can answer.
+        let (cache, _writer, _tx) = fed();
+        for i in 0..10_000 {
+            let event = watcher::Event::Apply(varied(i, 0));
+            cache.tally.lock().unwrap().observe(&event);
+        }
+        assert!(cache.all().is_empty());
+        let acme = cache.load_of("acme");
+        assert_eq!(acme.waiting_total, 4_000);
+        assert!(acme.waiting > 0 && acme.live_spec_bytes > 0, "{acme:?}");
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl McpServer {
             .as_ref()
             .and_then(|_| events::take_slot(state, tenant).ok());
         let created = service::create(state, tenant, None, &run, files).await?;
-        place.created(&created.name_any(), |n| state.runs.get(n).is_some());
+        place.created(&created.name_any(), |n| state.runs.counts(n));
         if let (Some(token), Some(slot)) = (token, slot) {
             let id = created.metadata.name.clone().unwrap_or_default();
             let events = events::follow(state, tenant, &id, slot);

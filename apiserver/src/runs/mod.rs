@@ -115,7 +115,7 @@ async fn create_run(
         .transpose()?;
     let created = service::create(&state, tenant, key.as_deref(), &run, files).await?;
     if let Some(place) = place {
-        place.created(&created.name_any(), |n| state.runs.get(n).is_some());
+        place.created(&created.name_any(), |n| state.runs.counts(n));
     }
     if let Some(slot) = slot {
         let id = created.metadata.name.clone().unwrap_or_default();

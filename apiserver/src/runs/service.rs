@@ -330,7 +330,7 @@ pub fn run_bytes(run: &ValidRun) -> u64 {
 /// of code, stdin and arguments as they may; else takes its place until the cache shows it.
 pub fn check_queue_room(state: &AppState, tenant: &str, bytes: u64) -> Result<Ticket, ApiError> {
     let load = || state.runs.load_of(tenant);
-    let known = |name: &str| state.runs.get(name).is_some();
+    let known = |name: &str| state.runs.counts(name);
     state.joining.check(tenant, bytes, load, known, |load| {
         match queue_refusal(&state.settings, load) {
             Some(message) => Err(ApiError::QueueFull {
