@@ -52,7 +52,7 @@ reasons! {
     StorageQuotaExceeded = "storage_quota_exceeded" => Failed, "The output files would have taken the tenant past its storage quota (`STORAGE_QUOTA_MB`): none was kept (exit code, stdout and stderr were).";
     RunnerError = "runner_error" => Failed, "The wrapper could not run the program (no interpreter, a broken job).";
     InvalidRunnerOutput = "invalid_runner_output" => Failed, "The runner's record failed validation.";
-    RecordLost = "record_lost" => Failed, "The operator changed leaders while the program ran and the record (its output files) was larger than the pod's log keeps: it could not be read back.";
+    RecordLost = "record_lost" => Failed, "The operator changed leaders while the program ran and the record could not be read back: it (its output files) was larger than the pod's log keeps, or, in a container, the run ended before the new leader attached (it is never run twice).";
     InvalidInput = "invalid_input" => Failed, "An input file could not be resolved (unknown `fileId`, bad base64).";
     InputsTooLarge = "inputs_too_large" => Failed, "The inputs are over what a run may be given.";
     JobDeliveryFailed = "job_delivery_failed" => Failed, "The job could not be handed to the runner pod.";

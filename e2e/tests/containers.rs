@@ -188,7 +188,9 @@ async fn a_new_leader_goes_on_with_the_same_pod_and_its_state() {
     let pod = pod_of(&ns, &c).await;
     // A run still going when the leader dies, made longer ago than a container may take to
     // show in the cache: the new leader lists runs and containers side by side, and must
-    // not fail it as naming no container while its containers are still being listed.
+    // not fail it as naming no container while its containers are still being listed. It
+    // runs once: the new leader reads its record if it still runs when it attaches, and if
+    // it ended before, the run is not run again and says its record is lost.
     let mut slow = spec(Language::Ruby, "sleep 14\n$n += 1\nputs $n");
     slow.container = Some(c.clone());
     let name = format!("flight-{}", random_suffix());
@@ -201,7 +203,15 @@ async fn a_new_leader_goes_on_with_the_same_pod_and_its_state() {
     tokio::time::sleep(Duration::from_secs(11).saturating_sub(made.elapsed())).await;
     kill_leader(&client).await;
     let flown = wait_finished(&ns.runs(), &name, WITHIN).await.unwrap();
-    assert_eq!(out(&flown), "2\n", "{:?}", flown.status);
+    match ended(&flown) {
+        (Some(Phase::Completed), None) => assert_eq!(out(&flown), "2\n", "{:?}", flown.status),
+        ended => assert_eq!(
+            ended,
+            (Some(Phase::Failed), Some(Reason::RecordLost)),
+            "{:?}",
+            flown.status
+        ),
+    }
     let after = run_in(&ns, &c, Language::Ruby, "$n += 1\nputs $n").await;
     assert_eq!(out(&after), "3\n", "{:?}", after.status);
     // The same pod served both: the new leader attached to it again.

@@ -121,8 +121,17 @@ async fn write_running(ctx: &Context, run: &CodeRun, pod: &str, at: Instant) -> 
 }
 
 /// What a container run's record comes to: as a one-shot run's, and an interpreter lost
-/// (restarted for the next run) says so with its own reason.
+/// (restarted for the next run) says so with its own reason. A run the container had been
+/// handed before (by a leader that went away before it read the run's end) was not run
+/// again: its record is lost.
 fn verdict(rec: &Record, cancelled: bool) -> Outcome {
+    if rec.exit.as_ref().is_some_and(|e| e.already_ran) {
+        return Outcome::ended(
+            Reason::RecordLost,
+            "the operator changed leaders as the run ended in the container: it ran once, \
+             and what it printed and wrote could not be read back",
+        );
+    }
     let mut outcome = judge(Some(rec), None, None, cancelled);
     if let Some(exit) = rec.exit.as_ref().filter(|e| e.interpreter_lost) {
         let why = exit
@@ -229,5 +238,29 @@ async fn keep_folder(
 fn end_quietly(done: Result<(), Error>) {
     if let Err(e) = done {
         tracing::warn!(error = %e, "ending a container's run; its reconcile tries again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runner_protocol::ExitReport;
+
+    #[test]
+    fn a_run_the_container_was_handed_before_is_lost_never_judged_as_run() {
+        let refused = Record {
+            started: true,
+            complete: true,
+            exit: Some(ExitReport {
+                error: Some("run \"r\" was handed over before".into()),
+                already_ran: true,
+                ..ExitReport::default()
+            }),
+            ..Record::default()
+        };
+        let outcome = verdict(&refused, false);
+        assert_eq!(outcome.reason, Some(Reason::RecordLost));
+        let message = outcome.message.unwrap_or_default();
+        assert!(message.contains("it ran once"), "{message}");
     }
 }

@@ -124,6 +124,10 @@ pub struct ExitReport {
     /// run (its state is gone, the files stay).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interpreter_lost: bool,
+    /// In a container: a run of this id was handed over before (to an operator whose line
+    /// broke before it read the run's end). It was not run again: a run runs at most once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_ran: bool,
 }
 
 /// Why an output file was left out. The kinds that are a cap the run went over fail it as

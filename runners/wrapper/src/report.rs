@@ -74,6 +74,7 @@ pub fn exit_report(f: &Facts) -> ExitReport {
         error: None,
         no_job: false,
         interpreter_lost: false,
+        already_ran: false,
         kernel: f.kernel,
     }
 }

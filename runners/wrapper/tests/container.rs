@@ -537,6 +537,35 @@ fn a_sync_in_the_middle_of_a_run_sends_its_record_again_from_the_beginning() {
 }
 
 #[test]
+fn a_run_handed_over_again_after_it_ended_is_refused_not_run_twice() {
+    let mut container = Container::start();
+    let code = "n = globals().get('n', 0) + 1\nprint(n)\n";
+    let job = job(Language::Python, code, limits());
+    let id = container.send_run(&job, code.as_bytes());
+    assert_eq!(container.frame(), Frame::Run { id: id.clone() });
+    assert_eq!(container.record(&limits()).stdout(), "1\n");
+    // A new leader that never read that run's end hands it over again.
+    container.sync("n1");
+    assert!(matches!(container.frame(), Frame::Sync { busy: None, .. }));
+    container.send(
+        &Op::Run {
+            id: id.clone(),
+            job: job.clone(),
+        }
+        .line(),
+    );
+    for line in data_lines(code.as_bytes()) {
+        container.send(&line);
+    }
+    assert_eq!(container.frame(), Frame::Run { id });
+    let again = container.record(&limits());
+    assert!(again.exit.already_ran, "{:?}", again.exit);
+    assert_eq!(again.stdout(), "");
+    // It did not run: the next run is the second.
+    assert_eq!(container.run(Language::Python, code).stdout(), "2\n");
+}
+
+#[test]
 fn a_sync_while_a_runs_files_are_sent_sends_them_again_from_the_first() {
     let mut container = Container::start();
     let big = EffectiveLimits {

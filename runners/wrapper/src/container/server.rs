@@ -7,6 +7,7 @@
 //! said on stderr, and the next line is read. An operation that comes while a run is in
 //! progress (only `sync` and `interrupt` may) gets an `ack` with an error, never a record,
 //! which would cut into the record of the run in progress.
+use std::collections::VecDeque;
 use std::io::{BufRead, PipeWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,7 +40,14 @@ pub(crate) struct Server {
     receiving: Option<Receiving>,
     /// Data lines with no operation to take them are being dropped (said once per series).
     dropping: bool,
+    /// The ids of the last runs handed over, newest last: one asked for again is refused,
+    /// not run twice (an operator that took over may not know that its predecessor's run
+    /// ended).
+    ran: VecDeque<String>,
 }
+
+/// How many run ids a container remembers.
+const RAN_KEPT: usize = 256;
 
 enum Receiving {
     Put(Upload),
@@ -83,6 +91,7 @@ impl Server {
             waker,
             receiving: None,
             dropping: false,
+            ran: VecDeque::new(),
         }
     }
 
@@ -172,6 +181,17 @@ impl Server {
                 let deleted = super::files::delete(&self.data_dir, &path);
                 self.ack(id, deleted.err());
             }
+            Op::Run { id, .. } if self.ran.contains(&id) => {
+                let why = format!("run {id:?} was handed over before: it is not run again");
+                self.transcript.refuse(
+                    &id,
+                    ExitReport {
+                        error: Some(why),
+                        already_ran: true,
+                        ..ExitReport::default()
+                    },
+                );
+            }
             Op::Run { id, job } => match Staging::new(&self.data_dir, id.clone(), job) {
                 Ok(staging) => self.receive(Receiving::Run(staging)),
                 Err(why) => self.refuse_run(&id, why, false),
@@ -250,6 +270,10 @@ impl Server {
                 let id = staging.id.clone();
                 match staging.into_staged() {
                     Ok(staged) => {
+                        if self.ran.len() == RAN_KEPT {
+                            self.ran.pop_front();
+                        }
+                        self.ran.push_back(id.clone());
                         self.transcript.begin(&id);
                         if self.runs.send(staged).is_err() {
                             eprintln!("ci-runner: the runs' thread is gone");
