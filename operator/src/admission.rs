@@ -72,6 +72,34 @@ pub struct Queue {
     seats: HashMap<String, Seat>,
     /// Heads of lines passed over (they did not fit while others got room): how often.
     passed: HashMap<String, u32>,
+    /// Each waiting run's tenant and place key: a run is found in its line by a binary
+    /// search, and a run that does not wait is known not to at once.
+    waiting: HashMap<String, (String, Order)>,
+    /// Seats taken per tenant (its cap is checked for each turn of a pass).
+    seated_per: HashMap<String, usize>,
+    /// Places in line last written to waiting runs' statuses.
+    shown: HashMap<String, u32>,
+    /// Runs that left the lines since [`Queue::places_to_refresh`] was last called: what
+    /// moved the others up.
+    moves: usize,
+}
+
+/// A run's place key within its tenant's line: creation second, the resourceVersion it was
+/// first seen with, its name, its uid.
+type Order = (i64, u64, String, String);
+
+fn order(e: &Entry) -> Order {
+    (e.created, e.revision, e.key.name.clone(), e.uid.clone())
+}
+
+/// The index of the run of `uid` with place key `key` in `line`, if it is there.
+fn find(line: &VecDeque<Entry>, key: &Order, uid: &str) -> Option<usize> {
+    let i = line.partition_point(|e| order(e) < *key);
+    if line.get(i).is_some_and(|e| e.uid == uid) {
+        return Some(i);
+    }
+    // Only if an entry's key changed while it waited, which no caller does.
+    line.iter().position(|e| e.uid == uid)
 }
 
 /// A head of a line passed over this many times holds the room from then on: nothing else
@@ -87,11 +115,15 @@ impl Queue {
             turns: VecDeque::new(),
             seats: HashMap::new(),
             passed: HashMap::new(),
+            waiting: HashMap::new(),
+            seated_per: HashMap::new(),
+            shown: HashMap::new(),
+            moves: 0,
         }
     }
 
     pub fn waiting(&self) -> usize {
-        self.lines.values().map(VecDeque::len).sum()
+        self.waiting.len()
     }
 
     pub fn seated(&self) -> usize {
@@ -99,7 +131,29 @@ impl Queue {
     }
 
     fn seated_of(&self, tenant: &str) -> usize {
-        self.seats.values().filter(|h| h.tenant == tenant).count()
+        self.seated_per.get(tenant).copied().unwrap_or(0)
+    }
+
+    fn take_seat(&mut self, uid: String, seat: Seat) {
+        *self.seated_per.entry(seat.tenant.clone()).or_default() += 1;
+        if let Some(old) = self.seats.insert(uid, seat) {
+            self.leave_seat_count(&old.tenant);
+        }
+    }
+
+    fn leave_seat(&mut self, uid: &str) {
+        if let Some(old) = self.seats.remove(uid) {
+            self.leave_seat_count(&old.tenant);
+        }
+    }
+
+    fn leave_seat_count(&mut self, tenant: &str) {
+        if let Some(n) = self.seated_per.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.seated_per.remove(tenant);
+            }
+        }
     }
 
     /// Demands of admitted runs whose pods are not in the cluster's view yet.
@@ -111,7 +165,7 @@ impl Queue {
     /// against its tenant's cap and reserves nothing.
     pub fn seat(&mut self, uid: &str, tenant: &str) {
         self.remove_waiting(uid);
-        self.seats.insert(
+        self.take_seat(
             uid.to_string(),
             Seat {
                 tenant: tenant.to_string(),
@@ -130,40 +184,42 @@ impl Queue {
 
     /// The run finished or went away.
     pub fn release(&mut self, uid: &str) {
-        self.seats.remove(uid);
+        self.leave_seat(uid);
         self.remove_waiting(uid);
     }
 
+    /// Takes a run out of its line: found through [`Queue::waiting`] by a binary search, so
+    /// releasing a run costs the same however many wait.
     fn remove_waiting(&mut self, uid: &str) {
+        let Some((tenant, key)) = self.waiting.remove(uid) else {
+            return;
+        };
         self.passed.remove(uid);
-        let mut emptied = None;
-        for (tenant, line) in self.lines.iter_mut() {
-            if let Some(i) = line.iter().position(|e| e.uid == uid) {
-                line.remove(i);
-                if line.is_empty() {
-                    emptied = Some(tenant.clone());
-                }
-                break;
-            }
+        self.shown.remove(uid);
+        self.moves += 1;
+        let Some(line) = self.lines.get_mut(&tenant) else {
+            return;
+        };
+        if let Some(i) = find(line, &key, uid) {
+            line.remove(i);
         }
-        if let Some(t) = emptied {
-            self.lines.remove(&t);
-            self.turns.retain(|x| *x != t);
+        if line.is_empty() {
+            self.lines.remove(&tenant);
+            self.turns.retain(|x| *x != tenant);
         }
     }
 
     /// Forgets runs that no longer exist (deleted while waiting or seated).
     pub fn retain(&mut self, exists: impl Fn(&str) -> bool) {
-        self.seats.retain(|uid, _| exists(uid));
         let gone: Vec<String> = self
-            .lines
-            .values()
-            .flatten()
-            .filter(|e| !exists(&e.uid))
-            .map(|e| e.uid.clone())
+            .seats
+            .keys()
+            .chain(self.waiting.keys())
+            .filter(|uid| !exists(uid))
+            .cloned()
             .collect();
         for uid in gone {
-            self.remove_waiting(&uid);
+            self.release(&uid);
         }
     }
 
@@ -178,18 +234,15 @@ impl Queue {
         // A run's tenant never changes: only its line is looked at, and a new run (the
         // newest, nearly always) is placed from the line's end, so a request costs the same
         // however long the lines are.
-        if let Some(position) = self.place_of(&entry.tenant, &entry.uid) {
+        if let Some(position) = self.place_in_line(&entry.uid) {
             return Decision::Queued { position };
         }
         let line = self.lines.entry(entry.tenant.clone()).or_default();
-        fn order(e: &Entry) -> (i64, u64, &str) {
-            (e.created, e.revision, e.key.name.as_str())
-        }
-        let at = line
-            .iter()
-            .rposition(|e| order(e) <= order(&entry))
-            .map_or(0, |i| i + 1);
+        let key = order(&entry);
+        let at = line.partition_point(|e| order(e) <= key);
         let tenant = entry.tenant.clone();
+        self.waiting
+            .insert(entry.uid.clone(), (tenant.clone(), key));
         line.insert(at, entry.clone());
         if !self.turns.contains(&tenant) {
             self.turns.push_back(tenant);
@@ -199,10 +252,34 @@ impl Queue {
         }
     }
 
-    /// The place in line of `tenant`'s run `uid`, if it waits.
-    fn place_of(&self, tenant: &str, uid: &str) -> Option<u32> {
-        let i = self.lines.get(tenant)?.iter().position(|e| e.uid == uid)?;
+    /// The place in line of the run `uid`, if it waits.
+    pub fn place_in_line(&self, uid: &str) -> Option<u32> {
+        let (tenant, key) = self.waiting.get(uid)?;
+        let i = find(self.lines.get(tenant)?, key, uid)?;
         Some(self.position(tenant, i))
+    }
+
+    /// Whether the run `uid` waits at the head of its tenant's line: the only waiting run
+    /// that joining the line can make admissible (room and caps are what they were).
+    pub fn heads_its_line(&self, uid: &str) -> bool {
+        self.waiting.get(uid).is_some_and(|(tenant, _)| {
+            self.lines
+                .get(tenant)
+                .and_then(|l| l.front())
+                .is_some_and(|h| h.uid == uid)
+        })
+    }
+
+    /// The place last written to the run's status, if this process wrote one.
+    pub fn shown(&self, uid: &str) -> Option<u32> {
+        self.shown.get(uid).copied()
+    }
+
+    /// The run's status shows `position` now (kept while it waits).
+    pub fn set_shown(&mut self, uid: &str, position: u32) {
+        if self.waiting.contains_key(uid) {
+            self.shown.insert(uid.to_string(), position);
+        }
     }
 
     /// Admits as many waiting runs as the room (and free warm pods) allow, taking turns
@@ -295,7 +372,10 @@ impl Queue {
             self.turns.push_back(tenant.clone());
         }
         self.passed.remove(&head.uid);
-        self.seats.insert(
+        self.waiting.remove(&head.uid);
+        self.shown.remove(&head.uid);
+        self.moves += 1;
+        self.take_seat(
             head.uid.clone(),
             Seat {
                 tenant,
@@ -306,48 +386,80 @@ impl Queue {
         head
     }
 
-    /// Places in line (1 is next) of every waiting run, in the order turns would admit them.
+    /// Places in line (1 is next) of every waiting run.
     pub fn positions(&self) -> Vec<(ObjectRef<CodeRun>, u32)> {
+        let lens = self.line_lengths();
         let mut out = Vec::with_capacity(self.waiting());
-        for tenant in &self.turns {
+        for (k, tenant) in self.turns.iter().enumerate() {
             for (i, e) in self.lines[tenant].iter().enumerate() {
-                out.push((e.key.clone(), self.position(tenant, i)));
+                out.push((e.key.clone(), place(&lens, k, i)));
             }
         }
         out
     }
 
-    pub fn position_of(&self, uid: &str) -> Option<u32> {
-        self.turns.iter().find_map(|tenant| {
-            let i = self.lines[tenant].iter().position(|e| e.uid == uid)?;
-            Some(self.position(tenant, i))
-        })
-    }
-
-    /// The `i`th run of `tenant`'s line goes after the first `i` runs of every line, and
-    /// after the `i`th of the lines whose turn comes before its tenant's.
-    fn position(&self, tenant: &str, i: usize) -> u32 {
-        let mut before = 0usize;
-        for t in &self.turns {
-            let len = self.lines[t].len();
-            before += len.min(i);
-            if t == tenant {
-                break;
-            }
-            if len > i {
-                before += 1;
+    /// The places in line to write again, with the place now: (run, uid, place). Those of
+    /// waiting runs whose status shows a place that has moved a good deal (halved, or any
+    /// move under ten), front first, and no more than runs left the lines since the last
+    /// call (nor than `most`): so a line of any length costs at most one refresh per run
+    /// admitted, not one per run admitted ahead of each. A run this process wrote no place
+    /// for is compared with `in_status` (what the cache shows, after a restart); one that
+    /// shows none is left to its own reconcile.
+    pub fn places_to_refresh(
+        &mut self,
+        most: usize,
+        in_status: impl Fn(&ObjectRef<CodeRun>) -> Option<u32>,
+    ) -> Vec<(ObjectRef<CodeRun>, String, u32)> {
+        let budget = std::mem::take(&mut self.moves).min(most);
+        if budget == 0 {
+            return Vec::new();
+        }
+        let lens = self.line_lengths();
+        let mut out = Vec::new();
+        for (k, tenant) in self.turns.iter().enumerate() {
+            for (i, e) in self.lines[tenant].iter().enumerate() {
+                let position = place(&lens, k, i);
+                let shown = self
+                    .shown
+                    .get(&e.uid)
+                    .copied()
+                    .or_else(|| in_status(&e.key));
+                if shown.is_some_and(|s| moved(s, position)) {
+                    out.push((e.key.clone(), e.uid.clone(), position));
+                }
             }
         }
-        // Recount the lines after the tenant's turn: only their first `i` runs come first.
-        let after: usize = self
-            .turns
-            .iter()
-            .skip_while(|t| *t != tenant)
-            .skip(1)
-            .map(|t| self.lines[t].len().min(i))
-            .sum();
-        (before + after + 1) as u32
+        out.sort_by_key(|(_, _, p)| *p);
+        out.truncate(budget);
+        out
     }
+
+    /// The place of the `i`th run of `tenant`'s line (see [`place`]).
+    fn position(&self, tenant: &str, i: usize) -> u32 {
+        let lens = self.line_lengths();
+        let k = self.turns.iter().position(|t| t == tenant);
+        place(&lens, k.unwrap_or(lens.len()), i)
+    }
+
+    /// The lines' lengths in turn order.
+    fn line_lengths(&self) -> Vec<usize> {
+        self.turns.iter().map(|t| self.lines[t].len()).collect()
+    }
+}
+
+/// The place of the `i`th run of the line whose turn is `k`th, given the lines' lengths in
+/// turn order: after the first `i` runs of every line, and after the `i`th of the lines
+/// whose turn comes before.
+fn place(lens: &[usize], k: usize, i: usize) -> u32 {
+    let all: usize = lens.iter().map(|l| (*l).min(i)).sum();
+    let ahead = lens[..k].iter().filter(|l| **l > i).count();
+    (all + ahead + 1) as u32
+}
+
+/// Whether a place shown as `shown` is worth writing again as `now`: halved, or moved at
+/// all under ten (where a user watches it count down).
+fn moved(shown: u32, now: u32) -> bool {
+    now != shown && (now <= shown / 2 || now < 10)
 }
 
 /// Room for the run: a free warm pod of its pool (`Some(false)`: nothing reserved), or its
@@ -824,6 +936,142 @@ mod tests {
         assert_eq!(q.seated(), 1);
         q.release("a-0");
         assert_eq!(q.seated(), 0);
+    }
+
+    /// `n` runs waiting, from 20 tenants (tenant 0 makes half of them), each shown its
+    /// place as its reconcile would write it.
+    fn line_of(n: i64) -> Queue {
+        let mut q = Queue::new(caps());
+        for i in 0..n {
+            let tenant = if i % 2 == 0 { 0 } else { i % 19 + 1 };
+            let e = entry(&format!("t{tenant}"), i);
+            let uid = e.uid.clone();
+            if let Decision::Queued { position } = q.request(e) {
+                q.set_shown(&uid, position);
+            }
+        }
+        q
+    }
+
+    /// Admits `per_pass` runs of a line of `n` in each of at most `passes` passes,
+    /// refreshing places after each pass as the housekeeping does; returns the places
+    /// written per run admitted.
+    fn refreshes_per_admission(n: i64, per_pass: i64, passes: usize) -> f64 {
+        let mut q = line_of(n);
+        let (mut writes, mut admitted) = (0usize, 0usize);
+        for _ in 0..passes {
+            if q.waiting() == 0 {
+                break;
+            }
+            admitted += q.pump(&mut room(per_pass), &mut HashMap::new()).len();
+            for (_, uid, position) in q.places_to_refresh(50, |_| None) {
+                q.set_shown(&uid, position);
+                writes += 1;
+            }
+        }
+        writes as f64 / admitted as f64
+    }
+
+    #[test]
+    fn a_long_line_costs_no_more_place_writes_per_run_than_a_short_one() {
+        // A slow line (one run admitted per pass: every place under ten moves each time)
+        // and a fast one, short and long. Refreshing every moved place, or a fixed number
+        // per pass, costs a slow line several writes per run admitted.
+        for (per_pass, passes) in [(1, 200), (50, 60)] {
+            let short = refreshes_per_admission(100, per_pass, passes);
+            let long = refreshes_per_admission(4_000, per_pass, passes);
+            assert!(long <= 1.0 && short <= 1.0, "{long} and {short} per run");
+        }
+        // Places are still refreshed: the runs at the front show where they are.
+        let mut q = line_of(1000);
+        q.pump(&mut room(5), &mut HashMap::new());
+        let due = q.places_to_refresh(50, |_| None);
+        assert_eq!(due.len(), 5, "as many as left the line");
+        assert_eq!(due[0].2, 1);
+        assert!(due.windows(2).all(|w| w[0].2 < w[1].2), "front first");
+        assert!(
+            q.places_to_refresh(50, |_| None).is_empty(),
+            "nothing left since"
+        );
+    }
+
+    #[test]
+    fn a_place_the_status_shows_after_a_restart_is_refreshed_only_once_it_moved() {
+        let mut q = Queue::new(caps());
+        for n in 0..30 {
+            q.request(entry("a", n));
+        }
+        q.pump(&mut room(2), &mut HashMap::new());
+        // This process wrote no place; the cache shows 22 for a-24 (now 23rd) and 3 for
+        // a-5 (now 4th).
+        let due = q.places_to_refresh(50, |key| match key.name.as_str() {
+            "a-24" => Some(22),
+            "a-5" => Some(3),
+            _ => None,
+        });
+        let names: Vec<_> = due.iter().map(|(k, _, p)| (k.name.as_str(), *p)).collect();
+        assert_eq!(names, [("a-5", 4)]);
+    }
+
+    /// The least time of five for `f`.
+    fn least_time(mut f: impl FnMut()) -> std::time::Duration {
+        (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed()
+            })
+            .min()
+            .unwrap()
+    }
+
+    #[test]
+    fn finding_and_releasing_a_run_cost_the_same_however_many_wait() {
+        // Per operation: a finished run released (it does not wait), a waiting run looked
+        // up (each reconcile of it) and asked again. Linear scans made each cost as much as
+        // the lines: 64 times more at 64,000 than at 1,000.
+        let cost = |n: i64| {
+            let mut q = line_of(n);
+            least_time(|| {
+                for i in 0..2_000 {
+                    q.release(&format!("done-{i}"));
+                    let e = entry("t0", (i * 7919) % n / 2 * 2);
+                    assert!(q.place_in_line(&e.uid).is_some());
+                    assert!(matches!(q.request(e), Decision::Queued { .. }));
+                }
+            })
+        };
+        let (small, large) = (cost(1_000), cost(64_000));
+        assert!(
+            large < small * 8 + std::time::Duration::from_millis(5),
+            "{large:?} at 64,000 waiting against {small:?} at 1,000"
+        );
+    }
+
+    #[test]
+    fn a_tenants_seats_are_counted_through_seating_releasing_and_forgetting() {
+        let mut q = Queue::new(Caps {
+            running_per_tenant: 2,
+            ..caps()
+        });
+        for n in 0..4 {
+            q.request(entry("a", n));
+        }
+        q.seat("a-9", "a");
+        q.seat("a-9", "a");
+        assert_eq!(names(&q.pump(&mut room(10), &mut HashMap::new())), ["a-0"]);
+        assert_eq!(q.seated_of("a"), 2);
+        q.retain(|uid| uid != "a-9");
+        assert_eq!(q.seated_of("a"), 1);
+        assert_eq!(names(&q.pump(&mut room(10), &mut HashMap::new())), ["a-1"]);
+        q.release("a-0");
+        q.release("a-1");
+        assert_eq!(q.seated_of("a"), 0);
+        assert!(q.seated_per.is_empty());
+        assert_eq!(q.waiting(), 2);
+        assert!(q.heads_its_line("a-2") && !q.heads_its_line("a-3"));
+        q.release("a-2");
+        assert_eq!(q.place_in_line("a-3"), Some(1));
     }
 
     /// Runner pods with no node selector and no toleration (the default settings).

@@ -339,9 +339,32 @@ impl Index {
         self.with_queue(|q| q.reservations().collect())
     }
 
-    /// Places in line of every waiting run.
-    pub fn positions(&self) -> Vec<(ObjectRef<CodeRun>, u32)> {
-        self.with_queue(|q| q.positions())
+    /// The run's place in line, if it waits.
+    pub fn place_in_line(&self, run_uid: &str) -> Option<u32> {
+        self.with_queue(|q| q.place_in_line(run_uid))
+    }
+
+    /// Whether the run waits at the head of its tenant's line.
+    pub fn heads_its_line(&self, run_uid: &str) -> bool {
+        self.with_queue(|q| q.heads_its_line(run_uid))
+    }
+
+    /// The place last written to the waiting run's status by this process.
+    pub fn shown(&self, run_uid: &str) -> Option<u32> {
+        self.with_queue(|q| q.shown(run_uid))
+    }
+
+    pub fn set_shown(&self, run_uid: &str, position: u32) {
+        self.with_queue(|q| q.set_shown(run_uid, position));
+    }
+
+    /// The places in line to write again (see [`Queue::places_to_refresh`]).
+    pub fn places_to_refresh(
+        &self,
+        most: usize,
+        in_status: impl Fn(&ObjectRef<CodeRun>) -> Option<u32>,
+    ) -> Vec<(ObjectRef<CodeRun>, String, u32)> {
+        self.with_queue(|q| q.places_to_refresh(most, in_status))
     }
 
     fn with_queue<T>(&self, f: impl FnOnce(&mut Queue) -> T) -> T {
