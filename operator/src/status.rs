@@ -79,7 +79,8 @@ pub fn apply_body(status: &CodeRunStatus, resource_version: Option<&str>) -> Box
 
 /// Writes the status of the run as read (`run`'s resourceVersion guards the write) and
 /// returns the run as it is then. A conflict is [`Error::Conflict`]; a refusal for good is
-/// turned into a minimal failed status.
+/// turned into a minimal failed status, unless the run is gone (deleted meanwhile: nothing
+/// is left to fail, and a second write would only be refused again).
 pub async fn write(
     api: &Api<CodeRun>,
     run: &CodeRun,
@@ -90,6 +91,7 @@ pub async fn write(
     let body = apply_body(status, run.resource_version().as_deref());
     match api.patch_status(&name, &params, &Patch::Apply(&body)).await {
         Ok(updated) => Ok(updated),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Err(kube::Error::Api(s).into()),
         Err(e) if crate::refused_for_good(&e) && status.reason != Some(Reason::StatusRejected) => {
             tracing::warn!(run = %name, error = %e, "the API server refused the status; failing the run");
             let minimal = rejected(status, &e.to_string());

@@ -1182,3 +1182,33 @@ async fn a_run_naming_an_ended_container_fails_with_the_containers_message() {
     assert_eq!(write.body["status"]["message"], "Container is expired.");
     h.api.silent().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_status_refused_because_the_run_was_deleted_is_not_written_again() {
+    let mut h = harness(&[]);
+    let r = run("r1");
+    let api = h.ctx.runs_api("codeinterp");
+    let status = crate::status::queued(Default::default(), 3, "waiting");
+    let write = crate::status::write(&api, &r, &status);
+    let server = async {
+        let refused = h.api.answer(404, not_found()).await;
+        let again = tokio::time::timeout(Duration::from_secs(5), h.api.0.next_request()).await;
+        (refused, again.is_ok())
+    };
+    let (written, (refused, again)) = tokio::join!(write, server);
+    assert!(refused.path.ends_with("/r1/status"));
+    assert!(!again, "no second write");
+    assert!(written.is_err(), "a deleted run's status is not written");
+
+    // Control: a status refused as invalid is replaced by a minimal failed one.
+    let write = crate::status::write(&api, &r, &status);
+    let server = async {
+        let invalid = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "Invalid", "code": 422, "message": "invalid"});
+        h.api.answer(422, invalid).await;
+        h.api.status_write(&r).await
+    };
+    let (written, minimal) = tokio::join!(write, server);
+    assert!(written.is_ok());
+    assert_eq!(phase_of(&minimal), "Failed");
+}
