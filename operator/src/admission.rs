@@ -88,18 +88,21 @@ pub struct Queue {
 /// first seen with, its name, its uid.
 type Order = (i64, u64, String, String);
 
-fn order(e: &Entry) -> Order {
-    (e.created, e.revision, e.key.name.clone(), e.uid.clone())
+/// The place key of `e`, borrowed (compared without copying).
+fn order(e: &Entry) -> (i64, u64, &str, &str) {
+    (e.created, e.revision, e.key.name.as_str(), e.uid.as_str())
 }
 
-/// The index of the run of `uid` with place key `key` in `line`, if it is there.
-fn find(line: &VecDeque<Entry>, key: &Order, uid: &str) -> Option<usize> {
-    let i = line.partition_point(|e| order(e) < *key);
-    if line.get(i).is_some_and(|e| e.uid == uid) {
-        return Some(i);
-    }
-    // Only if an entry's key changed while it waited, which no caller does.
-    line.iter().position(|e| e.uid == uid)
+fn borrowed(key: &Order) -> (i64, u64, &str, &str) {
+    (key.0, key.1, key.2.as_str(), key.3.as_str())
+}
+
+/// The index of the run with place key `key` in `line`, if it is there (keys never change
+/// while a run waits).
+fn find(line: &VecDeque<Entry>, key: &Order) -> Option<usize> {
+    let key = borrowed(key);
+    let i = line.partition_point(|e| order(e) < key);
+    line.get(i).is_some_and(|e| order(e) == key).then_some(i)
 }
 
 /// A head of a line passed over this many times holds the room from then on: nothing else
@@ -200,7 +203,7 @@ impl Queue {
         let Some(line) = self.lines.get_mut(&tenant) else {
             return;
         };
-        if let Some(i) = find(line, &key, uid) {
+        if let Some(i) = find(line, &key) {
             line.remove(i);
         }
         if line.is_empty() {
@@ -238,9 +241,14 @@ impl Queue {
             return Decision::Queued { position };
         }
         let line = self.lines.entry(entry.tenant.clone()).or_default();
-        let key = order(&entry);
-        let at = line.partition_point(|e| order(e) <= key);
+        let at = line.partition_point(|e| order(e) <= order(&entry));
         let tenant = entry.tenant.clone();
+        let key = (
+            entry.created,
+            entry.revision,
+            entry.key.name.clone(),
+            entry.uid.clone(),
+        );
         self.waiting
             .insert(entry.uid.clone(), (tenant.clone(), key));
         line.insert(at, entry.clone());
@@ -255,7 +263,7 @@ impl Queue {
     /// The place in line of the run `uid`, if it waits.
     pub fn place_in_line(&self, uid: &str) -> Option<u32> {
         let (tenant, key) = self.waiting.get(uid)?;
-        let i = find(self.lines.get(tenant)?, key, uid)?;
+        let i = find(self.lines.get(tenant)?, key)?;
         Some(self.position(tenant, i))
     }
 
@@ -387,6 +395,7 @@ impl Queue {
     }
 
     /// Places in line (1 is next) of every waiting run.
+    #[cfg(test)]
     pub fn positions(&self) -> Vec<(ObjectRef<CodeRun>, u32)> {
         let lens = self.line_lengths();
         let mut out = Vec::with_capacity(self.waiting());
