@@ -1212,3 +1212,30 @@ async fn a_status_refused_because_the_run_was_deleted_is_not_written_again() {
     assert!(written.is_ok());
     assert_eq!(phase_of(&minimal), "Failed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_run_looked_at_again_before_the_cache_shows_its_place_is_not_written_twice() {
+    let mut h = harness(&[]);
+    // Room for exactly one pod of the default shape, taken by a: r1 waits.
+    h.node("16", "644Mi");
+    let (a, r) = (run("a"), run("r1"));
+    h.show_run(&a);
+    h.show_run(&r);
+    let admit_a = h.reconcile(&a);
+    let cold = serde_json::to_value(h.cold_pod(&a)).unwrap();
+    let server = async {
+        h.api.policy_in_place().await;
+        h.api.answer(201, cold).await;
+    };
+    tokio::join!(admit_a, server);
+    let first = h.reconcile(&r);
+    let (_, queued) = tokio::join!(first, h.api.status_write(&r));
+    assert_eq!(queued.body["status"]["queuePosition"], 1);
+    // The cache still shows the run without a status: looked at again, it writes nothing.
+    let again = tokio::time::timeout(Duration::from_secs(10), h.reconcile(&r));
+    let server = tokio::time::timeout(Duration::from_secs(5), h.api.0.next_request());
+    let (done, request) = tokio::join!(again, server);
+    assert!(request.is_err(), "no second Queued write");
+    assert!(done.is_ok(), "answered without the API");
+    assert_eq!(h.ctx.index.place_in_line("uid-r1"), Some(1));
+}
