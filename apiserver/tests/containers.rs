@@ -42,6 +42,12 @@ impl Drop for Harness {
 }
 
 async fn harness_with(args: &[&str]) -> Harness {
+    harness_of(args, true).await
+}
+
+/// The harness, with or without the stand-in operator (without it, no container ever
+/// carries out a file change: one that has not started yet).
+async fn harness_of(args: &[&str], operator: bool) -> Harness {
     use clap::Parser;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().to_str().unwrap()).unwrap();
@@ -73,7 +79,10 @@ async fn harness_with(args: &[&str]) -> Harness {
         Default::default(),
     )
     .unwrap();
-    let tasks = vec![tokio::spawn(watching), kube.operator(store.clone())];
+    let mut tasks = vec![tokio::spawn(watching)];
+    if operator {
+        tasks.push(kube.operator(store.clone()));
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !containers.is_synced() {
         assert!(
@@ -569,6 +578,47 @@ async fn an_uploaded_file_is_in_the_container_under_mnt_data_and_can_be_read_bac
         content.headers[header::CONTENT_TYPE],
         "application/octet-stream"
     );
+}
+
+#[tokio::test]
+async fn a_change_to_a_container_that_has_not_started_is_accepted_and_done_when_it_starts() {
+    // A request waits a second for its change (a 6 s deadline less the 5 s margin); no
+    // operator carries anything out until the container "starts" below.
+    let mut h = harness_of(&["--request-timeout-seconds", "6"], false).await;
+    let c = h.create(ACME, json!({"name": "x"})).await;
+    let id = c["id"].as_str().unwrap();
+    let up = h.upload(id, ACME, "late.txt", b"later").await;
+    assert_eq!(up.status, StatusCode::ACCEPTED, "{:?}", up.body);
+    let f = up.json();
+    assert_eq!(
+        (
+            f["object"].as_str(),
+            f["path"].as_str(),
+            f["bytes"].as_u64()
+        ),
+        (Some("container.file"), Some("/mnt/data/late.txt"), Some(5))
+    );
+    let files = format!("/v1/containers/{id}/files");
+    assert_eq!(h.get(&files, ACME).await.ok()["data"], json!([]));
+
+    // The container starts and carries out what waited: the file is there, and a delete
+    // now answers once it is done.
+    h.tasks.push(h.kube.operator(h.store.clone()));
+    let name = h.kube.names().pop().unwrap();
+    h.kube.set_status(&name, json!({"fileOpsDone": 0}));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let list = h.get(&files, ACME).await.ok();
+        if list["data"].as_array().is_some_and(|d| d.len() == 1) {
+            assert_eq!(list["data"][0]["path"], "/mnt/data/late.txt");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never carried out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let file_id = f["id"].as_str().unwrap();
+    let gone = h.delete(&format!("{files}/{file_id}"), ACME).await.ok();
+    assert_eq!(gone["deleted"], true);
 }
 
 #[tokio::test]

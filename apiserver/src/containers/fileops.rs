@@ -8,6 +8,11 @@
 //! refused with 409 and reads the list again instead of writing over the first one's
 //! operation. The list stays short: operations the operator has done are dropped as
 //! others are appended.
+//!
+//! A container that has not started yet (its pod waits for room, or is still coming up)
+//! carries out nothing until it does. The change is in its list then and will be done, in
+//! order, when it starts: the request answers that it was accepted (202), not that the
+//! server failed (a 5xx would tell a client to retry a change that is already on its way).
 use std::time::Duration;
 
 use codeinterp_crds::{CodeContainer, FileOp, FileOpKind};
@@ -26,6 +31,26 @@ pub const MAX_PENDING: usize = 256;
 const APPEND_TRIES: usize = 12;
 /// What a client refused because operations pile up should wait before trying again.
 const BUSY_RETRY_SECS: u64 = 5;
+
+/// How far a change got by the time its request answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The container carried it out.
+    Done,
+    /// It is in the container's list and will be carried out when the container gets to it
+    /// (it has not started yet, or is still busy with the changes before this one).
+    Pending,
+}
+
+impl Outcome {
+    /// The status a request answers with: 200 once done, 202 while pending.
+    pub fn status(self) -> axum::http::StatusCode {
+        match self {
+            Outcome::Done => axum::http::StatusCode::OK,
+            Outcome::Pending => axum::http::StatusCode::ACCEPTED,
+        }
+    }
+}
 
 /// The change asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,14 +85,15 @@ fn ops_done(c: &CodeContainer) -> u64 {
 }
 
 /// Carries out the change in the tenant's container `id` (its CodeContainer `name`) and
-/// waits for it until `deadline`: `Ok` once done, the operator's message if it failed.
+/// waits for it until `deadline`: `Done` once done, `Pending` if the container has not got to
+/// it by then, the operator's message if it failed.
 pub async fn carry_out(
     state: &AppState,
     id: &str,
     name: &str,
     change: &Change,
     deadline: Instant,
-) -> Result<(), ApiError> {
+) -> Result<Outcome, ApiError> {
     let seq = append(state, id, name, change).await?;
     wait_done(state, id, name, seq, deadline).await
 }
@@ -128,7 +154,7 @@ async fn wait_done(
     name: &str,
     seq: u64,
     deadline: Instant,
-) -> Result<(), ApiError> {
+) -> Result<Outcome, ApiError> {
     let settled = |c: &CodeContainer| ops_done(c) >= seq || !is_live(c);
     let Some(latest) = state.containers.wait_until(name, deadline, settled).await else {
         return Err(not_found(id, "container_id"));
@@ -144,17 +170,13 @@ async fn wait_done(
                 "file".to_string(),
                 "container_file_failed",
             )),
-            None => Ok(()),
+            None => Ok(Outcome::Done),
         };
     }
     if !is_live(&latest) {
         return Err(expired("container_id"));
     }
-    Err(ApiError::Unavailable(
-        "The container has not carried out the change yet (it may still be starting); it will, \
-         in order: list the container's files to see it."
-            .into(),
-    ))
+    Ok(Outcome::Pending)
 }
 
 /// How long a file request waits for its change: up to the request's own deadline, less a

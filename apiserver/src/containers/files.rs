@@ -6,14 +6,14 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::multipart::Multipart;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use codeinterp_crds::{CodeContainer, FileOpKind};
 use codeinterp_store::{ContainerFile, FileMeta, FileSource, StoreError};
 use kube::ResourceExt;
 use tokio::time::Instant;
 
-use super::fileops::{self, Change};
+use super::fileops::{self, Change, Outcome};
 use super::model::{ContainerFileDeleted, ContainerFileObject, file_object};
 use super::request::{AddFileForm, AddFileRequest};
 use super::service::{self, expired, is_live};
@@ -130,8 +130,9 @@ pub fn fits_folder(state: &AppState, bytes: u64) -> Result<(), ApiError> {
 /// Upload a file into the container's folder (multipart: `file`), or copy an uploaded
 /// file in (JSON: `{"file_id": "file-..."}`). It goes to `/mnt/data/<its filename>` (the
 /// name made safe: letters, digits, `.`, `_`, `-` and spaces), replacing a file of that
-/// name, and the answer comes once the container has it. An upload is also a file of the
-/// tenant (`/v1/files`, purpose `user_data`).
+/// name, and the answer (200) comes once the container has it; a container that has not
+/// started yet takes it when it starts (202). An upload is also a file of the tenant
+/// (`/v1/files`, purpose `user_data`).
 #[utoipa::path(
     post,
     path = "/v1/containers/{container_id}/files",
@@ -151,12 +152,13 @@ pub fn fits_folder(state: &AppState, bytes: u64) -> Result<(), ApiError> {
                     ("container_id" = "$response.body#/container_id"), ("file_id" = "$response.body#/id")))),
             ),
         ),
+        (status = 202, description = "Accepted: the container has not started yet (or is busy with the changes before this one) and will put the file in when it gets to it; it is listed from then on", body = ContainerFileObject),
         (status = 400, description = "A bad form or body, a file this key cannot read (`file_not_found`), a file larger than the folder, an expired container (`container_expired`), or a change the container refused", body = ErrorBody),
         (status = 404, description = "No such container for this API key", body = ErrorBody),
         (status = 413, description = "File too large", body = ErrorBody),
         (status = 415, description = "Neither a multipart form nor JSON", body = ErrorBody),
         (status = 429, description = "Rate limited, or too many file changes waiting in the container (`container_busy`)", body = ErrorBody),
-        (status = 503, description = "The container has not carried out the change in time (it will), or the cluster is busy", body = ErrorBody),
+        (status = 503, description = "The cluster is busy", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -165,7 +167,7 @@ pub async fn create_file(
     caller: Caller,
     ApiPath(container_id): ApiPath<String>,
     req: Request,
-) -> Result<Json<ContainerFileObject>, ApiError> {
+) -> Result<(StatusCode, Json<ContainerFileObject>), ApiError> {
     let received = Instant::now();
     let tenant = caller.tenant.as_str();
     let container = service::find(&state, tenant, &container_id, "container_id")?;
@@ -173,13 +175,13 @@ pub async fn create_file(
         return Err(expired("container_id"));
     }
     let meta = file_to_add(&state, tenant, req).await?;
-    put(&state, tenant, &container, &container_id, meta, received)
-        .await
-        .map(Json)
+    let (object, outcome) = put(&state, tenant, &container, &container_id, meta, received).await?;
+    Ok((outcome.status(), Json(object)))
 }
 
 /// Puts the tenant's stored file into the container's folder under its filename (made
-/// safe), replacing a file of that name, and answers once the container has it.
+/// safe), replacing a file of that name, and answers once the container has it (or, if it
+/// has not got to it in the request's time, that it will: `Pending`).
 pub async fn put(
     state: &AppState,
     tenant: &str,
@@ -187,7 +189,7 @@ pub async fn put(
     container_id: &str,
     meta: FileMeta,
     received: Instant,
-) -> Result<ContainerFileObject, ApiError> {
+) -> Result<(ContainerFileObject, Outcome), ApiError> {
     let name = container.name_any();
     let change = Change {
         kind: FileOpKind::Put,
@@ -195,7 +197,7 @@ pub async fn put(
         file_id: Some(meta.id.clone()),
     };
     let deadline = received + fileops::wait_budget(state.settings.request_timeout);
-    fileops::carry_out(state, container_id, &name, &change, deadline).await?;
+    let outcome = fileops::carry_out(state, container_id, &name, &change, deadline).await?;
     let entry = match state
         .store
         .container_file(tenant, &name, &change.path)
@@ -213,7 +215,7 @@ pub async fn put(
             source: FileSource::User,
         },
     };
-    Ok(file_object(&entry, container_id))
+    Ok((file_object(&entry, container_id), outcome))
 }
 
 /// List a container's files
@@ -346,7 +348,9 @@ pub async fn file_content(
 
 /// Delete a container's file
 ///
-/// Removes the file from the container's folder; the answer comes once it is gone.
+/// Removes the file from the container's folder; the answer (200) comes once it is gone. A
+/// container that has not started yet removes it when it starts (202, `deleted: false`
+/// until then).
 #[utoipa::path(
     delete,
     path = "/v1/containers/{container_id}/files/{file_id}",
@@ -358,10 +362,11 @@ pub async fn file_content(
     ),
     responses(
         (status = 200, body = ContainerFileDeleted),
+        (status = 202, description = "Accepted: the container has not started yet (or is busy with the changes before this one) and will remove the file when it gets to it", body = ContainerFileDeleted),
         (status = 400, description = "An id that is not text, an expired container (`container_expired`), or a change the container refused", body = ErrorBody),
         (status = 404, description = "No such container for this API key, or no such file in it", body = ErrorBody),
         (status = 429, description = "Rate limited, or too many file changes waiting in the container (`container_busy`)", body = ErrorBody),
-        (status = 503, description = "The container has not carried out the change in time (it will), or the cluster is busy", body = ErrorBody),
+        (status = 503, description = "The cluster is busy", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -369,7 +374,7 @@ pub async fn delete_file(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((container_id, file_id)): ApiPath<(String, String)>,
-) -> Result<Json<ContainerFileDeleted>, ApiError> {
+) -> Result<(StatusCode, Json<ContainerFileDeleted>), ApiError> {
     let received = Instant::now();
     let (container, file) = file_of(&state, &caller.tenant, &container_id, &file_id).await?;
     if !is_live(&container) {
@@ -382,10 +387,11 @@ pub async fn delete_file(
     };
     let deadline = received + fileops::wait_budget(state.settings.request_timeout);
     let name = container.name_any();
-    fileops::carry_out(&state, &container_id, &name, &change, deadline).await?;
-    Ok(Json(ContainerFileDeleted {
+    let outcome = fileops::carry_out(&state, &container_id, &name, &change, deadline).await?;
+    let deleted = ContainerFileDeleted {
         id: file_id,
         object: "container.file.deleted".into(),
-        deleted: true,
-    }))
+        deleted: outcome == Outcome::Done,
+    };
+    Ok((outcome.status(), Json(deleted)))
 }

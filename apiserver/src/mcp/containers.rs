@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::server::{McpServer, caller, input_schema, parse_args, settle};
+use crate::containers::fileops::Outcome;
 use crate::containers::files;
 use crate::containers::model::{ContainerDeleted, from_cr};
 use crate::containers::request::{CreateContainerRequest, ExpiresAfterRequest, validate};
@@ -242,8 +243,14 @@ impl McpServer {
                 ));
             }
         };
-        let object = files::put(state, tenant, &container, &id, meta, received).await?;
-        Ok(json_result(&object))
+        let (object, outcome) = files::put(state, tenant, &container, &id, meta, received).await?;
+        let mut result = json_result(&object);
+        if outcome == Outcome::Pending {
+            result.content.push(ContentBlock::text(
+                "The container has not started yet: it will put the file in when it starts.",
+            ));
+        }
+        Ok(result)
     }
 
     /// Stores `content` as a file of the tenant (as an upload would), within its quota.
