@@ -5,10 +5,8 @@
 //! runs from 20 tenants through its REST API as fast as it answers them.
 //!
 //! Nothing runs on a simulated node. A round measures the control plane up to a run's pod
-//! bound and started (kwok marks it Running) and the operator ending the run (it finds no
-//! record to read), then deletes the run: no run is reported completed, and the report
-//! counts any that was. Its costs (CPU, writes, requests) are read once every started run
-//! has ended and the operator's writes have settled. In the
+//! bound and started (kwok marks it Running), then deletes the run as if its program had
+//! ended at once: no run is reported completed, and the report counts any that was. In the
 //! rounds that hold pods (`--sim-hold-seconds`), kwok marks a pod Running only that long
 //! after it is bound, so the room a run takes stays taken as if it ran, the room runs out,
 //! and the line's order is the fair queue's.
@@ -102,9 +100,8 @@ pub struct SimRound {
 }
 
 pub const WHAT_IS_MEASURED: &str = "the control plane up to a run's pod bound to a simulated \
-    node and marked Running by kwok, and the operator ending the run; no program runs there \
-    (the operator finds no record to read), each run is deleted once it was seen started and \
-    ended, and no run is counted as completed";
+    node and marked Running by kwok; no program runs there, each run is deleted once its pod \
+    is seen Running, and no run is counted as completed";
 
 pub async fn run(env: &Env, args: &Args) -> anyhow::Result<SimReport> {
     let mut plan: Vec<(usize, u64)> = args.sim_runs.iter().map(|n| (*n, 0)).collect();
@@ -199,10 +196,7 @@ async fn round(env: &Env, args: &Args, n: usize, hold_s: u64) -> anyhow::Result<
     ));
     wait_started(&observer, &created.names, args.sim_timeout_seconds, started).await;
     let duration_s = started.elapsed().as_secs_f64();
-    // Every started run's end is part of its cost: the counters are read once the operator
-    // has ended them and its writes (events go out a second late) have stopped.
-    wait_ended(&observer, &created.names, Duration::from_secs(180)).await;
-    let after = settled_counters(&env.client, &pids, &shard.operator_metrics).await;
+    let after = read_counters(&env.client, &pids, &shard.operator_metrics).await;
     let peak_rss_mib = peaks.stop();
     // The last deletions land; whatever is left is collected by the cleanup.
     wait_deleted(&observer, &created.names, Duration::from_secs(60)).await;
@@ -345,45 +339,6 @@ async fn wait_started(observer: &Observer, names: &[String], timeout_s: u64, sin
             last_note = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Waits until the operator has ended every started run, or `within` passed.
-async fn wait_ended(observer: &Observer, names: &[String], within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let p = observer.progress(names);
-        if p.ended >= p.started || Instant::now() >= deadline {
-            if p.ended < p.started {
-                progress(&format!(
-                    "scale-sim: {} started runs not ended by the operator after {} s",
-                    p.started - p.ended,
-                    within.as_secs()
-                ));
-            }
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The counters once the operator's write count has not moved for three seconds (at most a
-/// minute on).
-async fn settled_counters(
-    client: &Client,
-    pids: &BTreeMap<String, u32>,
-    operator_metrics: &str,
-) -> Before {
-    let total = |b: &Before| b.writes.as_ref().map(|w| w.0.values().sum::<f64>());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = read_counters(client, pids, operator_metrics).await;
-    loop {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let now = read_counters(client, pids, operator_metrics).await;
-        if total(&now) == total(&last) || Instant::now() >= deadline {
-            return now;
-        }
-        last = now;
     }
 }
 

@@ -4,14 +4,9 @@
 //! bound to a node, marked Running; whether the scheduler found no node for it). Times are
 //! this process's clock when a watch event first showed a step (see `transitions`).
 //!
-//! A run whose pod is seen Running has reached the end of what a simulated node can show.
-//! The operator then ends it as it ends any run whose record it cannot read (kwok's pods
-//! take an attach and close it at once, and have no log): a final status, written once.
-//! Only a run both started and seen ended is handed to the deleter, which deletes the
-//! CodeRun (its pod goes with it). So every run of every round costs the operator the same
-//! steps to its end, however far behind the operator is; a round that deleted runs as soon
-//! as they started raced the operator's final write in a busy round and not in an idle
-//! one. Nothing of it is ever reported completed.
+//! A run whose pod is seen Running has reached the end of what a simulated node can show:
+//! it is handed to the deleter, which deletes the CodeRun (its pod goes with it), as if its
+//! program had ended at once. Nothing of it is ever reported completed.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,8 +38,6 @@ pub struct Track {
     pub started: Option<Instant>,
     /// One of its pods was found unschedulable: admitted to room no node had.
     pub unschedulable: bool,
-    /// Handed to the deleter (started and ended).
-    pub handed: bool,
     pub deleted: bool,
 }
 
@@ -67,18 +60,15 @@ impl Observer {
         let (pods_ready, pods_listed) = tokio::sync::oneshot::channel();
         let run_config = watcher::Config::default().labels(&format!("{SHARD_LABEL}={shard}"));
         let pod_config = watcher::Config::default().labels(&format!("{RUNNER_LABEL}=true"));
-        let (t, done_tx) = (table.clone(), started_tx.clone());
+        let t = table.clone();
         let run_task = tokio::spawn(watch(runs, run_config, runs_ready, move |run, at| {
-            let mut table = t.lock().unwrap();
-            note_run(&mut table, run, at);
-            hand_over_if_done(&mut table, &run.name_any(), &done_tx);
+            note_run(&mut t.lock().unwrap(), run, at)
         }));
         let t = table.clone();
         let pod_task = tokio::spawn(watch(pods, pod_config, pods_ready, move |pod, at| {
-            let mut table = t.lock().unwrap();
-            if note_pod(&mut table, pod, at) {
+            if note_pod(&mut t.lock().unwrap(), pod, at) {
                 let owner = controller_run(pod).unwrap_or_default();
-                hand_over_if_done(&mut table, &owner, &started_tx);
+                let _ = started_tx.send(owner);
             }
         }));
         let deletes_failed = Arc::new(Mutex::new(Vec::new()));
@@ -109,14 +99,12 @@ impl Observer {
         self.table.lock().unwrap().clone()
     }
 
-    /// How many of `names` were seen started, ended after a start, deleted, and ended without
-    /// a start.
+    /// How many of `names` were seen started, deleted, and ended without a start.
     pub fn progress(&self, names: &[String]) -> Progress {
         let table = self.table.lock().unwrap();
         let mut p = Progress::default();
         for t in names.iter().filter_map(|n| table.get(n)) {
             p.started += usize::from(t.started.is_some());
-            p.ended += usize::from(t.started.is_some() && t.ended());
             p.deleted += usize::from(t.deleted);
             p.ended_unstarted += usize::from(t.started.is_none() && t.ended());
         }
@@ -127,8 +115,6 @@ impl Observer {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Progress {
     pub started: usize,
-    /// Started, then ended by the operator.
-    pub ended: usize,
     pub deleted: usize,
     pub ended_unstarted: usize,
 }
@@ -190,21 +176,6 @@ fn note_run(table: &mut HashMap<String, Track>, run: &CodeRun, at: Instant) {
     }
 }
 
-/// Hands the run to the deleter once it has both started and ended, the first time.
-fn hand_over_if_done(
-    table: &mut HashMap<String, Track>,
-    run: &str,
-    to: &mpsc::UnboundedSender<String>,
-) {
-    let Some(t) = table.get_mut(run) else {
-        return;
-    };
-    if t.started.is_some() && t.ended() && !t.handed {
-        t.handed = true;
-        let _ = to.send(run.to_string());
-    }
-}
-
 /// The name of the CodeRun that controls the pod.
 fn controller_run(pod: &Pod) -> Option<String> {
     pod.owner_references()
@@ -246,7 +217,7 @@ fn note_pod(table: &mut HashMap<String, Track>, pod: &Pod, at: Instant) -> bool 
     }
 }
 
-/// Deletes each run handed over (started and ended), a few at a time.
+/// Deletes each run whose pod was seen Running, a few at a time.
 async fn delete_started(
     runs: Api<CodeRun>,
     started: mpsc::UnboundedReceiver<String>,
