@@ -196,7 +196,9 @@ async fn round(env: &Env, args: &Args, n: usize, hold_s: u64) -> anyhow::Result<
     ));
     wait_started(&observer, &created.names, args.sim_timeout_seconds, started).await;
     let duration_s = started.elapsed().as_secs_f64();
-    let after = read_counters(&env.client, &pids, &shard.operator_metrics).await;
+    // What the operator still does for the last runs started (events go out a second late)
+    // is part of their cost: the counters are read once its writes have stopped.
+    let after = settled_counters(&env.client, &pids, &shard.operator_metrics).await;
     let peak_rss_mib = peaks.stop();
     // The last deletions land; whatever is left is collected by the cleanup.
     wait_deleted(&observer, &created.names, Duration::from_secs(60)).await;
@@ -339,6 +341,26 @@ async fn wait_started(observer: &Observer, names: &[String], timeout_s: u64, sin
             last_note = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The counters once the operator's write count has not moved for three seconds (at most a
+/// minute on).
+async fn settled_counters(
+    client: &Client,
+    pids: &BTreeMap<String, u32>,
+    operator_metrics: &str,
+) -> Before {
+    let total = |b: &Before| b.writes.as_ref().map(|w| w.0.values().sum::<f64>());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = read_counters(client, pids, operator_metrics).await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = read_counters(client, pids, operator_metrics).await;
+        if total(&now) == total(&last) || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
     }
 }
 
