@@ -183,6 +183,8 @@ impl Server {
             }
             Op::Run { id, .. } if self.ran.contains(&id) => {
                 let why = format!("run {id:?} was handed over before: it is not run again");
+                // In the pod's log too, where a reader of it looks for why a run was refused.
+                eprintln!("ci-runner: {why}");
                 self.transcript.refuse(
                     &id,
                     ExitReport {
