@@ -13,7 +13,7 @@ use codeinterp_store::Store;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Notify, watch};
@@ -367,7 +367,8 @@ struct Parts {
 struct Queues {
     events: events::EventQueue,
     tidy: steps::collect::TidyQueue,
-    recorder: Recorder,
+    /// Where the event writer publishes, and as whom.
+    recorder: (Client, Reporter),
 }
 
 /// The controllers' caches and wakes.
@@ -427,7 +428,7 @@ fn context(parts: Parts, w: &Watches, c: Controlled, tasks: &Tasks) -> (Arc<Cont
     let queues = Queues {
         events: event_queue,
         tidy: tidy_queue,
-        recorder: Recorder::new(recorder_client, reporter),
+        recorder: (recorder_client, reporter),
     };
     (ctx, queues)
 }
@@ -493,7 +494,8 @@ async fn serve(mut parts: Parts, tasks: Tasks) -> anyhow::Result<()> {
     };
     let (ctx, queues) = context(parts, &w, controlled, &tasks);
     start_watches(&ctx, &tasks, w).await?;
-    let writing = queues.events.write(queues.recorder);
+    let (client, reporter) = queues.recorder;
+    let writing = queues.events.write(client, reporter);
     tasks.spawn("event writer", Kind::Service, writing);
     let removing = queues.tidy.run(ctx.api.tidy.clone(), ctx.churn.clone());
     tasks.spawn("pod remover", Kind::Service, removing);
