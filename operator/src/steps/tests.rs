@@ -860,6 +860,18 @@ async fn a_run_cancelled_before_its_job_was_handed_over_ends_and_leaves_nothing_
     tidy.abort();
 }
 
+/// Reconciles `run`, which finds room: the API answers the network policy check and the
+/// creation of its cold pod.
+async fn admit_cold(h: &mut Harness, run: &CodeRun) {
+    let admit = h.reconcile(run);
+    let cold = serde_json::to_value(h.cold_pod(run)).unwrap();
+    let server = async {
+        h.api.policy_in_place().await;
+        h.api.answer(201, cold).await;
+    };
+    tokio::join!(admit, server);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_finished_run_gives_its_room_to_the_next_in_line_at_once() {
     let mut h = harness(&[]);
@@ -868,13 +880,7 @@ async fn a_finished_run_gives_its_room_to_the_next_in_line_at_once() {
     let (a, b) = (run("a"), run("b"));
     h.show_run(&a);
     h.show_run(&b);
-    let admit_a = h.reconcile(&a);
-    let cold = serde_json::to_value(h.cold_pod(&a)).unwrap();
-    let server = async {
-        h.api.policy_in_place().await;
-        h.api.answer(201, cold).await;
-    };
-    tokio::join!(admit_a, server);
+    admit_cold(&mut h, &a).await;
     let pod_a = h.cold_pod(&a);
     h.show_pod(&pod_a);
     assert_eq!(h.woken().await, ObjectRef::from_obj(&a), "a was admitted");
@@ -1221,13 +1227,7 @@ async fn a_waiting_run_looked_at_again_before_the_cache_shows_its_place_is_not_w
     let (a, r) = (run("a"), run("r1"));
     h.show_run(&a);
     h.show_run(&r);
-    let admit_a = h.reconcile(&a);
-    let cold = serde_json::to_value(h.cold_pod(&a)).unwrap();
-    let server = async {
-        h.api.policy_in_place().await;
-        h.api.answer(201, cold).await;
-    };
-    tokio::join!(admit_a, server);
+    admit_cold(&mut h, &a).await;
     let first = h.reconcile(&r);
     let (_, queued) = tokio::join!(first, h.api.status_write(&r));
     assert_eq!(queued.body["status"]["queuePosition"], 1);
